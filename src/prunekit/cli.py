@@ -1,0 +1,214 @@
+"""The ``prunekit`` command: train | prune | eval | info | export | report | demo.
+
+Bad input of any kind exits with code 2 and one line on stderr that says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from prunekit.errors import PrunekitError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"prunekit: error: {message} (see: {self.prog} --help)\n")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=0.05 (repeatable)")
+    p.add_argument("--out", help="output folder (default: the config's out, else runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    p.add_argument("--data-dir", help="where the dataset files are (sets data.root)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="prunekit", description="Turn big deep networks into skinny ones.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("train", help="train a dense network from a config (the method is ignored)")
+    _add_run_args(p)
+    p = sub.add_parser("prune", help="run a pruning method from a config")
+    _add_run_args(p)
+    p = sub.add_parser("eval", help="accuracy of a saved model on a dataset")
+    p.add_argument("model", help="a prunekit model file (.safetensors)")
+    p.add_argument("--data", required=True, help="dataset name (digits, mnist, cifar10, ...)")
+    p.add_argument("--data-dir", help="where the dataset files are")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--batch-size", type=int, default=512)
+    p = sub.add_parser("info", help="per-layer table of a zoo model or a saved model")
+    p.add_argument("model", help="a zoo name (e.g. resnet56) or a prunekit model file")
+    p.add_argument("--input-shape", default=None, help="C,H,W (default: the model's usual input)")
+    p = sub.add_parser("export", help="export a saved model (onnx, or a sparse file that stores only non-zeros)")
+    p.add_argument("model")
+    p.add_argument("--to", choices=["onnx", "sparse", "dense"], required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--input-shape", default=None, help="C,H,W for ONNX tracing")
+    p = sub.add_parser("report", help="compare finished runs: a table and a plot")
+    p.add_argument("runs", nargs="+", help="run folders holding report.json")
+    p.add_argument("--out", help="folder for report.md and plot.png")
+    p = sub.add_parser("demo", help="train LeNet-5 on the embedded digits and prune it with every method")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise PrunekitError(f"--input-shape {text!r}: expected C,H,W such as 3,32,32") from None
+    if len(shape) not in (1, 3) or any(v <= 0 or v > 4096 for v in shape):
+        raise PrunekitError(f"--input-shape {text!r}: expected C,H,W with positive sizes")
+    return shape
+
+
+def _load_any(spec: str) -> Any:
+    """A model file, or a zoo name."""
+    from prunekit import io, models
+
+    if Path(spec).suffix == ".safetensors" or Path(spec).exists():
+        try:
+            return io.load(spec)
+        except PrunekitError as exc:
+            if "not a prunekit model file" not in str(exc):
+                raise
+            from prunekit import surgery
+
+            return surgery.load_sparse(spec)
+    return models.create(spec)
+
+
+def _default_shape(model: Any) -> tuple[int, ...]:
+    """The usual input of a zoo model (recorded on the model as ``input_shape``)."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise PrunekitError("this model does not record its input shape; pass --input-shape C,H,W")
+    return tuple(shape)
+
+
+def cmd_run(args: argparse.Namespace, prune: bool) -> int:
+    from prunekit import config, experiment, reports
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.root={args.data_dir}")
+    if args.quiet:
+        overrides.append("train.quiet=true")
+    cfg = config.load_config(args.config, overrides)
+    if not prune:
+        cfg["method"] = {"name": "none"}
+    elif cfg["method"]["name"] == "none":
+        raise PrunekitError(f"{args.config}: no method.name; choose one, e.g. --set method.name=sght")
+    out = args.out or cfg.get("out") or f"runs/{Path(args.config).stem}"
+    res = experiment.run(cfg, out=out, resume=args.resume)
+    row = dict(res.figures)
+    print(reports.table([row], [*reports.COLUMNS, "train_seconds"]))
+    print(f"saved: {Path(out) / 'model.safetensors'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from prunekit import data, engine
+
+    model = _load_any(args.model)
+    ds = data.load(args.data, args.split, root=args.data_dir)
+    res = engine.evaluate(model, ds, batch_size=args.batch_size, device=engine.pick_device("auto"))
+    print(f"{args.model}: {args.data}/{args.split}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+          f"loss {res['loss']:.4f}  ({len(ds)} images)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from prunekit import metrics
+
+    model = _load_any(args.model).eval()
+    shape = _shape(args.input_shape) or _default_shape(model)
+    x = torch.zeros((1, *shape))
+    rows = metrics.layer_table(model, x)
+    print(metrics.format_table(rows))
+    c = metrics.count(model, x)
+    print(f"total: {c.params:,} params ({c.nonzero_params:,} non-zero), {c.macs:,} MACs per image at {shape}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from prunekit import io, surgery
+    from prunekit._atomic import atomic_path
+
+    model = _load_any(args.model).eval()
+    if args.to == "sparse":
+        surgery.save_sparse(model, args.out)
+    elif args.to == "dense":
+        io.save(model, args.out)
+    else:
+        shape = _shape(args.input_shape) or _default_shape(model)
+        with atomic_path(args.out) as tmp:
+            torch.onnx.export(model, (torch.zeros((1, *shape)),), str(tmp), dynamo=False,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from prunekit import reports
+
+    rows = reports.read_runs(args.runs)
+    text = reports.table(rows, markdown=True, ratios_to=0)
+    print(text)
+    if args.out:
+        from prunekit._atomic import write_text
+
+        out = Path(args.out)
+        write_text(out / "report.md", text + "\n")
+        reports.plot(rows, out / "plot.png")
+        print(f"wrote {out / 'report.md'} and {out / 'plot.png'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from prunekit import demo
+
+    methods = args.methods.split(",") if args.methods else None
+    demo.main(epochs=args.epochs, out=args.out, methods=methods, quiet=args.quiet)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``prunekit`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("train", "prune"):
+            return cmd_run(args, prune=args.command == "prune")
+        handler = {"eval": cmd_eval, "info": cmd_info, "export": cmd_export, "report": cmd_report,
+                   "demo": cmd_demo}[args.command]
+        return handler(args)
+    except PrunekitError as exc:
+        print(f"prunekit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunekit: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    except OSError as exc:  # disk full, permission denied: the user's environment, not a bug
+        print(f"prunekit: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

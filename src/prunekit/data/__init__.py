@@ -1,0 +1,1 @@
+"""prunekit.data (in progress)."""

@@ -1,0 +1,59 @@
+"""Stages (the phases of a method's schedule) and learning-rate schedules as pure functions.
+
+The learning rate is a function of (stage, position in the stage) only, so a resumed run gets exactly the
+learning rates an uninterrupted one would, with no scheduler state to save.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+
+@dataclass
+class Stage:
+    """One phase of training.
+
+    ``lr`` and ``schedule`` default to the run's optimizer settings; ``milestones`` are epochs within the
+    stage. ``reset_optimizer`` starts the stage with fresh optimizer state (momentum), as AC/DC does at
+    each phase switch. ``kind`` is a free tag the method reads (e.g. "sparse" / "dense").
+    """
+
+    name: str
+    epochs: int
+    kind: str = "train"
+    lr: float | None = None
+    schedule: str | None = None
+    milestones: list[int] | None = None
+    gamma: float | None = None
+    reset_optimizer: bool = True
+    info: dict = field(default_factory=dict)
+
+
+def lr_factor(schedule: str, progress: float, epoch: int, epochs: int, milestones: list[int] | None,
+              gamma: float, warmup: float = 0.0) -> float:
+    """Multiplier of the base learning rate.
+
+    ``progress`` is the position in the stage in epochs (fractional within an epoch); ``epoch`` is its
+    integer part. ``warmup`` (in epochs) ramps linearly from 0 for every schedule but onecycle.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    epochs = max(epochs, 1)
+    if schedule == "constant":
+        f = 1.0
+    elif schedule == "step":
+        ms = milestones if milestones is not None else [int(epochs * 0.5), int(epochs * 0.75)]
+        f = gamma ** sum(1 for m in ms if epoch >= m)
+    elif schedule == "cosine":
+        f = 0.5 * (1.0 + math.cos(math.pi * min(progress / epochs, 1.0)))
+    else:  # onecycle: linear ramp to the peak over 30%, cosine down to ~0
+        t = min(progress / epochs, 1.0)
+        if t < 0.3:
+            return 0.04 + 0.96 * t / 0.3
+        return 0.5 * (1.0 + math.cos(math.pi * (t - 0.3) / 0.7)) * 0.999 + 1e-3
+    if warmup > 0 and progress < warmup:
+        f *= (progress + 1e-3) / warmup
+    return f

@@ -1,0 +1,436 @@
+"""The training engine: stages of epochs, SGD with schedules, evaluation, checkpoints and exact resume.
+
+Methods plug in as callbacks (see :mod:`prunekit.engine.callbacks`); a callback may also supply the
+optimizers (``configure_optimizers``), the batch-size schedule (``batch_size_schedule``) and transform the
+model before training (``prepare``). With ``torch.distributed`` initialised the model is wrapped in
+DistributedDataParallel, data are sharded by rank, evaluation is all-reduced and rank 0 writes files;
+``replace_model`` re-wraps the smaller model after surgery.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit import data as pdata
+from prunekit import io
+from prunekit._atomic import write_text
+from prunekit.engine.callbacks import Callback
+from prunekit.engine.checkpoint import load_checkpoint, save_checkpoint
+from prunekit.engine.stages import Stage, lr_factor
+from prunekit.errors import PrunekitError
+
+
+@dataclass
+class OptimConfig:
+    """SGD settings (the papers all use momentum SGD)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: list[int] | None = None
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) for a reproducible run."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` means CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def split_decay(model: nn.Module, exclude: set[int] | None = None) -> list[dict[str, Any]]:
+    """One parameter group of every trainable parameter except the ids in ``exclude``.
+
+    The four papers apply weight decay to all weights (Caffe / MXNet defaults), so do we; a method that
+    needs other treatment (SSS's factors get no decay) excludes its parameters and adds its own group.
+    """
+    exclude = exclude or set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]
+    return [{"params": params}]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: pdata.Dataset, *, batch_size: int = 512,
+             device: str | torch.device = "cpu", topk: Sequence[int] = (1, 5),
+             rank: int = 0, world_size: int = 1, amp: bool = False) -> dict[str, float]:
+    """Loss and top-k accuracy (percent) of ``model`` on ``dataset`` in eval mode.
+
+    Under torch.distributed each rank evaluates its shard and the sums are all-reduced.
+    """
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    sums = torch.zeros(2 + len(topk), dtype=torch.float64, device=device)
+    for x, y in pdata.iterate(dataset, batch_size, shuffle=False, augment=None, device=device,
+                              rank=rank, world_size=world_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        out = out.float()
+        sums[0] += F.cross_entropy(out, y, reduction="sum")
+        sums[1] += y.numel()
+        maxk = min(max(topk), out.shape[1])
+        pred = out.topk(maxk, dim=1).indices
+        hit = pred.eq(y[:, None])
+        for i, k in enumerate(topk):
+            sums[2 + i] += hit[:, : min(k, maxk)].any(dim=1).sum()
+    if world_size > 1:
+        torch.distributed.all_reduce(sums)
+    model.train(was_training)
+    n = max(sums[1].item(), 1.0)
+    res = {"loss": sums[0].item() / n}
+    for i, k in enumerate(topk):
+        res[f"top{k}"] = 100.0 * sums[2 + i].item() / n
+    return res
+
+
+@dataclass
+class TrainerConfig:
+    """Engine settings that are not the optimizer's."""
+
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    device: str = "auto"
+    seed: int = 0
+    amp: str = "auto"  # bf16 autocast: "auto" = on CUDA only
+    channels_last: str = "auto"
+    checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
+    eval_every: int = 1
+    quiet: bool = False
+    max_steps_per_epoch: int = 0  # 0: the whole epoch (a cap keeps smoke runs short)
+
+
+class Trainer:
+    """Runs ``stages`` of training on ``model`` with ``callbacks`` (pruning methods) plugged in."""
+
+    def __init__(self, model: nn.Module, train_data: pdata.Dataset, val_data: pdata.Dataset | None = None,
+                 *, optim: OptimConfig | None = None, config: TrainerConfig | None = None,
+                 callbacks: Sequence[Callback] = (), out_dir: str | Path | None = None,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.optim_cfg = optim or OptimConfig()
+        self.cfg = config or TrainerConfig()
+        self.callbacks = list(callbacks)
+        self.train_data, self.val_data = train_data, val_data
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.loss_fn = loss_fn or F.cross_entropy
+        self.device = pick_device(self.cfg.device)
+        on_cuda = self.device.type == "cuda"
+        self.amp = on_cuda if self.cfg.amp == "auto" else self.cfg.amp in ("on", "true", "bf16", True)
+        self.channels_last = on_cuda if self.cfg.channels_last == "auto" else self.cfg.channels_last == "on"
+        dist = torch.distributed
+        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.world_size > 1 else 0
+        # position
+        self.stages: list[Stage] = []
+        self.stage: Stage | None = None
+        self.stage_index = 0
+        self.stage_epoch = 0
+        self.epoch = 0
+        self.step = 0
+        self.batch_in_epoch = 0
+        self.loss: torch.Tensor | None = None
+        self.history: list[dict[str, Any]] = []
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self._base_lrs: list[list[float]] = []
+        self.model: nn.Module = model
+        self._set_model(model)
+
+    # ------------------------------------------------------------------ model and optimizers
+    @property
+    def raw_model(self) -> nn.Module:
+        """The model without its DistributedDataParallel wrapper."""
+        return getattr(self.model, "module", self.model)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def example_inputs(self) -> torch.Tensor:
+        """One normalised batch-of-one input on the device (for surgery tracing and MAC counts)."""
+        return torch.zeros((1, *self.train_data.input_shape), device=self.device)
+
+    def _set_model(self, model: nn.Module) -> None:
+        model = getattr(model, "module", model).to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.world_size > 1:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.model = model
+
+    def replace_model(self, model: nn.Module) -> None:
+        """Swap in a new (pruned) model: moves it, re-wraps DDP, rebuilds the optimizers (fresh state,
+        since parameter shapes changed) and tells the callbacks."""
+        self._set_model(model)
+        self.build_optimizers()
+        for cb in self.callbacks:
+            cb.on_model_changed(self)
+
+    def build_optimizers(self) -> None:
+        """Ask the callbacks for optimizers (first answer wins), else momentum SGD over all parameters."""
+        stage = self.stage
+        lr = stage.lr if stage and stage.lr is not None else self.optim_cfg.lr
+        opts = None
+        for cb in self.callbacks:
+            make = getattr(cb, "configure_optimizers", None)
+            if make is not None:
+                opts = make(self, lr)
+                if opts is not None:
+                    break
+        if opts is None:
+            o = self.optim_cfg
+            opts = [torch.optim.SGD(split_decay(self.raw_model), lr=lr, momentum=o.momentum,
+                                    nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay)]
+        self.optimizers = list(opts)
+        self._base_lrs = [[g["lr"] for g in opt.param_groups] for opt in self.optimizers]
+
+    def _set_lr(self, progress: float) -> float:
+        st = self.stage
+        assert st is not None
+        o = self.optim_cfg
+        f = lr_factor(st.schedule or o.schedule, progress, int(progress), st.epochs,
+                      st.milestones if st.milestones is not None else o.milestones,
+                      st.gamma if st.gamma is not None else o.gamma, o.warmup_epochs)
+        for opt, base in zip(self.optimizers, self._base_lrs, strict=True):
+            for g, b in zip(opt.param_groups, base, strict=True):
+                g["lr"] = b * f
+        return f
+
+    def _batch_size(self) -> int | Callable[[int], int]:
+        for cb in self.callbacks:
+            sched = getattr(cb, "batch_size_schedule", None)
+            if sched is not None:
+                bs = sched(self)
+                if bs is not None:
+                    return bs
+        return self.cfg.batch_size
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, stages: Sequence[Stage] | int, resume: bool | str | Path = False) -> list[dict[str, Any]]:
+        """Train through ``stages`` (an int means one plain stage of that many epochs).
+
+        ``resume=True`` continues from ``out_dir/checkpoint.safetensors`` when it exists (or from the
+        given path), ending with the same weights as an uninterrupted run.
+        """
+        self.stages = [Stage("train", stages)] if isinstance(stages, int) else list(stages)
+        if not self.stages:
+            raise PrunekitError("nothing to train: no stages")
+        ckpt = self._checkpoint_path(resume)
+        if ckpt is not None:
+            self._restore(ckpt)
+        else:
+            model = self.raw_model
+            for cb in self.callbacks:
+                prepare = getattr(cb, "prepare", None)
+                if prepare is not None:
+                    model = prepare(model) or model
+            self._set_model(model)
+            self.stage_index, self.stage_epoch, self.batch_in_epoch = 0, 0, 0
+            self.stage = self.stages[0]
+            self.build_optimizers()
+            for cb in self.callbacks:
+                cb.on_fit_start(self)
+        while self.stage_index < len(self.stages):
+            self.stage = self.stages[self.stage_index]
+            if self.stage_epoch == 0 and self.batch_in_epoch == 0:
+                if self.stage.reset_optimizer or not self.optimizers:
+                    self.build_optimizers()
+                for cb in self.callbacks:
+                    cb.on_stage_start(self, self.stage)
+            while self.stage_epoch < self.stage.epochs:
+                self._run_epoch()
+                self.stage_epoch += 1
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self._save()
+            for cb in self.callbacks:
+                cb.on_stage_end(self, self.stage)
+            self.stage_index += 1
+            self.stage_epoch = 0
+            self._save()
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.history
+
+    def _run_epoch(self) -> None:
+        stage = self.stage
+        assert stage is not None
+        bs = self._batch_size()
+        n_batches = pdata.num_batches(self.train_data, bs, drop_last=True, rank=self.rank,
+                                      world_size=self.world_size)
+        if self.cfg.max_steps_per_epoch:
+            n_batches = min(n_batches, self.cfg.max_steps_per_epoch)
+        if self.batch_in_epoch == 0:
+            for cb in self.callbacks:
+                cb.on_epoch_start(self)
+        self.model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        seen = 0
+        batches = pdata.iterate(self.train_data, bs, shuffle=True, seed=self.cfg.seed, epoch=self.epoch,
+                                device=self.device, start_batch=self.batch_in_epoch, drop_last=True,
+                                rank=self.rank, world_size=self.world_size)
+        bar = None
+        if self.is_main and not self.cfg.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_batches, initial=self.batch_in_epoch, leave=False,
+                       desc=f"{stage.name} {self.stage_epoch + 1}/{stage.epochs}")
+        for x, y in batches:
+            if self.batch_in_epoch >= n_batches:
+                break
+            self._set_lr(self.stage_epoch + self.batch_in_epoch / max(n_batches, 1))
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for cb in self.callbacks:
+                cb.on_train_batch_start(self, (x, y))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.model(x)
+            loss = self.loss_fn(out.float(), y)
+            if not torch.isfinite(loss):
+                raise PrunekitError(
+                    f"loss became {loss.item()} at epoch {self.epoch} step {self.step}: lower the learning "
+                    "rate (optim.lr) or check the data; the last checkpoint is intact")
+            self.loss = loss
+            loss.backward()
+            for cb in self.callbacks:
+                cb.on_before_optimizer_step(self)
+            for opt in self.optimizers:
+                opt.step()
+            for cb in self.callbacks:
+                cb.on_after_optimizer_step(self)
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            for cb in self.callbacks:
+                cb.on_train_batch_end(self)
+            loss_sum += loss.detach() * y.numel()
+            seen += y.numel()
+            self.step += 1
+            self.batch_in_epoch += 1
+            if bar is not None:
+                bar.update(1)
+            every = self.cfg.checkpoint_every_steps
+            if every and self.step % every == 0 and self.batch_in_epoch < n_batches:
+                self._save()
+        if bar is not None:
+            bar.close()
+        metrics: dict[str, Any] = {"epoch": self.epoch + 1, "stage": stage.name,
+                                   "stage_epoch": self.stage_epoch + 1, "step": self.step,
+                                   "train_loss": (loss_sum.item() / seen) if seen else None,
+                                   "lr": self.optimizers[0].param_groups[0]["lr"] if self.optimizers else None,
+                                   "seconds": round(time.perf_counter() - t0, 3)}
+        last = self.stage_epoch + 1 == stage.epochs
+        if self.val_data is not None and (last or (self.stage_epoch + 1) % max(self.cfg.eval_every, 1) == 0):
+            ev = evaluate(self.raw_model, self.val_data, batch_size=self.cfg.eval_batch_size,
+                          device=self.device, rank=self.rank, world_size=self.world_size, amp=self.amp)
+            metrics.update({"val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"]})
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, metrics)
+        self.history.append(metrics)
+        if self.is_main and self.out_dir is not None:
+            write_text(self.out_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_path(self, resume: bool | str | Path) -> Path | None:
+        if not resume:
+            return None
+        if resume is True:
+            if self.out_dir is None:
+                raise PrunekitError("resume needs an output folder (out_dir) holding checkpoint.safetensors")
+            p = self.out_dir / "checkpoint.safetensors"
+            return p if p.exists() else None
+        p = Path(resume)
+        if not p.exists():
+            raise PrunekitError(f"{p}: no such checkpoint to resume from")
+        return p
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly."""
+        model = self.raw_model
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "position": {"stage_index": self.stage_index, "stage_epoch": self.stage_epoch,
+                         "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch},
+            "stages": [asdict(s) for s in self.stages],
+            "architecture": io.architecture(model),
+            "model": dict(model.state_dict()),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "base_lrs": self._base_lrs,
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "rng": rng,
+            "history": self.history,
+        }
+
+    def _save(self) -> None:
+        if self.out_dir is None or not self.is_main:
+            return
+        save_checkpoint(self.out_dir / "checkpoint.safetensors", self.state_dict())
+
+    def _restore(self, path: Path) -> None:
+        st = load_checkpoint(path)
+        try:
+            pos = st["position"]
+            saved_stages = [Stage(**s) for s in st["stages"]]
+        except (KeyError, TypeError) as exc:
+            raise PrunekitError(f"{path}: checkpoint is malformed ({exc})") from None
+        if [asdict(s) for s in saved_stages] != [asdict(s) for s in self.stages]:
+            raise PrunekitError(f"{path}: the checkpoint was made with a different schedule; resume with the "
+                                "same config or start a new output folder")
+        arch = st.get("architecture")
+        if arch is not None:
+            model = io.build_from_architecture(arch, device="meta")
+            io.load_state(model, st["model"], str(path), assign=True)
+            model._prunekit_factory = arch["factory"]
+        else:
+            model = self.raw_model
+            io.load_state(model, st["model"], str(path))
+        self.stage_index, self.stage_epoch = int(pos["stage_index"]), int(pos["stage_epoch"])
+        self.epoch, self.step, self.batch_in_epoch = int(pos["epoch"]), int(pos["step"]), int(pos["batch_in_epoch"])
+        self.history = list(st.get("history", []))
+        self.stage = self.stages[min(self.stage_index, len(self.stages) - 1)]
+        self._set_model(model)
+        cb_states = st.get("callbacks", [])
+        if len(cb_states) != len(self.callbacks):
+            raise PrunekitError(f"{path}: checkpoint was made with other methods/callbacks")
+        for cb, s in zip(self.callbacks, cb_states, strict=True):
+            cb.load_state_dict(s)
+        for cb in self.callbacks:
+            cb.on_model_changed(self)
+        self.build_optimizers()
+        opt_states = st.get("optimizers", [])
+        if len(opt_states) != len(self.optimizers):
+            raise PrunekitError(f"{path}: checkpoint holds {len(opt_states)} optimizers, the run has "
+                                f"{len(self.optimizers)}")
+        for opt, s in zip(self.optimizers, opt_states, strict=True):
+            opt.load_state_dict(s)
+        self._base_lrs = [list(b) for b in st.get("base_lrs", self._base_lrs)]
+        torch.set_rng_state(st["rng"]["torch"])
+        if "cuda" in st["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["rng"]["cuda"])
+
+
+__all__ = ["OptimConfig", "Trainer", "TrainerConfig", "evaluate", "pick_device", "seed_everything"]

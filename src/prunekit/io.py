@@ -1,0 +1,385 @@
+"""Safe model files: safetensors weights plus a JSON description of the (pruned) architecture.
+
+A model built by :func:`prunekit.models.create` remembers its factory (zoo name and keyword arguments).
+:func:`save` stores the weights and, in the file's metadata, the factory plus a *spec* of every module that
+differs from what the factory builds (a thinner conv, a block replaced by its shortcut, an inserted scaling
+layer). :func:`load` rebuilds the factory model on the ``meta`` device, applies the recorded specs, checks
+every tensor's shape against the file, and assigns the weights: no pickle, no code from the file, and a
+forged file cannot make us allocate more than the tensors it really holds.
+
+Only whitelisted module types can appear in a spec (torch's common layers plus classes registered with
+:func:`register_module`), so a malicious file cannot name an arbitrary class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit._atomic import atomic_path
+from prunekit.errors import PrunekitError
+
+FORMAT = "prunekit-model/1"
+_MAX_SPECS = 100_000
+
+# ---------------------------------------------------------------------------------------------------------
+# module specs
+
+
+def _conv_cfg(m: nn.Module) -> dict[str, Any]:
+    return {
+        "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
+        "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+        "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None,
+        "padding_mode": m.padding_mode,
+    }
+
+
+def _bn_cfg(m: nn.Module) -> dict[str, Any]:
+    return {"num_features": m.num_features, "eps": m.eps, "momentum": m.momentum, "affine": m.affine,
+            "track_running_stats": m.track_running_stats}
+
+
+def _pool_cfg(m: nn.Module) -> dict[str, Any]:
+    keys = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "count_include_pad", "output_size")
+    return {k: getattr(m, k) for k in keys if hasattr(m, k)}
+
+
+_TORCH_TYPES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict[str, Any]]]] = {
+    "Conv1d": (nn.Conv1d, _conv_cfg),
+    "Conv2d": (nn.Conv2d, _conv_cfg),
+    "Conv3d": (nn.Conv3d, _conv_cfg),
+    "Linear": (nn.Linear, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
+                                     "bias": m.bias is not None}),
+    "BatchNorm1d": (nn.BatchNorm1d, _bn_cfg),
+    "BatchNorm2d": (nn.BatchNorm2d, _bn_cfg),
+    "GroupNorm": (nn.GroupNorm, lambda m: {"num_groups": m.num_groups, "num_channels": m.num_channels,
+                                           "eps": m.eps, "affine": m.affine}),
+    "LayerNorm": (nn.LayerNorm, lambda m: {"normalized_shape": list(m.normalized_shape), "eps": m.eps,
+                                           "elementwise_affine": m.elementwise_affine}),
+    "Identity": (nn.Identity, lambda m: {}),
+    "ReLU": (nn.ReLU, lambda m: {"inplace": m.inplace}),
+    "ReLU6": (nn.ReLU6, lambda m: {"inplace": m.inplace}),
+    "Dropout": (nn.Dropout, lambda m: {"p": m.p, "inplace": m.inplace}),
+    "Flatten": (nn.Flatten, lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim}),
+    "MaxPool2d": (nn.MaxPool2d, _pool_cfg),
+    "AvgPool2d": (nn.AvgPool2d, _pool_cfg),
+    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, _pool_cfg),
+    "Sequential": (nn.Sequential, lambda m: {}),
+}
+
+_CUSTOM_TYPES: dict[str, type[nn.Module]] = {}
+
+
+def register_module(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator: allow ``cls`` in saved architectures.
+
+    The class must define ``to_config(self) -> dict`` (JSON values only) and a classmethod
+    ``from_config(cls, cfg) -> module``. Its name must be unique among registered classes.
+    """
+    if not (hasattr(cls, "to_config") and hasattr(cls, "from_config")):
+        raise TypeError(f"{cls.__name__} needs to_config() and from_config() to be registered")
+    _CUSTOM_TYPES[cls.__qualname__] = cls
+    return cls
+
+
+def module_spec(m: nn.Module) -> dict[str, Any] | None:
+    """JSON description of a module (recursing into Sequential), or None if its type is not known."""
+    for key, (cls, cfg) in _TORCH_TYPES.items():
+        if type(m) is cls:
+            spec: dict[str, Any] = {"type": key, "config": cfg(m)}
+            break
+    else:
+        if type(m).__qualname__ in _CUSTOM_TYPES and type(m) is _CUSTOM_TYPES[type(m).__qualname__]:
+            spec = {"type": type(m).__qualname__, "config": m.to_config()}
+        else:
+            return None
+    if isinstance(m, nn.Sequential) or spec["type"] in _CUSTOM_TYPES:
+        children = {}
+        for name, child in m.named_children():
+            cs = module_spec(child)
+            if cs is None:
+                return None
+            children[name] = cs
+        if children:
+            spec["children"] = children
+    return spec
+
+
+def _check_json_scalar(v: Any, where: str) -> None:
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return
+    if isinstance(v, int):
+        if abs(v) > 2**31:
+            raise PrunekitError(f"{where}: value {v} is out of range")
+        return
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise PrunekitError(f"{where}: value {v} is not finite")
+        return
+    if isinstance(v, list | tuple):
+        for x in v:
+            _check_json_scalar(x, where)
+        return
+    raise PrunekitError(f"{where}: unexpected value of type {type(v).__name__}")
+
+
+def build_module(spec: Any, where: str = "module") -> nn.Module:
+    """Construct a module from :func:`module_spec` output, accepting only whitelisted types."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        raise PrunekitError(f"{where}: malformed module spec")
+    kind, cfg = spec["type"], spec.get("config", {})
+    if not isinstance(cfg, dict):
+        raise PrunekitError(f"{where}: malformed config")
+    for k, v in cfg.items():
+        _check_json_scalar(v, f"{where}.{k}")
+    try:
+        if kind in _TORCH_TYPES:
+            cls = _TORCH_TYPES[kind][0]
+            if kind == "Sequential":
+                m: nn.Module = nn.Sequential()
+            else:
+                m = cls(**cfg)
+        elif kind in _CUSTOM_TYPES:
+            m = _CUSTOM_TYPES[kind].from_config(cfg)
+        else:
+            raise PrunekitError(f"{where}: module type {kind!r} is not allowed in a prunekit model file")
+    except PrunekitError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise PrunekitError(f"{where}: cannot build {kind} from {cfg}: {exc}") from None
+    children = spec.get("children", {})
+    if not isinstance(children, dict):
+        raise PrunekitError(f"{where}: malformed children")
+    for name, cs in children.items():
+        if not isinstance(name, str) or (not name.isidentifier() and not name.isdigit()):
+            raise PrunekitError(f"{where}: bad child name {name!r}")
+        m.add_module(name, build_module(cs, f"{where}.{name}"))
+    return m
+
+
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted ``name`` by ``new``."""
+    parent_name, _, leaf = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, new)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# architecture record
+
+
+def factory_of(model: nn.Module) -> dict[str, Any] | None:
+    """The ``{"name", "kwargs"}`` a zoo model was created with, or None for a user's own module."""
+    f = getattr(model, "_prunekit_factory", None)
+    return dict(f) if f else None
+
+
+def architecture(model: nn.Module) -> dict[str, Any] | None:
+    """Describe ``model`` as factory + overrides, or None when it did not come from the zoo."""
+    factory = factory_of(model)
+    if factory is None:
+        return None
+    from prunekit import models
+
+    with torch.device("meta"):
+        base = models.create(factory["name"], **factory["kwargs"])
+    base_modules = dict(base.named_modules())
+    overrides: dict[str, Any] = {}
+    skip: list[str] = []
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(s + ".") for s in skip):
+            continue
+        b = base_modules.get(name)
+        if b is not None and _same_shell(m, b):
+            continue
+        spec = module_spec(m)
+        if spec is None:
+            raise PrunekitError(
+                f"cannot record layer {name!r} of type {type(m).__name__}: register it with "
+                "prunekit.io.register_module (to_config/from_config) so the pruned model can be saved")
+        overrides[name] = spec
+        skip.append(name)
+    return {"factory": factory, "overrides": overrides}
+
+
+def _same_shell(m: nn.Module, b: nn.Module) -> bool:
+    """Same type, same own configuration, and no child of ``b`` missing: children are compared one by one."""
+    if type(m) is not type(b) or set(dict(b.named_children())) - set(dict(m.named_children())):
+        return False
+    sm, sb = module_spec(m), module_spec(b)
+    if sm is not None and sb is not None:
+        return sm["type"] == sb["type"] and sm["config"] == sb["config"]
+    return _own_shapes(m) == _own_shapes(b)
+
+
+def _own_shapes(m: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(n, tuple(t.shape)) for n, t in list(m.named_parameters(recurse=False))
+            + list(m.named_buffers(recurse=False))]
+
+
+def build_from_architecture(arch: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model (on ``device``, weights uninitialised if ``meta``) from :func:`architecture` output."""
+    from prunekit import models
+
+    if not isinstance(arch, dict) or not isinstance(arch.get("factory"), dict):
+        raise PrunekitError("architecture record is malformed (no factory)")
+    factory = arch["factory"]
+    name, kwargs = factory.get("name"), factory.get("kwargs", {})
+    if not isinstance(name, str) or not isinstance(kwargs, dict):
+        raise PrunekitError("architecture record is malformed (factory name / kwargs)")
+    for k, v in kwargs.items():
+        _check_json_scalar(v, f"factory.kwargs.{k}")
+    overrides = arch.get("overrides", {})
+    if not isinstance(overrides, dict) or len(overrides) > _MAX_SPECS:
+        raise PrunekitError("architecture record is malformed (overrides)")
+    with torch.device(device):
+        try:
+            model = models.create(name, **kwargs)
+        except PrunekitError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise PrunekitError(f"cannot build zoo model {name!r} with {kwargs}: {exc}") from None
+        for mod_name, spec in overrides.items():
+            try:
+                model.get_submodule(mod_name.rpartition(".")[0])
+            except AttributeError:
+                raise PrunekitError(f"architecture names a layer {mod_name!r} the model does not have") from None
+            set_submodule(model, mod_name, build_module(spec, mod_name))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# nested state <-> (tensors, JSON)
+
+
+def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace every tensor in a nested dict/list structure by a reference, collecting tensors by key.
+
+    Non-string dict keys (an optimizer's integer parameter ids) survive through ``{"__items__": ...}``.
+    """
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: flatten_state(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
+        return {"__items__": [[k, flatten_state(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, list | tuple):
+        out = [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": out} if isinstance(obj, tuple) else out
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": repr(obj)}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in a checkpoint")
+
+
+def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            key = obj["__tensor__"]
+            if key not in tensors:
+                raise PrunekitError(f"checkpoint refers to a tensor {key!r} it does not hold")
+            return tensors[key]
+        if set(obj) == {"__items__"}:
+            return {k: unflatten_state(v, tensors) for k, v in obj["__items__"]}
+        if set(obj) == {"__tuple__"}:
+            return tuple(unflatten_state(v, tensors) for v in obj["__tuple__"])
+        if set(obj) == {"__float__"}:
+            return float(obj["__float__"])
+        return {k: unflatten_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unflatten_state(v, tensors) for v in obj]
+    return obj
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Atomically write tensors plus a JSON document (in the safetensors metadata) to ``path``."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"prunekit": json.dumps(meta)})
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a file written by :func:`write_safetensors`; any defect becomes one clear PrunekitError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrunekitError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for every kind of corruption
+        raise PrunekitError(f"{path}: not a valid safetensors file ({str(exc).splitlines()[0][:200]})") from None
+    try:
+        doc = json.loads(meta.get("prunekit", "null"))
+    except json.JSONDecodeError:
+        raise PrunekitError(f"{path}: prunekit metadata is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise PrunekitError(f"{path}: not a prunekit file (no prunekit metadata)")
+    return tensors, doc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# public save / load
+
+
+def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` (pruned or not) to one safetensors file that :func:`load` rebuilds without its code."""
+    path = Path(path)
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    arch = architecture(model)
+    tensors = {k: v for k, v in model.state_dict().items()}
+    write_safetensors(path, tensors, {"format": FORMAT, "architecture": arch, "extra": extra or {}})
+    return path
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model saved by :func:`save`, rebuilding its (pruned) architecture from the file.
+
+    For a user's own (non-zoo) model pass ``model``: its weights are loaded in place (shapes must match).
+    """
+    tensors, doc = read_safetensors(path)
+    if doc.get("format") != FORMAT:
+        raise PrunekitError(f"{path}: not a prunekit model file (format {doc.get('format')!r}, want {FORMAT})")
+    if model is None:
+        if doc.get("architecture") is None:
+            raise PrunekitError(f"{path}: holds no architecture (not a zoo model); pass model= to load into")
+        model = build_from_architecture(doc["architecture"], device="meta")
+        load_state(model, tensors, str(path), assign=True)
+        model._prunekit_factory = doc["architecture"]["factory"]
+    else:
+        load_state(model, tensors, str(path))
+    return model.to(device).eval()
+
+
+def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], where: str, assign: bool = False) -> None:
+    """``load_state_dict(strict=True)`` with every mismatch reported as one PrunekitError line."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise PrunekitError(f"{where}: weights do not fit the architecture (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]})")
+    for k, v in own.items():
+        if tuple(v.shape) != tuple(tensors[k].shape) or v.dtype != tensors[k].dtype:
+            raise PrunekitError(f"{where}: tensor {k} has shape {tuple(tensors[k].shape)} "
+                                f"{tensors[k].dtype}, the architecture needs {tuple(v.shape)} {v.dtype}")
+    model.load_state_dict(tensors, strict=True, assign=assign)
+    leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftovers:
+        raise PrunekitError(f"{where}: no values for {leftovers[:3]}")

@@ -1,0 +1,108 @@
+"""Latency, accuracy and on-disk size."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.metrics.counting import batch_size_of, eval_mode, model_device, prepare_inputs
+
+
+def latency(model: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...], *, repeats: int = 30,
+            warmup: int = 5, threads: int | None = None) -> dict[str, Any]:
+    """Time ``repeats`` forward passes (after ``warmup`` untimed ones) in eval mode under inference_mode.
+
+    CPU: wall clock around each pass, with ``torch.set_num_threads(threads)`` fixed for the measurement
+    (default: the current count) and restored afterwards. CUDA: CUDA events around each pass, synchronised.
+    Returns ``median_ms``, ``p10_ms``, ``p90_ms``, ``mean_ms``, ``min_ms`` (one pass over the whole batch),
+    plus ``repeats``, ``warmup``, ``threads``, ``batch_size`` and ``device``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    device = model_device(model)
+    if device.type == "meta":
+        raise PrunekitError("latency: the model is on the meta device (no weights); move it to cpu or cuda")
+    args = prepare_inputs(model, example_inputs)
+    old_threads = torch.get_num_threads()
+    used = threads if threads is not None else old_threads
+    cuda = device.type == "cuda"
+    times: list[float] = []
+    try:
+        torch.set_num_threads(used)
+        with eval_mode(model), torch.inference_mode():
+            for _ in range(warmup):
+                model(*args)
+            if cuda:
+                torch.cuda.synchronize(device)
+                for _ in range(repeats):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    model(*args)
+                    end.record()
+                    end.synchronize()
+                    times.append(start.elapsed_time(end))
+            else:
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    model(*args)
+                    times.append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        torch.set_num_threads(old_threads)
+    arr = np.asarray(times)
+    return {
+        "median_ms": float(np.median(arr)), "p10_ms": float(np.percentile(arr, 10)),
+        "p90_ms": float(np.percentile(arr, 90)), "mean_ms": float(arr.mean()), "min_ms": float(arr.min()),
+        "repeats": repeats, "warmup": warmup, "threads": used, "batch_size": batch_size_of(args),
+        "device": str(device),
+    }
+
+
+def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             topk: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy (fractions in [0, 1]) over ``(inputs, labels)`` batches, in eval mode without grad.
+
+    Returns ``{"top1": ..., "top5": ..., "samples": n}``. A k above the number of classes counts every
+    sample as correct. Each module's train/eval flag is restored afterwards.
+    """
+    if not topk or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in topk):
+        raise ValueError(f"topk must be positive integers, got {topk!r}")
+    device = model_device(model)
+    correct = dict.fromkeys(topk, 0)
+    n = 0
+    with eval_mode(model), torch.inference_mode():
+        for x, y in batches:
+            logits = model(x.to(device))
+            y = y.to(logits.device).reshape(-1)
+            if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+                raise PrunekitError(f"accuracy: model output has shape {tuple(logits.shape)} for "
+                                    f"{y.shape[0]} labels; expected (batch, classes)")
+            kmax = min(max(topk), logits.shape[1])
+            hits = logits.topk(kmax, dim=1).indices == y[:, None]
+            for k in topk:
+                correct[k] += int(hits[:, :min(k, kmax)].any(dim=1).sum().item())
+            n += y.shape[0]
+    if n == 0:
+        raise PrunekitError("accuracy: the data gave no samples; check the dataset split")
+    result: dict[str, float] = {f"top{k}": correct[k] / n for k in topk}
+    result["samples"] = n
+    return result
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Size in bytes of a file, or of all files under a directory (an export that spans several files)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    raise PrunekitError(f"{p}: no such file or directory; export the model first")

@@ -1,0 +1,1 @@
+"""prunekit.surgery (in progress)."""
