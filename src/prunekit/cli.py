@@ -157,7 +157,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         io.save(model, args.out)
     else:
         shape = _shape(args.input_shape) or _default_shape(model)
-        with atomic_path(args.out) as tmp:
+        import warnings
+
+        with atomic_path(args.out) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter needs no onnxscript
             torch.onnx.export(model, (torch.zeros((1, *shape)),), str(tmp), dynamo=False,
                               input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})

@@ -89,7 +89,7 @@ def measure(model: nn.Module, test: pdata.Dataset, *, device: torch.device, path
                             "macs": counts.macs}
     if latency:
         lat = metrics.latency(cpu_model, torch.zeros((1, *test.input_shape)), repeats=20, warmup=3, threads=1)
-        figs["latency_ms_b1"] = lat["median"]
+        figs["latency_ms_b1"] = lat["median_ms"]
     model.to(device)
     ev = evaluate(model, test, batch_size=eval_batch_size, device=device)
     figs.update({"top1": ev["top1"], "top5": ev["top5"], "test_loss": ev["loss"]})

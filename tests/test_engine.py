@@ -1,0 +1,197 @@
+"""The training engine: schedules, hooks, learning, NaN guard, and exact resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit import data, models
+from prunekit.engine import (
+    Callback,
+    LoopState,
+    OptimConfig,
+    Stage,
+    Trainer,
+    TrainerConfig,
+    evaluate,
+    lr_factor,
+    seed_everything,
+)
+from prunekit.errors import PrunekitError
+
+
+def _data(n=192):
+    train = data.load("synthetic", "train", n=n, shape=(1, 8, 8), num_classes=4, seed=0)
+    test = data.load("synthetic", "test", n=64, shape=(1, 8, 8), num_classes=4, seed=0)
+    return train, test
+
+
+def _model(seed=0):
+    seed_everything(seed)
+    return models.create("lenet5", in_channels=1, num_classes=4, input_size=8)
+
+
+def test_lr_schedules():
+    assert lr_factor("constant", 3.5, 3, 10, None, 0.1) == 1.0
+    assert lr_factor("step", 0.0, 0, 10, [3, 6], 0.1) == 1.0
+    assert lr_factor("step", 3.0, 3, 10, [3, 6], 0.1) == pytest.approx(0.1)
+    assert lr_factor("step", 9.9, 9, 10, [3, 6], 0.2) == pytest.approx(0.04)
+    assert lr_factor("cosine", 0.0, 0, 10, None, 0.1) == pytest.approx(1.0)
+    assert lr_factor("cosine", 5.0, 5, 10, None, 0.1) == pytest.approx(0.5)
+    assert lr_factor("onecycle", 3.0, 3, 10, None, 0.1) == pytest.approx(1.0)
+    assert lr_factor("step", 0.5, 0, 10, [5], 0.1, warmup=1.0) == pytest.approx(0.501)
+    with pytest.raises(ValueError):
+        lr_factor("nope", 0, 0, 1, None, 0.1)
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.events: list[str] = []
+        self.lrs: list[float] = []
+
+    def on_fit_start(self, t):
+        self.events.append("fit_start")
+
+    def on_stage_start(self, t, stage):
+        self.events.append(f"stage_start:{stage.name}")
+
+    def on_epoch_start(self, t):
+        self.events.append("epoch_start")
+
+    def on_before_optimizer_step(self, t):
+        assert all(p.grad is not None for p in t.raw_model.parameters())
+
+    def on_after_optimizer_step(self, t):
+        self.lrs.append(t.optimizers[0].param_groups[0]["lr"])
+
+    def on_epoch_end(self, t, metrics):
+        self.events.append("epoch_end")
+
+    def on_stage_end(self, t, stage):
+        self.events.append(f"stage_end:{stage.name}")
+
+    def on_fit_end(self, t):
+        self.events.append("fit_end")
+
+
+def test_trainer_learns_and_calls_hooks_in_order():
+    train, test = _data()
+    rec = Recorder()
+    tr = Trainer(_model(), train, test, optim=OptimConfig(lr=0.05, schedule="step", milestones=[1]),
+                 config=TrainerConfig(batch_size=32, device="cpu", quiet=True), callbacks=[rec])
+    before = evaluate(tr.raw_model, test)["top1"]
+    hist = tr.fit([Stage("a", 2), Stage("b", 1, lr=0.01, schedule="constant")])
+    assert rec.events == ["fit_start", "stage_start:a", "epoch_start", "epoch_end", "epoch_start", "epoch_end",
+                          "stage_end:a", "stage_start:b", "epoch_start", "epoch_end", "stage_end:b", "fit_end"]
+    steps = len(train) // 32
+    assert len(rec.lrs) == 3 * steps
+    assert rec.lrs[0] == pytest.approx(0.05) and rec.lrs[steps] == pytest.approx(0.005)
+    assert rec.lrs[-1] == pytest.approx(0.01)
+    assert [h["stage"] for h in hist] == ["a", "a", "b"]
+    assert hist[-1]["val_top1"] > max(before, 60.0)
+
+
+class Kill(Callback):
+    """Simulates a kill after a given global step."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_end(self, t):
+        if t.step + 1 == self.at:
+            raise KeyboardInterrupt
+
+
+class Counter(Callback):
+    """A callback with state, to check it is restored on resume."""
+
+    def __init__(self):
+        self.n = 0
+        self.buf = torch.zeros(3)
+
+    def on_after_optimizer_step(self, t):
+        self.n += 1
+        self.buf += 1
+
+    def state_dict(self):
+        return {"n": self.n, "buf": self.buf.clone()}
+
+    def load_state_dict(self, s):
+        self.n, self.buf = s["n"], s["buf"].clone()
+
+
+@pytest.mark.parametrize("kill_at", [4, 6, 13])  # mid-epoch, at an epoch boundary, in the second stage
+def test_resume_is_exact(tmp_path, kill_at):
+    train, test = _data()
+    stages = [Stage("a", 2), Stage("b", 1, lr=0.02)]
+    cfg = TrainerConfig(batch_size=32, device="cpu", quiet=True, checkpoint_every_steps=1)
+    optim = OptimConfig(lr=0.05, schedule="cosine")
+    ref_cb = Counter()
+    ref = Trainer(_model(), train, test, optim=optim, config=cfg, callbacks=[ref_cb], out_dir=tmp_path / "ref")
+    ref.fit(stages)
+
+    run = tmp_path / "run"
+    killed = Trainer(_model(), train, test, optim=optim, config=cfg, callbacks=[Counter(), Kill(kill_at)],
+                     out_dir=run)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(stages)
+    torch.manual_seed(1234)  # the resumed run must not depend on the global RNG state it starts with
+    cb = Counter()
+    resumed = Trainer(_model(seed=99), train, test, optim=optim, config=cfg, callbacks=[cb, Kill(-1)], out_dir=run)
+    resumed.fit(stages, resume=True)
+    for (k, a), b in zip(ref.raw_model.state_dict().items(), resumed.raw_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert cb.n == ref_cb.n == 3 * (len(train) // 32)
+    assert torch.equal(cb.buf, ref_cb.buf)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+
+
+def test_resume_with_other_schedule_is_refused(tmp_path):
+    train, test = _data()
+    cfg = TrainerConfig(batch_size=32, device="cpu", quiet=True)
+    Trainer(_model(), train, test, config=cfg, out_dir=tmp_path).fit(1)
+    with pytest.raises(PrunekitError, match="different schedule"):
+        Trainer(_model(), train, test, config=cfg, out_dir=tmp_path).fit(2, resume=True)
+
+
+def test_nan_loss_stops_with_clear_error():
+    train, test = _data()
+    tr = Trainer(_model(), train, test, optim=OptimConfig(lr=1e6, momentum=0.0),
+                 config=TrainerConfig(batch_size=32, device="cpu", quiet=True))
+    with pytest.raises(PrunekitError, match="loss became .* lower the learning rate"):
+        tr.fit(50)
+
+
+class Shrink(Callback):
+    """Replaces the model mid-run with a narrower one, as structured pruning methods do."""
+
+    def on_stage_start(self, t, stage):
+        if stage.name == "b":
+            new = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+            t.replace_model(new)
+
+
+def test_replace_model_rebuilds_optimizer():
+    train, test = _data()
+    tr = Trainer(_model(), train, test, config=TrainerConfig(batch_size=32, device="cpu", quiet=True),
+                 callbacks=[Shrink()])
+    tr.fit([Stage("a", 1), Stage("b", 1)])
+    params = {id(p) for p in tr.raw_model.parameters()}
+    assert params == {id(p) for g in tr.optimizers[0].param_groups for p in g["params"]}
+    assert isinstance(tr.raw_model, nn.Sequential)
+
+
+def test_callback_works_in_a_users_own_loop():
+    train, _ = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    state = LoopState(model, [opt])
+    cb = Counter()
+    for x, y in data.iterate(train, 32, shuffle=True, seed=0, epoch=0):
+        nn.functional.cross_entropy(state.model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        cb.on_after_optimizer_step(state)
+        state.step += 1
+    assert cb.n == state.step == len(train) // 32
