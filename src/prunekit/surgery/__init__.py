@@ -1,1 +1,45 @@
-"""prunekit.surgery (in progress)."""
+"""Surgery: make a pruned network really smaller.
+
+Structured (built on Torch-Pruning's dependency graph, see :mod:`prunekit.surgery._graph`):
+
+* :func:`channel_groups` - the coupled groups of output channels a method should score as one unit;
+* :func:`remove_channels` - remove channels / neurons and everything coupled to them, in place;
+* :func:`remove_blocks` - depth pruning: replace residual blocks (identity shortcut) by their activation;
+* :func:`zero_channel_plan` - a plan removing exactly the channels whose output is identically zero;
+* :func:`conv_group_plan` - a plan removing whole groups of a grouped convolution.
+
+Unstructured: :class:`MaskSet` (masks kept through optimizer steps) and :func:`save_sparse` /
+:func:`load_sparse` (files that store only the non-zeros, loaded back bit for bit).
+"""
+
+from prunekit.surgery._graph import ChannelGroup, channel_groups
+from prunekit.surgery.blocks import removable_blocks, remove_blocks, residual_blocks
+from prunekit.surgery.masks import MaskSet
+from prunekit.surgery.sparse import load_sparse, save_sparse
+from prunekit.surgery.structured import (
+    LayerChange,
+    SurgeryReport,
+    conv_group_plan,
+    count_params,
+    normalise_plan,
+    remove_channels,
+    zero_channel_plan,
+)
+
+__all__ = [
+    "ChannelGroup",
+    "LayerChange",
+    "MaskSet",
+    "SurgeryReport",
+    "channel_groups",
+    "conv_group_plan",
+    "count_params",
+    "load_sparse",
+    "normalise_plan",
+    "removable_blocks",
+    "remove_blocks",
+    "remove_channels",
+    "residual_blocks",
+    "save_sparse",
+    "zero_channel_plan",
+]
