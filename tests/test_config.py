@@ -57,3 +57,15 @@ def test_every_shipped_recipe_validates():
     recipes = sorted((ROOT / "configs").rglob("*.yaml"))
     for path in recipes:
         config.load_config(path)
+
+
+def test_exponent_floats_without_a_dot():
+    cfg = config.load_config(None, ["optim.weight_decay=5e-4", "optim.lr=1e-1"])
+    assert cfg["optim"]["weight_decay"] == 5e-4 and cfg["optim"]["lr"] == 0.1
+
+
+def test_yaml_never_builds_python_objects(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(PrunekitError, match="YAML"):
+        config.load_config(p)

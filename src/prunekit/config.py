@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,24 @@ DEFAULTS: dict[str, Any] = {
 _FREE_FORM = {("model", "kwargs")}  # validated by the model factory itself
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``5e-4`` as a float (YAML 1.1 wants ``5.0e-4``; people write ``5e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def _merge(base: dict[str, Any], new: dict[str, Any], path: str = "") -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in new.items():
@@ -69,7 +88,7 @@ def _merge(base: dict[str, Any], new: dict[str, Any], path: str = "") -> dict[st
 def parse_value(text: str) -> Any:
     """A ``--set`` value is parsed as YAML (``0.05`` -> float, ``[30, 60]`` -> list, ``null`` -> None)."""
     try:
-        return yaml.safe_load(text)
+        return _yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -101,7 +120,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not p.is_file():
             raise PrunekitError(f"{p}: config file not found")
         try:
-            user = yaml.safe_load(p.read_text()) or {}
+            user = _yaml(p.read_text()) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
