@@ -1,0 +1,544 @@
+"""Network Trimming: data-driven neuron pruning by APoZ (Hu, Peng, Tai & Tang 2016, arXiv 1607.03250).
+
+The paper's procedure, and where each step lives here::
+
+    train the network                                   stage "train" (or start from a pretrained model)
+    repeat for iterations t = 1..N:                     stages "trim1".."trimN" (kind "retrain")
+        APoZ_c = sum_k sum_j [O_c,j(k) == 0] / (N*M)    on_stage_start -> measure_apoz (apoz.py)
+        remove c where APoZ_c > mean + k * std          select_channels (rule "paper", k = 1)
+        (and its in/out connections)                    prunekit.surgery.remove_channels
+        retrain from the surviving weights              the stage's epochs, after trainer.replace_model
+
+Where we follow the paper: APoZ after the ReLU of each neuron/channel (for a conv, over every spatial
+position of every image), the mean + 1 std rule per layer, physical removal of the neuron and its in/out
+connections, retraining initialised with the surviving weights, trim/retrain iterations, and optionally the
+paper's order (``order: highest_mean``: trim the layer(s) of highest mean APoZ first; the next iteration
+picks again, so trimming moves on to the layers that are then the most redundant).
+
+Where we chose (the paper leaves it open or is not verified):
+
+* ``std`` is the population standard deviation of the layer's APoZ values (NumPy's default).
+* Data: APoZ is measured on the training set by default (``apoz_data: val`` for the held-out split the
+  paper describes; here that split is the test set the accuracy is reported on, hence not the default),
+  optionally its first ``apoz_samples`` images, in eval mode (BatchNorm with running statistics).
+* A layer followed by BatchNorm then ReLU is measured at that ReLU. Channels coupled by a residual sum (a
+  stage of a ResNet: the stem / projection convs and every block's last conv) are one group (from
+  ``prunekit.surgery.channel_groups``): their zeros are pooled over every ReLU that carries them (the stem
+  ReLU, and each ``ResidualBlock.act`` after the addition), and they are removed together. A layer with no
+  ReLU module after it (e.g. the classifier, or a functional ``relu``) cannot be scored and is left alone.
+* Other rules, as offered by later tools: a fixed APoZ threshold, or a fixed fraction of highest APoZ.
+* Safety rails the paper does not need: at least ``min_channels`` survive in every layer, at most
+  ``max_fraction`` of a layer goes per iteration, and ``round_to`` keeps widths at multiples of 8/16.
+* The retrain learning rate (``retrain_lr``) and the epochs per stage are not given by the paper.
+
+Engineering: under DistributedDataParallel every process counts zeros on its shard and the counts are
+summed, so all processes take the same decision; the Trainer then re-wraps the smaller model. The trim runs
+at the start of its stage, after the checkpoint of the previous one, and every checkpoint stores the pruned
+architecture and this method's records, so a resumed run ends bit-identical. ``records`` (state) keeps, per
+network (0 = before the first trim), the widths of every conv/linear layer, parameters, MACs, accuracy
+after the trim and after retraining, and the full APoZ vectors; :meth:`report` turns them into a table, APoZ
+means and histograms, and a per-layer plot.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.engine.stages import Stage
+from prunekit.errors import PrunekitError
+from prunekit.methods.apoz import activation_points
+from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
+
+RULES = ("paper", "threshold", "fraction")
+ORDERS = ("together", "highest_mean")
+APOZ_DATA = ("train", "val")
+HIST_BINS = 20
+
+
+def _is_int(v: Any, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class TrimmingConfig(MethodConfig):
+    """Network Trimming hyperparameters (paper's defaults where it has them)."""
+
+    iterations: int = 3  # N trim/retrain iterations
+    initial_epochs: int | None = None  # None: a share of the budget; 0 when starting from a trained model
+    retrain_epochs: int | None = None  # per iteration; None: the rest of the budget split evenly
+    retrain_lr: float | None = None  # learning rate of the retrain stages (None: optim.lr)
+    rule: str = "paper"  # paper: APoZ > mean + k*std | threshold: APoZ > threshold | fraction
+    k: float = 1.0  # the paper's 1 std
+    threshold: float = 0.9  # rule "threshold"
+    fraction: float = 0.1  # rule "fraction": share of each layer's channels, highest APoZ first
+    layers: list[str] | None = None  # conv/linear names or glob patterns to trim (None: every scorable one)
+    order: str = "together"  # together: all chosen layers each iteration | highest_mean: the paper's order
+    layers_per_iteration: int = 1  # order "highest_mean": how many layers per iteration
+    min_channels: int = 1
+    max_fraction: float = 1.0  # at most this share of a layer removed per iteration
+    round_to: int = 1  # keep widths at multiples of this (removes fewer channels, never more)
+    apoz_data: str = "train"  # train | val (the Trainer's datasets)
+    apoz_samples: int = 0  # 0: the whole split; else its first n images
+    apoz_batch_size: int = 0  # 0: the Trainer's eval batch size
+    apoz_threads: int = 0  # CPU torch threads for the APoZ counting (0: as the model; 1 on busy small hosts)
+    evaluate_trims: bool = True  # evaluate right after each trim (before retraining) when val data exist
+    final_apoz: bool = True  # measure APoZ of the final network too (for the report)
+    plot_path: str | None = None  # default: <out_dir>/trimming_apoz.png when the Trainer has an out_dir
+    progress: bool = True
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise PrunekitError(f"method 'trimming': {msg}")
+
+        need(_is_int(self.iterations, 1), f"iterations must be an integer >= 1, got {self.iterations!r}")
+        for key in ("initial_epochs", "retrain_epochs"):
+            v = getattr(self, key)
+            need(v is None or _is_int(v, 0), f"{key} must be an integer >= 0 or null, got {v!r}")
+        need(self.retrain_lr is None or (_is_num(self.retrain_lr) and self.retrain_lr > 0),
+             f"retrain_lr must be a positive number or null, got {self.retrain_lr!r}")
+        need(self.rule in RULES, f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        need(_is_num(self.k), f"k must be a number, got {self.k!r}")
+        need(_is_num(self.threshold) and 0 <= self.threshold < 1,
+             f"threshold must be a number in [0, 1), got {self.threshold!r}")
+        need(_is_num(self.fraction) and 0 <= self.fraction < 1,
+             f"fraction must be a number in [0, 1), got {self.fraction!r}")
+        need(self.layers is None or (isinstance(self.layers, list) and self.layers
+                                     and all(isinstance(s, str) and s for s in self.layers)),
+             f"layers must be a non-empty list of layer names / patterns or null, got {self.layers!r}")
+        need(self.order in ORDERS, f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        need(_is_int(self.layers_per_iteration, 1),
+             f"layers_per_iteration must be an integer >= 1, got {self.layers_per_iteration!r}")
+        need(_is_int(self.min_channels, 1), f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+        need(_is_num(self.max_fraction) and 0 < self.max_fraction <= 1,
+             f"max_fraction must be a number in (0, 1], got {self.max_fraction!r}")
+        need(_is_int(self.round_to, 1), f"round_to must be an integer >= 1, got {self.round_to!r}")
+        need(self.apoz_data in APOZ_DATA, f"apoz_data must be one of {', '.join(APOZ_DATA)}, got {self.apoz_data!r}")
+        need(_is_int(self.apoz_samples, 0), f"apoz_samples must be an integer >= 0, got {self.apoz_samples!r}")
+        need(_is_int(self.apoz_batch_size, 0),
+             f"apoz_batch_size must be an integer >= 0, got {self.apoz_batch_size!r}")
+        need(_is_int(self.apoz_threads, 0), f"apoz_threads must be an integer >= 0, got {self.apoz_threads!r}")
+        for key in ("evaluate_trims", "final_apoz", "progress"):
+            need(isinstance(getattr(self, key), bool), f"{key} must be true or false")
+        need(self.plot_path is None or (isinstance(self.plot_path, str) and self.plot_path),
+             f"plot_path must be a file path or null, got {self.plot_path!r}")
+
+
+# ------------------------------------------------------------------------------------------------ selection
+
+
+def select_channels(apoz: torch.Tensor, cfg: TrimmingConfig) -> tuple[list[int], float | None]:
+    """Channels of one layer (group) to remove, by the configured rule, and the APoZ threshold used.
+
+    Candidates are taken highest APoZ first (ties: lower index first) and capped so that at least
+    ``min_channels`` and a multiple of ``round_to`` channels survive and at most ``max_fraction`` go.
+    """
+    a = apoz.detach().double().cpu()
+    c = a.numel()
+    thr: float | None
+    if cfg.rule == "fraction":
+        thr = None
+        n_cand = math.floor(cfg.fraction * c + 0.5)
+    else:
+        # paper: theta = mean + k * std of the layer's APoZ (population std)
+        thr = float(a.mean() + cfg.k * a.std(unbiased=False)) if cfg.rule == "paper" else float(cfg.threshold)
+        n_cand = int((a > thr).sum())
+    order = sorted(range(c), key=lambda i: (-float(a[i]), i))
+    n = min(n_cand, c - cfg.min_channels, math.floor(cfg.max_fraction * c + 1e-9))
+    n = max(n, 0)
+    if cfg.round_to > 1 and n > 0:
+        keep = int(math.ceil((c - n) / cfg.round_to) * cfg.round_to)
+        n = max(c - min(keep, c), 0)
+    return sorted(order[:n]), thr
+
+
+def _hist(a: torch.Tensor) -> list[int]:
+    return torch.histc(a.double(), bins=HIST_BINS, min=0.0, max=1.0).long().tolist()
+
+
+# ------------------------------------------------------------------------------------------------ the method
+
+
+@dataclass
+class _Group:
+    """A scorable unit: a surgery channel group and the ReLU modules whose outputs carry its channels."""
+
+    name: str
+    layers: tuple[str, ...]
+    size: int
+    points: list[str]
+
+
+class NetworkTrimming(PruningMethod):
+    """Network Trimming (Hu et al. 2016): iteratively remove the neurons with the highest APoZ, retrain.
+
+    In the Trainer, APoZ is measured on the Trainer's data (``apoz_data``); in a user's own loop pass
+    ``apoz_data=`` (a :class:`prunekit.data.Dataset`, an iterable of batches, or a callable returning one)
+    and call ``on_stage_start(state, stage)`` for each stage of :meth:`stages`, rebuilding the optimizer
+    afterwards (the model object changes). :meth:`trim` does one iteration on any model directly.
+    """
+
+    name = "trimming"
+    Config = TrimmingConfig
+    config: TrimmingConfig
+
+    def __init__(self, config: TrimmingConfig | Mapping[str, Any] | None = None, *,
+                 apoz_data: Any = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.apoz_data = apoz_data
+        self.records: list[dict[str, Any]] = []  # one per network: 0 = before the first trim, t = after trim t
+        self.out_dir: Path | None = None
+        self._last_metrics: dict[str, Any] = {}
+        self._unscorable: list[str] = []
+
+    # -- schedule -------------------------------------------------------------------------------
+    def stages(self, epochs: int) -> list[Stage]:
+        """[initial training] + ``iterations`` x [trim, retrain]; explicit epoch options win over ``epochs``."""
+        cfg = self.config
+        n = cfg.iterations
+        if not _is_int(epochs, 0):
+            raise PrunekitError(f"trimming: epochs must be an integer >= 0, got {epochs!r}")
+        initial, retrain = cfg.initial_epochs, cfg.retrain_epochs
+        if initial is None and retrain is None:
+            retrain = epochs // (n + 1)
+            initial = epochs - n * retrain
+        elif retrain is None:
+            assert initial is not None
+            if initial > epochs:
+                raise PrunekitError(f"trimming: initial_epochs={initial} exceeds the budget of {epochs} epochs")
+            retrain = (epochs - initial) // n
+        elif initial is None:
+            initial = max(epochs - n * retrain, 0)
+        out = [Stage("train", initial, kind="train")] if initial else []
+        out += [Stage(f"trim{t}", retrain, kind="retrain", lr=cfg.retrain_lr, info={"iteration": t})
+                for t in range(1, n + 1)]
+        return out
+
+    # -- analysis -------------------------------------------------------------------------------
+    def groups(self, model: nn.Module, example_inputs: torch.Tensor) -> list[_Group]:
+        """Every scorable channel group of ``model`` (in module order) with its measuring ReLUs."""
+        from prunekit import surgery
+
+        raw = getattr(model, "module", model)
+        points = activation_points(raw, example_inputs)
+        out, unscorable = [], []
+        for g in surgery.channel_groups(raw, example_inputs):
+            ident = tuple(range(g.size))
+            measured: list[str] = []
+            for layer in g.layers:
+                if layer in points and tuple(g.index.get(layer, ident)) == ident:
+                    measured += [p for p in points[layer] if p not in measured]
+            if measured:
+                out.append(_Group(g.name, tuple(g.layers), g.size, measured))
+            else:
+                unscorable.append(g.name)
+        self._unscorable = unscorable
+        return out
+
+    def chosen(self, groups: list[_Group]) -> list[_Group]:
+        """The groups the ``layers`` option names (a group matches if any of its layers does)."""
+        pats = self.config.layers
+        if pats is None:
+            return list(groups)
+        out = [g for g in groups if any(fnmatch.fnmatchcase(layer, p) for layer in g.layers for p in pats)]
+        for p in pats:
+            if not any(fnmatch.fnmatchcase(layer, p) for g in groups for layer in g.layers):
+                names = ", ".join(g.name for g in groups)
+                extra = (f"; not scorable (no ReLU after them): {', '.join(self._unscorable)}"
+                         if self._unscorable else "")
+                raise PrunekitError(f"trimming: layers pattern {p!r} matches no scorable layer; scorable layers "
+                                    f"(first layer of each coupled group): {names}{extra}")
+        return out
+
+    def measure(self, model: nn.Module, batches: Iterable[Any], groups: list[_Group], *,
+                device: torch.device | None = None, amp: bool = False) -> dict[str, torch.Tensor]:
+        """APoZ per channel of every group in one pass over ``batches`` (pooled over a group's ReLUs)."""
+        from prunekit.methods.apoz import collect_apoz
+
+        return collect_apoz(model, batches, {g.name: g.points for g in groups}, device=device,
+                            progress=self.config.progress, amp=amp, threads=self.config.apoz_threads)
+
+    def plan(self, apoz: Mapping[str, torch.Tensor], groups: list[_Group]
+             ) -> tuple[dict[str, list[int]], dict[str, float | None]]:
+        """The removal plan ``{group: channels}`` for one iteration and the thresholds used."""
+        cfg = self.config
+        chosen = self.chosen(groups)
+        sel = {g.name: select_channels(apoz[g.name], cfg) for g in chosen}
+        names = [g.name for g in chosen]
+        if cfg.order == "highest_mean":
+            # the paper's order: the layer(s) of highest mean APoZ that still have something to remove
+            ranked = sorted((n for n in names if sel[n][0]), key=lambda n: (-float(apoz[n].mean()), names.index(n)))
+            names = ranked[: cfg.layers_per_iteration]
+        plan = {n: sel[n][0] for n in names if sel[n][0]}
+        return plan, {n: sel[n][1] for n in sel}
+
+    # -- one iteration --------------------------------------------------------------------------
+    def trim(self, model: nn.Module, batches: Iterable[Any], example_inputs: torch.Tensor, *,
+             device: torch.device | None = None, amp: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+        """Measure APoZ over ``batches``, remove the selected channels from ``model`` (in place) and return
+        it with a record of what happened (APoZ per group, thresholds, removed channels, new widths)."""
+        from prunekit import surgery
+
+        raw = getattr(model, "module", model)
+        groups = self.groups(raw, example_inputs)
+        if not groups:
+            raise PrunekitError(f"trimming: {type(raw).__name__} has no conv/linear layer followed by an "
+                                "nn.ReLU module, so no APoZ can be measured (functional relu cannot be hooked)")
+        apoz = self.measure(raw, batches, groups, device=device, amp=amp)
+        plan, thresholds = self.plan(apoz, groups)
+        if plan:
+            result = surgery.remove_channels(raw, plan, example_inputs, min_channels=self.config.min_channels)
+            if isinstance(result, nn.Module):
+                raw = result
+        record = {"apoz": {g: a.float() for g, a in apoz.items()},
+                  "thresholds": thresholds,
+                  "removed": {g: list(v) for g, v in plan.items()},
+                  "groups": {g.name: {"layers": list(g.layers), "points": g.points} for g in groups}}
+        return raw, record
+
+    # -- callback hooks -------------------------------------------------------------------------
+    def on_fit_start(self, trainer: Any) -> None:
+        self.out_dir = getattr(trainer, "out_dir", None)
+
+    def on_model_changed(self, trainer: Any) -> None:
+        self.out_dir = getattr(trainer, "out_dir", None)
+
+    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+        self._last_metrics = dict(metrics)
+
+    def on_stage_start(self, trainer: Any, stage: Stage) -> None:
+        if stage.kind != "retrain":
+            return
+        t = int(stage.info.get("iteration", len(self.records)))
+        if any(r["iteration"] == t for r in self.records):
+            return  # already trimmed for this stage (a hook called twice by a user's loop)
+        model = trainer.raw_model
+        batches = self._apoz_batches(trainer)
+        example = self._example_inputs(trainer)
+        device = getattr(trainer, "device", None)
+        amp = bool(getattr(trainer, "amp", False))
+        if not self.records:
+            self.records.append(self._snapshot(model, example, 0, trainer))
+        model, rec = self.trim(model, batches, example, device=device, amp=amp)
+        prev = self.records[-1]
+        prev["apoz"] = rec["apoz"]
+        prev["thresholds"] = rec["thresholds"]
+        trainer.replace_model(model)
+        new = self._snapshot(trainer.raw_model, example, t, None)
+        new["removed"] = {g: len(v) for g, v in rec["removed"].items()}
+        new["removed_channels"] = rec["removed"]
+        if self.config.evaluate_trims:
+            new["top1_trimmed"] = self._evaluate(trainer)
+        self.records.append(new)
+        self._last_metrics = {}
+
+    def on_stage_end(self, trainer: Any, stage: Stage) -> None:
+        top1 = self._last_metrics.get("val_top1")
+        if stage.kind == "train":
+            snap = self._snapshot(trainer.raw_model, self._example_inputs(trainer), 0, None)
+            snap["top1"] = top1
+            self.records = [snap]
+        elif self.records:
+            last = self.records[-1]
+            if stage.epochs == 0:  # trimmed, not retrained: the network is the one evaluated after the trim
+                top1 = last.get("top1_trimmed")
+            last["top1"] = top1
+            last["train_loss"] = self._last_metrics.get("train_loss")
+
+    def on_fit_end(self, trainer: Any) -> None:
+        if not self.config.final_apoz or not self.records or "apoz" in self.records[-1]:
+            return
+        model = trainer.raw_model
+        example = self._example_inputs(trainer)
+        groups = self.groups(model, example)
+        apoz = self.measure(model, self._apoz_batches(trainer), groups, device=getattr(trainer, "device", None),
+                            amp=bool(getattr(trainer, "amp", False)))
+        plan, thresholds = self.plan(apoz, groups)  # what one more iteration would remove (not applied)
+        last = self.records[-1]
+        last["apoz"] = {g: a.float() for g, a in apoz.items()}
+        last["thresholds"] = thresholds
+        last["next_removed"] = {g: len(v) for g, v in plan.items()}
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _example_inputs(self, trainer: Any) -> torch.Tensor:
+        ex = getattr(trainer, "example_inputs", None)
+        if isinstance(ex, torch.Tensor):
+            return ex
+        data = self.apoz_data
+        shape = getattr(data, "input_shape", None) or getattr(trainer.raw_model, "input_shape", None)
+        if shape is None:
+            if data is None:
+                raise PrunekitError("trimming: cannot make example inputs; give the model an input_shape "
+                                    "attribute or pass apoz_data= to NetworkTrimming")
+            first = next(iter(self._resolve(data)))
+            x = first[0] if isinstance(first, tuple | list) else first
+            shape = tuple(x.shape[1:])
+        p = next(trainer.raw_model.parameters(), None)
+        return torch.zeros((1, *shape), device=p.device if p is not None else "cpu")
+
+    @staticmethod
+    def _resolve(data: Any) -> Iterable[Any]:
+        from prunekit import data as pdata
+
+        if isinstance(data, pdata.Dataset):
+            return pdata.iterate(data, 512, shuffle=False, augment=None)
+        if callable(data):
+            return data()
+        return data
+
+    def _apoz_batches(self, trainer: Any) -> Iterable[Any]:
+        from prunekit import data as pdata
+
+        cfg = self.config
+        ds = self.apoz_data
+        if ds is None:
+            ds = getattr(trainer, "train_data" if cfg.apoz_data == "train" else "val_data", None)
+            if ds is None:
+                raise PrunekitError(f"trimming: no data to measure APoZ on ({cfg.apoz_data!r} split missing); "
+                                    "pass apoz_data= to NetworkTrimming in your own loop")
+        if not isinstance(ds, pdata.Dataset):
+            return self._resolve(ds)
+        if cfg.apoz_samples:
+            ds = ds.subset(cfg.apoz_samples)
+        tcfg = getattr(trainer, "cfg", None)
+        bs = cfg.apoz_batch_size or getattr(tcfg, "eval_batch_size", 512)
+        return pdata.iterate(ds, bs, shuffle=False, augment=None, device=getattr(trainer, "device", "cpu"),
+                             rank=getattr(trainer, "rank", 0), world_size=getattr(trainer, "world_size", 1))
+
+    def _evaluate(self, trainer: Any) -> float | None:
+        val = getattr(trainer, "val_data", None)
+        if val is None:
+            return None
+        from prunekit.engine.trainer import evaluate
+
+        ev = evaluate(trainer.raw_model, val, batch_size=trainer.cfg.eval_batch_size, device=trainer.device,
+                      rank=trainer.rank, world_size=trainer.world_size, amp=trainer.amp)
+        return ev["top1"]
+
+    def _snapshot(self, model: nn.Module, example: torch.Tensor, iteration: int, trainer: Any) -> dict[str, Any]:
+        """Widths of every conv/linear layer, parameters and MACs of ``model`` (plus accuracy if known)."""
+        from prunekit import metrics
+
+        widths = {n: (m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
+                  for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)}
+        counts = metrics.count(model, example)
+        rec: dict[str, Any] = {"iteration": iteration, "widths": widths, "params": counts.params,
+                               "macs": counts.macs}
+        if trainer is not None:
+            top1 = self._last_metrics.get("val_top1")
+            rec["top1"] = top1 if top1 is not None else self._evaluate(trainer)
+        return rec
+
+    # -- report ---------------------------------------------------------------------------------
+    def table_rows(self) -> list[dict[str, Any]]:
+        """One row per network: iteration, widths of the trimmed layers, parameters, MACs, accuracy."""
+        layers: list[str] = []
+        for r in self.records[1:]:
+            layers += [g for g in r.get("removed_channels", {}) if g not in layers]
+        rows = []
+        for r in self.records:
+            row: dict[str, Any] = {"iteration": r["iteration"]}
+            for g in layers:
+                row[g] = r["widths"].get(g)
+            row.update({"params": r["params"], "macs": r["macs"], "top1_trimmed": r.get("top1_trimmed"),
+                        "top1": r.get("top1")})
+            rows.append(row)
+        return rows
+
+    def plot(self, path: str | Path) -> Path:
+        """Per-layer APoZ histograms of every iteration's network (matplotlib, Agg backend) saved to ``path``."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        from prunekit._atomic import atomic_path
+
+        names: list[str] = []
+        for r in self.records:
+            names += [g for g in r.get("apoz", {}) if g not in names]
+        chosen = [g for g in names if any(g in r.get("removed_channels", {}) for r in self.records)] or names
+        if not chosen:
+            raise PrunekitError("trimming: no APoZ measured yet, nothing to plot")
+        cols = min(3, len(chosen))
+        rows = math.ceil(len(chosen) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+        colors = plt.get_cmap("viridis")
+        for ax, g in zip(axes.flat, chosen, strict=False):
+            n = max(len(self.records) - 1, 1)
+            for r in self.records:
+                a = r.get("apoz", {}).get(g)
+                if a is None:
+                    continue
+                col = colors(r["iteration"] / n)
+                ax.hist(a.double().numpy(), bins=HIST_BINS, range=(0, 1), histtype="step", color=col,
+                        label=f"net {r['iteration']} ({a.numel()} ch, mean {float(a.mean()):.2f})")
+                thr = r.get("thresholds", {}).get(g)
+                if thr is not None:
+                    ax.axvline(thr, color=col, linestyle="--", linewidth=0.8)
+            ax.set_title(g, fontsize=9)
+            ax.set_xlabel("APoZ")
+            ax.set_ylabel("channels")
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(chosen):]:
+            ax.axis("off")
+        fig.suptitle("Network Trimming: APoZ per layer and iteration (dashed: removal threshold)", fontsize=10)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
+        plt.close(fig)
+        return path
+
+    def report(self, plot_path: str | Path | None = None) -> dict[str, Any]:
+        """Iterations (widths, parameters, MACs, accuracy, APoZ summary per layer), a text table, the plot."""
+        from prunekit.metrics import format_table
+
+        iters = []
+        for r in self.records:
+            entry = {k: v for k, v in r.items() if k not in ("apoz", "removed_channels")}
+            apoz = r.get("apoz", {})
+            entry["apoz_mean"] = {g: round(float(a.mean()), 6) for g, a in apoz.items()}
+            entry["apoz_hist"] = {g: _hist(a) for g, a in apoz.items()}
+            iters.append(entry)
+        rows = self.table_rows()
+        out: dict[str, Any] = {"iterations": iters, "table": format_table(rows) if rows else "",
+                               "unscorable": list(self._unscorable)}
+        target = plot_path or self.config.plot_path or (self.out_dir / "trimming_apoz.png" if self.out_dir else None)
+        if target is not None and any(r.get("apoz") for r in self.records):
+            out["plot"] = str(self.plot(target))
+        return out
+
+    def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
+        """The trimmed network is already small (channels were removed for real); add the report."""
+        return FinalizeResult(getattr(model, "module", model), sparse=False, report=self.report())
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.records, "unscorable": list(self._unscorable),
+                "last_metrics": {k: v for k, v in self._last_metrics.items()
+                                 if v is None or isinstance(v, bool | int | float | str)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.records = [dict(r) for r in state.get("records", [])]
+            self._unscorable = list(state.get("unscorable", []))
+            self._last_metrics = dict(state.get("last_metrics", {}))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise PrunekitError(f"trimming: method state in the checkpoint is malformed ({exc})") from None
+
+
+__all__ = ["NetworkTrimming", "TrimmingConfig", "select_channels"]
