@@ -1,0 +1,615 @@
+"""SGHT: pruning CNNs by stochastic gradient hard thresholding (Yang, Lu, Shuai & Yuan, PRCV 2019).
+
+The paper's AHSG-HT trains a network **from a random initialisation** and, after every mini-batch step,
+keeps only the ``k`` filters with the largest norm in each layer::
+
+    for epoch in 1..E:                                   # "hybrid": batch size grows within each epoch
+        for t, (x, y) in enumerate(batches(size = min(64 + 4 t, 128))):
+            g   = grad L(w_t; x, y) + lambda * w_t                   # weight decay (lambda = 5e-4)
+            v   = mu * v + g ;  d = g + mu * v                       # Nesterov momentum (mu = 0.9)
+            w'  = w_t - eta * d + nu * (w_t - w_{t-1})               # heavy-ball term, the "A" (nu = 0.1)
+            w_{t+1} = H_k(w')                                        # filter hard thresholding
+    remove the zero filters; use the compact network without fine-tuning
+
+``H_k`` keeps, in each prunable layer, the ``k = floor(keep_ratio * width)`` filters with the largest L2
+norm and sets the others to zero together with their BN shift. Here the step is :class:`AHSGHT` (a
+``torch.optim.Optimizer``) and ``H_k`` is :class:`FilterThreshold`, applied by :class:`SGHT` (a
+callback) right after every optimizer step, so the built-in Trainer and a user's own loop can both drive it.
+
+Where we follow the paper, where the authors' code (favorxin/AHSG-HT-pruning-with-KD) and where we chose:
+
+* **Heavy-ball term** -- paper: ``nu * (w_t - w_{t-1})`` with ``w_{t-1}`` the previous iterate. The released
+  code records the "previous" weights just before each step, so its term is zero in effect. We implement
+  the paper's update: :class:`AHSGHT` keeps ``w_{t-1}`` in its state from the previous step (the first step
+  has no term); ``nu`` is configurable (``nu=0`` gives the authors' effective update, exactly torch's SGD).
+* **Which filters** -- authors: every conv layer thresholded on its own; their compact ResNet scatters the
+  pruned residual outputs back to full width. Ours: filters coupled through a residual sum (found by
+  :func:`prunekit.surgery.channel_groups`) are scored by their joint L2 norm and kept or zeroed as one
+  group, so every zeroed channel can really be removed. Hidden linear layers are thresholded too
+  (``include_linear``; the authors' CNNs have none); the classifier never is.
+* **k** -- ``int(HTrate * out_channels)`` in the authors' training code (floor; their removal script rounds
+  the other way and may keep one extra, already-zero filter). Ours: floor, at least ``min_keep``; or a
+  per-group ``k`` solved from a global MACs / params budget (:mod:`prunekit.methods.budget`, within 1%).
+  ``ramp_epochs`` optionally lowers ``k`` linearly from full width; the paper (default) uses the target
+  from the first step.
+* **BN** -- authors zero the BN bias (shift) of a zeroed filter and keep its scale; so do we
+  (``zero_bn_scale`` also zeroes the scale; ``zero_shift=False`` leaves BN and biases alone during
+  training, and the final removal then zeroes the shift first, which changes the function). We also zero the channel's
+  BN running mean and the filter's own bias, if any: training is unaffected (a zero filter's batch mean is
+  0) but the thresholded network then evaluates exactly like the compact one, and removal is exact.
+* **Momentum of zeroed filters** -- authors keep the buffers; so do we by default (``reset_momentum=False``).
+  Why it matters: after a BN whose shift is zero, a zeroed channel outputs exactly 0, and ReLU passes no
+  gradient at 0, so the filter's own gradient is exactly zero; it can only come back through the residue
+  of its momentum (and of the heavy-ball term) right after it was zeroed. ``reset_momentum=True`` zeroes the
+  buffer rows with the filter, which makes every zeroing final (a monotone prune, no comebacks). In practice
+  the selection settles early either way: :meth:`SGHT.finalize` reports ``revived`` (how many times a zeroed
+  channel was kept again at the next step); ``ramp_epochs`` makes the selection gradual instead.
+* **Hybrid batches** -- authors' sampler: 64, 68, ..., 128, 128, ... restarting every epoch (their last,
+  partial batch is dropped here, as the Trainer drops it for every method). ``hybrid_batch=False`` uses the
+  run's fixed batch size. (Zhou et al.'s HSG-HT grows the batch over all iterations, geometrically as far
+  as we know; the PRCV code does this per-epoch linear ramp, which we follow.)
+* **After training** -- :meth:`SGHT.finalize` removes the zero filters for real (surgery) and does not
+  fine-tune. ``finetune_epochs > 0`` adds a fine-tuning stage (plain momentum SGD on the compact net,
+  ``lr=finetune_lr``) carved out of the same epoch budget.
+
+``H_k`` is vectorised over all layers on the device: filters of equal size from all layers are scored in
+one matrix norm (a handful of buckets: one per distinct fan-in), one batched sort ranks every group at
+once, and foreach multiplications apply the masks; there is no Python loop over filters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.engine.stages import Stage
+from prunekit.errors import PrunekitError
+from prunekit.methods import budget as _budget
+from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
+
+NORMS = ("l2", "l1")
+
+
+def _foreach_mul_(tensors: list[torch.Tensor], others: list[torch.Tensor]) -> None:
+    """In-place ``t *= o`` for every pair (one fused kernel per dtype/device where torch offers it)."""
+    if not tensors:
+        return
+    fn = getattr(torch, "_foreach_mul_", None)
+    if fn is not None:
+        fn(tensors, others)
+    else:  # pragma: no cover - every supported torch has it
+        for t, o in zip(tensors, others, strict=True):
+            t.mul_(o)
+
+
+# --------------------------------------------------------------------------------------------- batches
+@dataclass(frozen=True)
+class HybridBatchSchedule:
+    """Batch index within the epoch -> batch size: ``min(start + step * i, maximum)`` (the authors' 64 -> 128
+    in steps of 4). The Trainer restarts the index every epoch, so the ramp restarts too."""
+
+    start: int = 64
+    step: int = 4
+    maximum: int = 128
+
+    def __call__(self, batch_index: int) -> int:
+        return min(self.start + self.step * int(batch_index), self.maximum) if self.step else self.start
+
+    def sizes(self, n: int) -> list[int]:
+        """The first ``n`` batch sizes of an epoch."""
+        return [self(i) for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------- optimizer
+class AHSGHT(torch.optim.Optimizer):
+    """The gradient part of AHSG-HT: Nesterov momentum SGD with weight decay plus the heavy-ball term.
+
+    ``w <- w - lr * d + nu * (w - w_prev)`` where ``d`` is torch's SGD direction (weight decay, momentum,
+    dampening, Nesterov exactly as :class:`torch.optim.SGD`) and ``w_prev`` is the iterate before the
+    previous step, kept in ``state["prev"]`` (after a hard threshold, that is the thresholded iterate).
+    With ``nu=0`` this is exactly :class:`torch.optim.SGD`. ``threshold``, if given, is called at the end
+    of :meth:`step` (``H_k``), for loops that want the whole AHSG-HT step in ``optimizer.step()``.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9, dampening: float = 0.0,
+                 weight_decay: float = 5e-4, nesterov: bool = True, nu: float = 0.1,
+                 threshold: Callable[[], Any] | None = None) -> None:
+        if not (isinstance(lr, int | float) and lr >= 0):
+            raise PrunekitError(f"AHSGHT: lr must be >= 0, got {lr!r}")
+        if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
+            raise PrunekitError(f"AHSGHT: momentum must be in [0, 1), got {momentum!r}")
+        if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
+            raise PrunekitError(f"AHSGHT: weight_decay must be >= 0, got {weight_decay!r}")
+        if not (isinstance(nu, int | float) and 0 <= nu < 1):
+            raise PrunekitError(f"AHSGHT: nu (heavy-ball weight) must be in [0, 1), got {nu!r}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise PrunekitError("AHSGHT: Nesterov momentum needs momentum > 0 and dampening 0")
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
+                    "nesterov": nesterov, "nu": nu}
+        super().__init__(params, defaults)
+        self.threshold = threshold
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
+            wd, nesterov, nu = group["weight_decay"], group["nesterov"], group["nu"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                d = p.grad if wd == 0 else p.grad.add(p, alpha=wd)          # g_t + lambda * w_t
+                if mu != 0:
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = torch.clone(d).detach()
+                    else:
+                        buf.mul_(mu).add_(d, alpha=1 - damp)                # v_t = mu v_{t-1} + g
+                    d = d.add(buf, alpha=mu) if nesterov else buf           # Nesterov direction
+                if nu == 0:
+                    p.add_(d, alpha=-lr)
+                    continue
+                prev = state.get("prev")                                    # w_{t-1}
+                if prev is None:                                            # first step: no history
+                    state["prev"] = p.detach().clone()
+                    p.add_(d, alpha=-lr)
+                else:
+                    heavy = p - prev                                        # w_t - w_{t-1}
+                    prev.copy_(p)
+                    p.add_(d, alpha=-lr).add_(heavy, alpha=nu)              # w_t - eta d + nu (w_t - w_{t-1})
+        if self.threshold is not None:
+            self.threshold()                                                # H_k
+        return loss
+
+
+# --------------------------------------------------------------------------------------------- H_k
+class FilterThreshold:
+    """``H_k`` over filter groups: keep the ``keep[g]`` highest-norm channels of every group, zero the rest.
+
+    A channel's score is the L2 (or L1) norm of all its filters in the group's producing layers (one conv,
+    or every conv feeding one residual sum). Zeroing a channel zeroes those filters, their biases, the BN
+    shift and running mean of the channel (and its BN scale with ``zero_bn_scale``), and, when optimizers are
+    passed, the momentum buffer rows of those parameters. Exactly ``keep[g]`` channels survive in every
+    group (ties broken towards the lower index). Built once per model; call it after every step.
+    ``zero_shift=False`` touches only the filter weights, not their bias nor the BN (soft filter pruning's
+    masks).
+    """
+
+    def __init__(self, model: nn.Module, groups: Sequence[Any], keep: Sequence[int], *, norm: str = "l2",
+                 zero_shift: bool = True, zero_bn_scale: bool = False) -> None:
+        if norm not in NORMS:
+            raise PrunekitError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        self.norm = norm
+        self.groups = list(groups)
+        mods = dict(model.named_modules())
+        sizes = [int(g.size) for g in self.groups]
+        self.sizes = sizes
+        self.n_groups = len(sizes)
+        self.cmax = max(sizes, default=1)
+        offsets = [0]
+        for s in sizes:
+            offsets.append(offsets[-1] + s)
+        self.n_slots = offsets[-1]
+        weights: list[torch.Tensor] = []
+        row_slot: list[torch.Tensor] = []
+        vec: list[torch.Tensor] = []
+        vec_slot: list[torch.Tensor] = []
+        self.momentum_params: list[tuple[torch.Tensor, int, str]] = []  # (param, index in its list, "w"/"v")
+        for gi, g in enumerate(self.groups):
+            base = offsets[gi]
+            for name in g.layers:
+                m = mods[name]
+                w = m.weight
+                if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
+                    raise PrunekitError(f"SGHT: layer {name!r} is a transposed convolution; its filters are not "
+                                        "rows of the weight. Exclude it or use another method")
+                slot = base + self._inverse(g.index[name], g.size, name)
+                weights.append(w)
+                row_slot.append(slot)
+                self.momentum_params.append((w, len(weights) - 1, "w"))
+                if zero_shift and getattr(m, "bias", None) is not None:
+                    vec.append(m.bias)
+                    vec_slot.append(slot)
+                    self.momentum_params.append((m.bias, len(vec) - 1, "v"))
+            for name in getattr(g, "norms", ()) if zero_shift else ():
+                m = mods[name]
+                slot = base + self._inverse(g.index[name], g.size, name)
+                if getattr(m, "bias", None) is not None:
+                    vec.append(m.bias)
+                    vec_slot.append(slot)
+                    self.momentum_params.append((m.bias, len(vec) - 1, "v"))
+                if getattr(m, "running_mean", None) is not None:
+                    vec.append(m.running_mean)
+                    vec_slot.append(slot)
+                if zero_bn_scale and getattr(m, "weight", None) is not None:
+                    vec.append(m.weight)
+                    vec_slot.append(slot)
+                    self.momentum_params.append((m.weight, len(vec) - 1, "v"))
+        dev = weights[0].device if weights else torch.device("cpu")
+        self.device = dev
+        self.weights = weights
+        self.rows = [w.shape[0] for w in weights]
+        # filters of equal size (fan-in) are scored together: one [filters, fan-in] matrix per bucket
+        buckets: dict[int, list[int]] = {}
+        for i, w in enumerate(weights):
+            buckets.setdefault(w[0].numel(), []).append(i)
+        self.buckets = [(idx, torch.cat([row_slot[i] for i in idx]).to(dev)) for idx in buckets.values()]
+        self.row_slot = torch.cat(row_slot).to(dev) if row_slot else torch.zeros(0, dtype=torch.long, device=dev)
+        self.vec = vec
+        self.vec_len = [v.numel() for v in vec]
+        self.vec_slot = torch.cat(vec_slot).to(dev) if vec_slot else torch.zeros(0, dtype=torch.long, device=dev)
+        self.slot_pos = torch.cat([gi * self.cmax + torch.arange(s) for gi, s in enumerate(sizes)]).to(dev) \
+            if sizes else torch.zeros(0, dtype=torch.long, device=dev)
+        self.arange = torch.arange(self.cmax, device=dev)
+        self.keep = torch.zeros(self.n_groups, dtype=torch.long, device=dev)
+        self.set_keep(keep)
+
+    @staticmethod
+    def _inverse(index: Sequence[int], size: int, name: str) -> torch.Tensor:
+        """Layer row -> group channel, from the group's channel -> layer row map."""
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        if idx.numel() != size or bool((idx < 0).any()) or sorted(idx.tolist()) != list(range(size)):
+            raise PrunekitError(f"SGHT: layer {name!r} does not map one-to-one onto its channel group")
+        inv = torch.empty(size, dtype=torch.long)
+        inv[idx] = torch.arange(size)
+        return inv
+
+    def set_keep(self, keep: Sequence[int]) -> None:
+        """Set ``k`` per group (1 <= k <= width)."""
+        keep = [int(k) for k in keep]
+        if len(keep) != self.n_groups or any(not 1 <= k <= s for k, s in zip(keep, self.sizes, strict=True)):
+            raise PrunekitError(f"SGHT: need one keep count in 1..width per group ({self.n_groups} groups), "
+                                f"got {keep}")
+        self.keep.copy_(torch.tensor(keep, dtype=torch.long))
+
+    @torch.no_grad()
+    def scores(self) -> torch.Tensor:
+        """Norm of every group channel (flat over groups), from the filters of all its producing layers."""
+        s = torch.zeros(self.n_slots, dtype=self.weights[0].dtype if self.weights else torch.float32,
+                        device=self.device)
+        for idx, slots in self.buckets:
+            ws = [self.weights[i].detach() for i in idx]
+            mat = torch.cat([w.reshape(w.shape[0], -1) for w in ws]) if len(ws) > 1 else ws[0].reshape(
+                ws[0].shape[0], -1)
+            per_row = torch.linalg.vector_norm(mat, ord=2 if self.norm == "l2" else 1, dim=1)  # per filter
+            s.index_add_(0, slots, per_row.square() if self.norm == "l2" else per_row)  # coupled: one score
+        return s.sqrt_() if self.norm == "l2" else s
+
+    @torch.no_grad()
+    def select(self, scores: torch.Tensor) -> torch.Tensor:
+        """Boolean keep mask over group channels: the top ``keep[g]`` scores of each group."""
+        g, c = self.n_groups, self.cmax
+        pad = scores.new_full((g * c,), -math.inf)
+        pad[self.slot_pos] = scores
+        order = torch.argsort(pad.view(g, c), dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, self.arange.expand(g, c))                        # rank of every channel
+        return (rank < self.keep[:, None]).view(-1)[self.slot_pos]
+
+    @torch.no_grad()
+    def apply(self, keep_mask: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
+        """Zero every channel not in ``keep_mask`` (filters, biases, BN shift / mean, momentum rows)."""
+        if not self.weights:
+            return
+        dtype = self.weights[0].dtype
+        row_mask = keep_mask[self.row_slot].to(dtype)
+        wmasks = [m.view(-1, *([1] * (w.dim() - 1)))  # one 0/1 per filter, broadcast over the filter
+                  for m, w in zip(row_mask.split(self.rows), self.weights, strict=True)]
+        _foreach_mul_(self.weights, wmasks)
+        vmasks = list(keep_mask[self.vec_slot].to(dtype).split(self.vec_len)) if self.vec else []
+        _foreach_mul_(self.vec, vmasks)
+        for opt in optimizers:
+            bufs, masks = [], []
+            for p, i, kind in self.momentum_params:
+                st = opt.state.get(p)
+                buf = st.get("momentum_buffer") if st else None
+                if buf is not None:
+                    bufs.append(buf)
+                    masks.append(wmasks[i] if kind == "w" else vmasks[i])
+            _foreach_mul_(bufs, masks)
+
+    def plan(self, keep_mask: torch.Tensor) -> dict[str, list[int]]:
+        """A :func:`prunekit.surgery.remove_channels` plan dropping every channel not in ``keep_mask``
+        (keyed by group root, in the root layer's numbering)."""
+        drop = (~keep_mask).cpu()
+        out, off = {}, 0
+        for g, size in zip(self.groups, self.sizes, strict=True):
+            chans = torch.nonzero(drop[off:off + size]).flatten().tolist()
+            if chans:
+                out[g.name] = sorted(int(g.index[g.name][c]) for c in chans)
+            off += size
+        return out
+
+    def __call__(self, optimizers: Sequence[torch.optim.Optimizer] = ()) -> torch.Tensor:
+        """``H_k``: score, select and zero; returns the keep mask over group channels."""
+        mask = self.select(self.scores())
+        self.apply(mask, optimizers)
+        return mask
+
+    def nonzero_filters(self) -> list[list[int]]:
+        """Non-zero filters per group, per producing layer (for checks and reports)."""
+        out, i = [], 0
+        for g in self.groups:
+            row = []
+            for _ in g.layers:
+                w = self.weights[i]
+                row.append(int((w.detach().reshape(w.shape[0], -1).abs().sum(1) > 0).sum()))
+                i += 1
+            out.append(row)
+        return out
+
+
+def remove_zero_filters(model: nn.Module, example_inputs: Any, layers: Iterable[str] | None = None) -> Any:
+    """Remove, in place, every channel whose filters are zero and whose BN maps zero to zero (exact)."""
+    from prunekit.surgery.structured import remove_channels, zero_channel_plan
+
+    plan = zero_channel_plan(model, example_inputs, layers=layers)
+    return remove_channels(model, plan, example_inputs)
+
+
+# --------------------------------------------------------------------------------------------- method
+def _raw(trainer: Any) -> nn.Module:
+    """The trainer's model without a DDP wrapper (a Trainer, a LoopState or anything with ``model``)."""
+    model = trainer.raw_model if hasattr(trainer, "raw_model") else trainer.model
+    return getattr(model, "module", model)
+
+
+@dataclass
+class SGHTConfig(MethodConfig):
+    """AHSG-HT hyperparameters; defaults are the paper's CIFAR-10 ResNet-56 setting."""
+
+    keep_ratio: float = 0.6           # k = floor(keep_ratio * width) (the code's HTrate); unused with a budget
+    layer_keep: dict[str, float] = field(default_factory=dict)  # group (any member layer) -> its own ratio
+    macs_budget: float | None = None  # keep this fraction of the dense MACs (k per group solved, within tol)
+    params_budget: float | None = None  # ... or of the dense parameters
+    budget_tol: float = 0.01
+    min_keep: int = 1
+    norm: str = "l2"                  # filter score
+    nu: float = 0.1                   # heavy-ball weight (paper: 0.1)
+    hybrid_batch: bool = True         # batch size min(batch_start + batch_step * i, batch_max) in an epoch
+    batch_start: int = 64
+    batch_step: int = 4
+    batch_max: int = 128
+    reset_momentum: bool = False      # zero the momentum rows of zeroed filters (authors: keep them)
+    zero_shift: bool = True           # zero the BN shift / running mean (and bias) of zeroed channels
+    zero_bn_scale: bool = False       # also zero the BN scale of zeroed channels (authors: shift only)
+    include_linear: bool = True       # threshold hidden linear layers too (never the classifier)
+    coupled: bool = True              # threshold residual groups (as one); False leaves them dense
+    ramp_epochs: int = 0              # k from full width to target linearly over these epochs (0: paper)
+    finetune_epochs: int = 0          # > 0: remove the zero filters, then fine-tune (taken from the budget)
+    finetune_lr: float = 0.01
+
+    def validate(self) -> None:
+        name = "sght"
+        _budget.validate_budget_options(name, self.keep_ratio, self.layer_keep, self.macs_budget,
+                                        self.params_budget, self.budget_tol)
+        if self.norm not in NORMS:
+            raise PrunekitError(f"method {name!r}: norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if isinstance(self.nu, bool) or not isinstance(self.nu, int | float) or not 0 <= self.nu < 1:
+            raise PrunekitError(f"method {name!r}: nu (heavy-ball weight) must be in [0, 1), got {self.nu!r}")
+        for key, lo in (("batch_start", 1), ("batch_step", 0), ("batch_max", 1), ("min_keep", 1),
+                        ("ramp_epochs", 0), ("finetune_epochs", 0)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise PrunekitError(f"method {name!r}: {key} must be an integer >= {lo}, got {v!r}")
+        if self.hybrid_batch and self.batch_max < self.batch_start:
+            raise PrunekitError(f"method {name!r}: batch_max ({self.batch_max}) must be >= batch_start "
+                                f"({self.batch_start})")
+        if isinstance(self.finetune_lr, bool) or not isinstance(self.finetune_lr, int | float) \
+                or not self.finetune_lr > 0:
+            raise PrunekitError(f"method {name!r}: finetune_lr must be a positive number, got {self.finetune_lr!r}")
+        for key in ("hybrid_batch", "reset_momentum", "zero_shift", "zero_bn_scale", "include_linear",
+                    "coupled"):
+            if not isinstance(getattr(self, key), bool):
+                raise PrunekitError(f"method {name!r}: {key} must be true or false, got {getattr(self, key)!r}")
+
+
+class SGHT(PruningMethod):
+    """AHSG-HT filter hard thresholding, trained from scratch (see the module docstring).
+
+    Trainer: ``Trainer(model, data, callbacks=[SGHT(keep_ratio=0.6)]).fit(method.stages(200))`` -- the
+    method supplies the :class:`AHSGHT` optimizer and the hybrid batch sizes. Own loop: build
+    ``AHSGHT(model.parameters(), ...)`` (or any optimizer), call ``method.bind(model, example_inputs)``
+    once, then the callback hooks as in :mod:`prunekit.engine.callbacks` (``on_after_optimizer_step``
+    applies ``H_k``); ``method.batch_size_schedule(state)`` gives the batch sizes. ``finalize`` removes
+    the zero filters.
+    """
+
+    name = "sght"
+    Config = SGHTConfig
+    config: SGHTConfig
+
+    def __init__(self, config: Any = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.steps = 0
+        self.phase = "sght"  # "sght" (thresholding), "finetune" (compact net, plain SGD)
+        self.threshold: FilterThreshold | None = None
+        self.groups: list[Any] = []
+        self.cost: _budget.CostModel | None = None
+        self.target_keep: list[int] = []
+        self._model: nn.Module | None = None
+        self._example: Any = None
+        self._keep_epoch: int | None = None
+        self._last_mask: torch.Tensor | None = None
+        self._revived: torch.Tensor | int = 0
+
+    # -- schedule ---------------------------------------------------------------------------------
+    def stages(self, epochs: int) -> list[Stage]:
+        ft = self.config.finetune_epochs
+        if ft and ft >= epochs:
+            raise PrunekitError(f"method 'sght': finetune_epochs ({ft}) must be smaller than the total "
+                                f"epochs ({epochs})")
+        st = [Stage("sght", epochs - ft, kind="sght")]
+        if ft:
+            st.append(Stage("finetune", ft, kind="finetune", lr=self.config.finetune_lr))
+        return st
+
+    def batch_size_schedule(self, trainer: Any) -> HybridBatchSchedule | None:
+        c = self.config
+        if not c.hybrid_batch or self.phase != "sght":
+            return None
+        return HybridBatchSchedule(c.batch_start, c.batch_step, c.batch_max)
+
+    def configure_optimizers(self, trainer: Any, lr: float) -> list[torch.optim.Optimizer] | None:
+        """AHSG-HT's step during the thresholding stage; the engine's SGD during fine-tuning."""
+        if self.phase != "sght" or not hasattr(trainer, "optim_cfg"):
+            return None
+        from prunekit.engine.trainer import split_decay
+
+        o = trainer.optim_cfg
+        return [AHSGHT(split_decay(trainer.raw_model), lr=lr, momentum=o.momentum,
+                       nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay, nu=self.config.nu)]
+
+    # -- binding to a model -----------------------------------------------------------------------
+    def bind(self, model: nn.Module, example_inputs: Any) -> FilterThreshold:
+        """Find the filter groups of ``model``, solve ``k`` per group and build ``H_k`` for it."""
+        c = self.config
+        self._example = example_inputs
+        self.groups = _budget.filter_groups(model, example_inputs, include_linear=c.include_linear,
+                                            coupled=c.coupled)
+        if not self.groups:
+            raise PrunekitError("SGHT: the model has no prunable filter groups (conv / hidden linear layers)")
+        budgeted = c.macs_budget is not None or c.params_budget is not None
+        self.cost = _budget.CostModel.build(model, example_inputs, self.groups) if budgeted else None
+        self.target_keep = _budget.resolve_keep(
+            self.groups, self.cost, keep_ratio=c.keep_ratio, layer_keep=c.layer_keep, macs_budget=c.macs_budget,
+            params_budget=c.params_budget, tol=c.budget_tol, min_keep=c.min_keep)
+        self.threshold = FilterThreshold(model, self.groups, self.target_keep, norm=c.norm,
+                                         zero_shift=c.zero_shift, zero_bn_scale=c.zero_bn_scale)
+        self._model = model
+        self._keep_epoch = None
+        return self.threshold
+
+    def keep_at(self, epoch: int) -> list[int]:
+        """``k`` per group during ``epoch`` (0-based): the target, or the linear ramp towards it."""
+        r = self.config.ramp_epochs
+        if r <= 0:
+            return list(self.target_keep)
+        f = min(1.0, (epoch + 1) / r)
+        return [max(k, round(g.size - (g.size - k) * f)) for g, k in
+                zip(self.groups, self.target_keep, strict=True)]
+
+    def _ensure(self, trainer: Any) -> FilterThreshold:
+        model = _raw(trainer)
+        if self.threshold is None or self._model is not model:
+            example = getattr(trainer, "example_inputs", None)
+            example = example if example is not None else self._example
+            if example is None:
+                raise PrunekitError("SGHT: no example inputs to analyse the model; call "
+                                    "method.bind(model, example_inputs) before training in your own loop")
+            self.bind(model, example)
+        assert self.threshold is not None
+        epoch = int(getattr(trainer, "epoch", 0))
+        if self._keep_epoch != epoch:
+            self.threshold.set_keep(self.keep_at(epoch))
+            self._keep_epoch = epoch
+        return self.threshold
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: Any) -> None:
+        if self.phase == "sght" and getattr(trainer, "example_inputs", None) is not None:
+            self.bind(_raw(trainer), trainer.example_inputs)
+
+    def on_model_changed(self, trainer: Any) -> None:
+        self.threshold, self._model = None, None  # rebuilt lazily for the new model object
+
+    def on_train_batch_start(self, trainer: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        if self._example is None and getattr(trainer, "example_inputs", None) is None:
+            self._example = batch[0][:1].detach().clone()
+
+    def on_stage_start(self, trainer: Any, stage: Stage) -> None:
+        if stage.kind == "finetune" and self.phase == "sght":
+            model = _raw(trainer)
+            h = self._ensure(trainer)
+            h.set_keep(self.target_keep)
+            h(())
+            example = getattr(trainer, "example_inputs", None)
+            remove_zero_filters(model, example if example is not None else self._example,
+                                layers=[n for g in self.groups for n in g.layers])
+            self.phase = "finetune"
+            self.threshold, self._model = None, None
+            trainer.replace_model(model)
+        elif stage.kind == "sght":
+            self.phase = "sght"
+
+    def on_after_optimizer_step(self, trainer: Any) -> None:
+        if self.phase != "sght":
+            return
+        h = self._ensure(trainer)
+        mask = h(trainer.optimizers if self.config.reset_momentum else ())   # w_{t+1} = H_k(w')
+        if self._last_mask is not None and self._last_mask.shape == mask.shape:
+            self._last_mask = self._last_mask.to(mask.device)
+            self._revived += (mask & ~self._last_mask).sum()                 # on the device: no sync
+        self._last_mask = mask
+        self.steps += 1
+
+    @property
+    def revived(self) -> int:
+        """How many times a channel zeroed at one step was kept at the next (comebacks)."""
+        return int(self._revived)
+
+    # -- deliverable ------------------------------------------------------------------------------
+    def finalize(self, model: nn.Module, example_inputs: Any) -> FinalizeResult:
+        """Remove the zero filters for real (in place), without fine-tuning; report widths and counts."""
+        from prunekit import metrics
+
+        report: dict[str, Any] = {"method": self.name, "steps": self.steps}
+        before = metrics.count(model, example_inputs)
+        if self.phase == "sght":
+            if self.threshold is None or self._model is not model:
+                self.bind(model, example_inputs)
+                self._keep_epoch = None
+            assert self.threshold is not None
+            final = self.threshold
+            if not self.config.zero_shift:  # the removal needs the shift zero: final H_k with it
+                final = FilterThreshold(model, self.groups, self.target_keep, norm=self.config.norm,
+                                        zero_bn_scale=self.config.zero_bn_scale)
+            final.set_keep(self.target_keep)
+            final()  # idempotent on a thresholded network; enforces H_k in a user's loop
+            report["revived"] = self.revived
+            report["keep"] = {g.name: int(k) for g, k in zip(self.groups, self.target_keep, strict=True)}
+            report["width"] = {g.name: int(g.size) for g in self.groups}
+            report["nonzero_filters"] = {g.name: nz for g, nz in
+                                         zip(self.groups, self.threshold.nonzero_filters(), strict=True)}
+            if self.cost is not None:
+                report["predicted_macs"] = self.cost.macs(self.target_keep)
+                report["predicted_params"] = self.cost.params(self.target_keep)
+            surgery = remove_zero_filters(model, example_inputs, layers=[n for g in self.groups for n in g.layers])
+            report["surgery"] = surgery.summary()
+            self.threshold, self._model = None, None
+            self.phase = "done"
+        after = metrics.count(model, example_inputs)
+        report.update({"params_before": before.params, "params_after": after.params,
+                       "macs_before": before.macs, "macs_after": after.macs})
+        return FinalizeResult(model, sparse=False, report=report)
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        st: dict[str, Any] = {"steps": self.steps, "phase": self.phase, "target_keep": list(self.target_keep),
+                              "revived": self.revived}
+        if self._last_mask is not None:
+            st["last_mask"] = self._last_mask.detach().cpu()
+        return st
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state.get("steps", 0))
+        self._revived = int(state.get("revived", 0))
+        last = state.get("last_mask")
+        self._last_mask = last.bool() if isinstance(last, torch.Tensor) else None
+        phase = state.get("phase", "sght")
+        if phase not in ("sght", "finetune", "done"):
+            raise PrunekitError(f"SGHT: checkpoint has an unknown phase {phase!r}")
+        self.phase = phase
+        self.threshold, self._model = None, None
+
+
+__all__ = ["AHSGHT", "SGHT", "FilterThreshold", "HybridBatchSchedule", "SGHTConfig", "remove_zero_filters"]
