@@ -195,3 +195,20 @@ def test_callback_works_in_a_users_own_loop():
         cb.on_after_optimizer_step(state)
         state.step += 1
     assert cb.n == state.step == len(train) // 32
+
+
+def test_stage_lr_applies_without_rebuilding_the_optimizer():
+    train, test = _data()
+    rec = Recorder()
+    tr = Trainer(_model(), train, test, optim=OptimConfig(lr=0.05, schedule="constant"),
+                 config=TrainerConfig(batch_size=32, device="cpu", quiet=True), callbacks=[rec])
+    tr.fit([Stage("a", 1), Stage("b", 1, lr=0.01, reset_optimizer=False)])
+    steps = len(train) // 32
+    assert rec.lrs[0] == pytest.approx(0.05) and rec.lrs[steps] == pytest.approx(0.01)
+    assert len(tr.optimizers[0].state) > 0  # momentum carried over
+
+
+def test_default_step_milestones_never_hit_epoch_zero():
+    assert lr_factor("step", 0.5, 0, 1, None, 0.1) == 1.0
+    assert lr_factor("step", 1.0, 1, 2, None, 0.1) == pytest.approx(0.1)  # milestones [1, 2]
+    assert lr_factor("step", 5.0, 5, 10, None, 0.1) == pytest.approx(0.1)

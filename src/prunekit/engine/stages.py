@@ -45,7 +45,8 @@ def lr_factor(schedule: str, progress: float, epoch: int, epochs: int, milestone
     if schedule == "constant":
         f = 1.0
     elif schedule == "step":
-        ms = milestones if milestones is not None else [int(epochs * 0.5), int(epochs * 0.75)]
+        # default milestones at 50% and 75% of the stage, never at epoch 0 (a 1-epoch stage keeps its lr)
+        ms = milestones if milestones is not None else [max(1, round(epochs * 0.5)), max(1, round(epochs * 0.75))]
         f = gamma ** sum(1 for m in ms if epoch >= m)
     elif schedule == "cosine":
         f = 0.5 * (1.0 + math.cos(math.pi * min(progress / epochs, 1.0)))

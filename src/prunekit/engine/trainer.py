@@ -153,6 +153,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         self._base_lrs: list[list[float]] = []
+        self._built_lr = 0.0
         self.model: nn.Module = model
         self._set_model(model)
 
@@ -205,6 +206,13 @@ class Trainer:
                                     nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay)]
         self.optimizers = list(opts)
         self._base_lrs = [[g["lr"] for g in opt.param_groups] for opt in self.optimizers]
+        self._built_lr = lr
+
+    def _rescale_base_lrs(self, lr: float) -> None:
+        """Change the base learning rate without rebuilding: every group keeps its ratio to the run's lr."""
+        f = lr / self._built_lr if self._built_lr else 1.0
+        self._base_lrs = [[b * f for b in base] for base in self._base_lrs]
+        self._built_lr = lr
 
     def _set_lr(self, progress: float) -> float:
         st = self.stage
@@ -257,6 +265,8 @@ class Trainer:
             if self.stage_epoch == 0 and self.batch_in_epoch == 0:
                 if self.stage.reset_optimizer or not self.optimizers:
                     self.build_optimizers()
+                elif self.stage.lr is not None:  # keep the optimizer state, move to the stage's lr
+                    self._rescale_base_lrs(self.stage.lr)
                 for cb in self.callbacks:
                     cb.on_stage_start(self, self.stage)
             while self.stage_epoch < self.stage.epochs:
@@ -380,6 +390,7 @@ class Trainer:
             "model": dict(model.state_dict()),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "base_lrs": self._base_lrs,
+            "built_lr": self._built_lr,
             "callbacks": [cb.state_dict() for cb in self.callbacks],
             "rng": rng,
             "history": self.history,
@@ -428,6 +439,7 @@ class Trainer:
         for opt, s in zip(self.optimizers, opt_states, strict=True):
             opt.load_state_dict(s)
         self._base_lrs = [list(b) for b in st.get("base_lrs", self._base_lrs)]
+        self._built_lr = float(st.get("built_lr", self._built_lr))
         torch.set_rng_state(st["rng"]["torch"])
         if "cuda" in st["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(st["rng"]["cuda"])
