@@ -592,3 +592,15 @@ def test_explicit_cache_dir_and_unwritable_cache(tmp_path):
     blocker.write_text("x")
     with pytest.warns(UserWarning, match="cache"):
         assert len(data.load("mnist", root=tmp_path, cache_dir=blocker / "sub")) == 12
+
+
+def test_sample_is_seeded_random_and_ordered():
+    from prunekit import data as pdata
+
+    ds = pdata.load("synthetic", "train", n=200, shape=(1, 4, 4), num_classes=4, seed=0)
+    ds.labels = torch.arange(200) // 50  # sorted by class, like the CIFAR-10 archive
+    a, b = ds.sample(40, seed=1), ds.sample(40, seed=1)
+    assert torch.equal(a.labels, b.labels) and len(a) == 40
+    assert set(a.labels.tolist()) == {0, 1, 2, 3}  # not just the first class
+    assert not torch.equal(a.labels, ds.sample(40, seed=2).labels)
+    assert len(ds.sample(500)) == 200

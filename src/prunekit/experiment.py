@@ -43,10 +43,11 @@ def load_data(cfg: dict[str, Any]) -> tuple[pdata.Dataset, pdata.Dataset]:
     kw = {"root": d.get("root"), "download": bool(d.get("download"))}
     train = pdata.load(d["name"], "train", **kw)
     test = pdata.load(d["name"], "test", **kw)
+    # seeded random subsets: dataset files are often sorted by class
     if d.get("subset"):
-        train = train.subset(int(d["subset"]))
+        train = train.sample(int(d["subset"]), seed=cfg["seed"])
     if d.get("test_subset"):
-        test = test.subset(int(d["test_subset"]))
+        test = test.sample(int(d["test_subset"]), seed=cfg["seed"])
     if d.get("augment") != "default":
         train.augment = d.get("augment")
     return train, test

@@ -68,6 +68,21 @@ class Dataset:
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
+    def sample(self, n: int, seed: int = 0) -> Dataset:
+        """A seeded random subset of ``n`` samples (in their original order).
+
+        Unlike ``subset(n)`` (the first ``n``), this is safe on files sorted by class, such as the CIFAR-10
+        image-folder archive, where the first 5,000 training images are all airplanes.
+        """
+        n = int(n)
+        if n < 0:
+            raise PrunekitError(f"sample: n must be >= 0, got {n}")
+        if n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(int(seed))
+        idx = torch.randperm(len(self), generator=g)[:n].sort().values
+        return self.subset(idx)
+
     def subset(self, n_or_indices: int | Sequence[int] | np.ndarray | torch.Tensor) -> Dataset:
         """The first ``n`` samples (clamped to the length), or the samples at the given indices, in order."""
         if isinstance(n_or_indices, (int, np.integer)) and not isinstance(n_or_indices, bool):
