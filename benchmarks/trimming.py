@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         res = run(cfg, out=run_dir, data=(train, test), latency=False)
         wall = time.perf_counter() - t0
         rows = res.report["iterations"]
-        print(f"\nTrimming iterations (LeNet-5 on MNIST; {m['initial_epochs']} epochs of training, then "
+        print(f"\nTrimming iterations (LeNet-5 on MNIST; {m['initial_epochs']} epoch(s) of training, then "
               f"{m['iterations']} x (trim conv2/fc1 by APoZ > mean + {m['k']} std, retrain "
-              f"{m['retrain_epochs']} epochs); {wall / 60:.1f} min):")
+              f"{m['retrain_epochs']} epoch(s)); {wall / 60:.1f} min):")
         head = (f"{'net':>3}  {'conv1':>5}  {'conv2':>5}  {'fc1':>5}  {'params':>9}  {'MACs':>10}  "
                 f"{'top1 trimmed':>12}  {'top1':>6}  {'mean APoZ conv2/fc1':>19}  | paper: widths  params  top1")
         print(head)
