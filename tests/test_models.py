@@ -272,3 +272,17 @@ def test_torchvision_missing_is_a_clear_error() -> None:
             models.create("torchvision:resnet18")
     else:
         pytest.skip("torchvision imports here")
+
+
+def test_vgg16_imagenet_counts_and_torchvision_layer_names():
+    import torch
+
+    from prunekit import metrics, models
+
+    with torch.device("meta"):
+        m = models.create("vgg16-imagenet")
+    assert sum(p.numel() for p in m.parameters()) == 138_357_544
+    c = metrics.count(m, torch.zeros(1, 3, 224, 224, device="meta"))
+    assert c.macs_of("Conv2d", "Linear") == 15_470_264_320
+    assert isinstance(m.features[28], torch.nn.Conv2d) and m.classifier[0].out_features == 4096
+    assert m.classifier[3].in_features == 4096 and m.input_shape == (3, 224, 224)

@@ -67,3 +67,45 @@ def vgg19(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     20,035,018 parameters and 398,136,320 MACs (conv + linear) at 32x32, 10 classes.
     """
     return _build(19, num_classes, in_channels)
+
+
+class ImageNetVGG(nn.Module):
+    """``features`` (3x3 conv-ReLU, no BN, as in the original VGG), 7x7 average pool, fc6-fc7-fc8 with dropout."""
+
+    def __init__(self, cfg: list[int | str], num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                assert isinstance(v, int)
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+                c = v
+        layers.append(nn.MaxPool2d(2, 2))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(7)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Sequential(
+            nn.Linear(c * 49, 4096), nn.ReLU(), nn.Dropout(0.5),  # fc6
+            nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5),  # fc7
+            nn.Linear(4096, num_classes),  # fc8
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.avgpool(self.features(x))))
+
+
+@register("vgg16-imagenet")
+def vgg16_imagenet(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    """VGG-16 for ImageNet (Simonyan & Zisserman 2015, configuration D), the network Network Trimming prunes:
+    13 3x3 conv-ReLU layers with biases and no BN, five 2x2 max-pools, fc6 and fc7 (4096, ReLU, dropout 0.5)
+    and fc8. Layer names follow torchvision's ``vgg16`` (``features.28`` = conv5_3, ``classifier.0`` = fc6,
+    ``classifier.3`` = fc7), so its weights load by name. 138,357,544 parameters and 15,470,264,320 MACs
+    (conv + linear) at 224x224, 1000 classes.
+    """
+    model = ImageNetVGG(_CFGS[16], check_int("num_classes", num_classes), check_int("in_channels", in_channels))
+    init_kaiming(model)
+    model.input_shape = (in_channels, 224, 224)
+    return model
