@@ -17,7 +17,7 @@ zero structures leaves the outputs unchanged); the peers train ``epochs - finetu
 penalty, are pruned at the matched MACs (one sparse training shared by all targets), then fine-tuned.
 
     .venv/bin/python benchmarks/sss.py --quick     # a few minutes on one core
-    .venv/bin/python benchmarks/sss.py             # the reduced-CPU figures of the report (~25 min)
+    .venv/bin/python benchmarks/sss.py             # the reduced-CPU figures (about 1 h on a busy 2-core box)
 
 Recipes: ``configs/sss/lenet5_mnist_cpu.yaml`` and ``configs/sss/resnet20_cifar10_subset_cpu.yaml``
 (the sweep overrides their ``method.gamma_*``). Results: ``benchmarks/out/sss.json``.
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="cost,lenet,resnet", help="parts to run: cost, lenet, resnet")
     ap.add_argument("--lenet-gammas", default="0.015,0.02,0.03")
-    ap.add_argument("--resnet-rows", default="c=0.005,b=0.005;c=0.01,b=0.01;c=0.02,b=0.02;b=0.1",
+    ap.add_argument("--resnet-rows", default="c=0.01,b=0.01;c=0.03,b=0.03;b=0.03;b=0.05",
                     help="SSS rows for ResNet-20, ';'-separated: c=gamma_channel, b=gamma_block (no c: block "
                          "factors only, the paper's ResNet setting)")
     ap.add_argument("--finetune", type=int, default=1, help="peers' fine-tuning epochs (inside the budget)")
