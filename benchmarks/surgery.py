@@ -6,7 +6,8 @@ One run, one process, fixed seed:
   (the filters with the smallest L1 norm of the group's root layer). Reported: MACs and params ratios
   (``prunekit.metrics.count``), CPU latency of dense and pruned models at batch 64 with 2 threads (median
   of ``--runs`` runs, dense and pruned timed alternately in the same process), measured speed-up vs the
-  MACs reduction (target: speed-up >= 0.8 x MACs reduction), and the time of the surgery itself
+  MACs reduction (target: speed-up >= 0.8 x MACs reduction) both as built and in the deployed form (BN folded
+  into the convs with torch.fx's fusion, channels_last memory), and the time of the surgery itself
   (``remove_channels``, including its dependency-graph trace).
 * ResNet-50 (ImageNet shape): time of ``channel_groups`` (graph build) and of the 50% surgery
   (target < 5 s).
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 from prunekit import io, metrics, models
 from prunekit.surgery import MaskSet, channel_groups, remove_channels, save_sparse
@@ -51,10 +53,18 @@ def half_plan(model: nn.Module, x: torch.Tensor) -> dict[str, list[int]]:
     return plan
 
 
-def latency(dense: nn.Module, pruned: nn.Module, batch: int, runs: int, shape: tuple[int, ...]
-            ) -> tuple[float, float]:
+def deployed(model: nn.Module) -> nn.Module:
+    """The inference form a deployment uses: BN folded into the convs (torch.fx's conv-BN fusion) and
+    channels_last memory format. Applied to dense and pruned alike, so the ratio stays fair."""
+    return fuse(model).to(memory_format=torch.channels_last)
+
+
+def latency(dense: nn.Module, pruned: nn.Module, batch: int, runs: int, shape: tuple[int, ...],
+            channels_last: bool = False) -> tuple[float, float]:
     """Median seconds per forward (no grad, eval) of both models, timed alternately."""
     x = torch.randn(batch, *shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     times: dict[str, list[float]] = {"dense": [], "pruned": []}
     with torch.inference_mode():
         for m in (dense, pruned):
@@ -83,12 +93,15 @@ def structured(name: str, args: argparse.Namespace) -> dict[str, Any]:
     t_surgery = time.perf_counter() - t
     cd, cp = metrics.count(dense, x), metrics.count(pruned, x)
     ld, lp = latency(dense, pruned, args.batch, args.runs, shape)
+    fd, fp = latency(deployed(dense), deployed(pruned), args.batch, args.runs, shape, channels_last=True)
     mac_red = cd.macs / cp.macs
     speedup = ld / lp
     return {"model": name, "groups": len(plan), "params_dense": cd.params, "params_pruned": cp.params,
             "macs_dense": cd.macs, "macs_pruned": cp.macs, "macs_reduction": mac_red,
             "latency_dense_ms": ld * 1e3, "latency_pruned_ms": lp * 1e3, "speedup": speedup,
             "speedup_over_macs_reduction": speedup / mac_red, "plan_s": t_groups, "surgery_s": t_surgery,
+            "deployed_latency_dense_ms": fd * 1e3, "deployed_latency_pruned_ms": fp * 1e3,
+            "deployed_speedup": fd / fp, "deployed_speedup_over_macs_reduction": fd / fp / mac_red,
             "params_check": report.params_after == cp.params}
 
 
@@ -155,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['macs_dense'] / 1e6:>7.1f}->{r['macs_pruned'] / 1e6:<7.1f} {r['macs_reduction']:>7.2f}x "
                   f"{r['latency_dense_ms']:>10.1f}/{r['latency_pruned_ms']:<10.1f} {r['speedup']:>7.2f}x "
                   f"{r['speedup_over_macs_reduction']:>9.2f} {r['surgery_s']:>9.2f}")
+        print("\nDeployed form (BN folded into convs by torch.fx, channels_last), dense and pruned alike:")
+        print(f"{'model':10} {'lat. dense/pruned ms':>21} {'speed-up':>8} {'sp/MACred':>9}")
+        for r in rows:
+            print(f"{r['model']:10} {r['deployed_latency_dense_ms']:>10.1f}/{r['deployed_latency_pruned_ms']:<10.1f} "
+                  f"{r['deployed_speedup']:>7.2f}x {r['deployed_speedup_over_macs_reduction']:>9.2f}")
     if "resnet50" in sections:
         r50 = resnet50(args)
         print("\n## ResNet-50 (1x3x224x224)")
