@@ -14,20 +14,29 @@ _CFGS: dict[int, list[int | str]] = {
 }
 
 
+def _features(cfg: list[int | str], in_channels: int, batch_norm: bool) -> tuple[list[nn.Module], int]:
+    """3x3 convs (conv-BN-ReLU without conv bias, or conv-ReLU with bias) and 2x2 max-pools ("M")."""
+    layers: list[nn.Module] = []
+    c = in_channels
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            assert isinstance(v, int)
+            if batch_norm:
+                layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU()]
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+            c = v
+    return layers, c
+
+
 class CifarVGG(nn.Module):
     """``features`` (3x3 conv-BN-ReLU, 2x2 max-pools), global average pool, one linear classifier."""
 
     def __init__(self, cfg: list[int | str], num_classes: int, in_channels: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c = in_channels
-        for v in cfg:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                assert isinstance(v, int)
-                layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU()]
-                c = v
+        layers, c = _features(cfg, in_channels, batch_norm=True)
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
@@ -74,15 +83,7 @@ class ImageNetVGG(nn.Module):
 
     def __init__(self, cfg: list[int | str], num_classes: int, in_channels: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c = in_channels
-        for v in cfg:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                assert isinstance(v, int)
-                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
-                c = v
+        layers, c = _features(cfg, in_channels, batch_norm=False)
         layers.append(nn.MaxPool2d(2, 2))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(7)
