@@ -141,7 +141,7 @@ def run(cfg: dict[str, Any], *, out: str | Path | None = None, resume: bool = Fa
     figs = measure(final, test, device=trainer.device, path=model_path, latency=latency,
                    eval_batch_size=t["eval_batch_size"])
     figs["train_seconds"] = round(train_seconds, 2)
-    figs["method"] = cfg["method"]["name"]
+    figs["method"] = "dense" if cfg["method"]["name"] == "none" else cfg["method"]["name"]
     figs["model"] = cfg["model"]["name"]
     figs["data"] = cfg["data"]["name"]
     figs["seed"] = cfg["seed"]
