@@ -212,3 +212,18 @@ def test_default_step_milestones_never_hit_epoch_zero():
     assert lr_factor("step", 0.5, 0, 1, None, 0.1) == 1.0
     assert lr_factor("step", 1.0, 1, 2, None, 0.1) == pytest.approx(0.1)  # milestones [1, 2]
     assert lr_factor("step", 5.0, 5, 10, None, 0.1) == pytest.approx(0.1)
+
+
+def test_batched_nan_check_stops_before_any_nan_checkpoint(tmp_path):
+    """The accelerator path (NaN checks batched to avoid a host sync per step), exercised on the CPU."""
+    from prunekit.engine import load_checkpoint
+
+    train, test = _data()
+    cfg = TrainerConfig(batch_size=32, device="cpu", quiet=True, checkpoint_every_steps=1)
+    Trainer(_model(), train, test, config=cfg, out_dir=tmp_path).fit(1)
+    tr = Trainer(_model(), train, test, optim=OptimConfig(lr=1e6, momentum=0.0), config=cfg, out_dir=tmp_path)
+    tr._nan_check_each_step = False
+    with pytest.raises(PrunekitError, match="loss became"):
+        tr.fit(50)
+    state = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

@@ -121,6 +121,9 @@ class TrainerConfig:
     max_steps_per_epoch: int = 0  # 0: the whole epoch (a cap keeps smoke runs short)
 
 
+_FINITE_CHECK_EVERY = 32  # steps between NaN checks on an accelerator (each check is a host sync)
+
+
 class Trainer:
     """Runs ``stages`` of training on ``model`` with ``callbacks`` (pruning methods) plugged in."""
 
@@ -137,6 +140,8 @@ class Trainer:
         self.device = pick_device(self.cfg.device)
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if self.cfg.amp == "auto" else self.cfg.amp in ("on", "true", "bf16", True)
+        # on the CPU a per-step NaN check is free; on an accelerator it is batched (see _FINITE_CHECK_EVERY)
+        self._nan_check_each_step = self.device.type == "cpu"
         self.channels_last = on_cuda if self.cfg.channels_last == "auto" else self.cfg.channels_last == "on"
         dist = torch.distributed
         self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -298,6 +303,8 @@ class Trainer:
         self.model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
+        sync_each_step = self._nan_check_each_step
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         seen = 0
         batches = pdata.iterate(self.train_data, bs, shuffle=True, seed=self.cfg.seed, epoch=self.epoch,
                                 device=self.device, start_batch=self.batch_in_epoch, drop_last=True,
@@ -319,10 +326,10 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = self.model(x)
             loss = self.loss_fn(out.float(), y)
-            if not torch.isfinite(loss):
-                raise PrunekitError(
-                    f"loss became {loss.item()} at epoch {self.epoch} step {self.step}: lower the learning "
-                    "rate (optim.lr) or check the data; the last checkpoint is intact")
+            if sync_each_step:
+                self._check_finite(~torch.isfinite(loss), loss)
+            else:  # on an accelerator, checking every step would stall the queue: accumulate, check below
+                nonfinite |= ~torch.isfinite(loss.detach())
             self.loss = loss
             loss.backward()
             for cb in self.callbacks:
@@ -342,10 +349,15 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             every = self.cfg.checkpoint_every_steps
-            if every and self.step % every == 0 and self.batch_in_epoch < n_batches:
+            save_now = bool(every and self.step % every == 0 and self.batch_in_epoch < n_batches)
+            if not sync_each_step and (save_now or self.step % _FINITE_CHECK_EVERY == 0):
+                self._check_finite(nonfinite, loss)
+            if save_now:
                 self._save()
         if bar is not None:
             bar.close()
+        if not sync_each_step:
+            self._check_finite(nonfinite, self.loss)  # before the end-of-epoch checkpoint
         metrics: dict[str, Any] = {"epoch": self.epoch + 1, "stage": stage.name,
                                    "stage_epoch": self.stage_epoch + 1, "step": self.step,
                                    "train_loss": (loss_sum.item() / seen) if seen else None,
@@ -361,6 +373,14 @@ class Trainer:
         self.history.append(metrics)
         if self.is_main and self.out_dir is not None:
             write_text(self.out_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+
+    def _check_finite(self, nonfinite: torch.Tensor, loss: torch.Tensor | None) -> None:
+        """Stop with one clear line when a loss was NaN/inf; no checkpoint is written after it."""
+        if bool(nonfinite):
+            value = loss.item() if loss is not None else float("nan")
+            raise PrunekitError(
+                f"loss became {value} at epoch {self.epoch} step {self.step}: lower the learning "
+                "rate (optim.lr) or check the data; the last checkpoint is intact")
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_path(self, resume: bool | str | Path) -> Path | None:
