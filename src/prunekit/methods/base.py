@@ -94,3 +94,50 @@ class PruningMethod(Callback):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+class PenaltyThenPrune(PruningMethod):
+    """Shared schedule of the "train with a sparsity penalty, prune once, fine-tune" peers (Network
+    Slimming, Torch-Pruning's BN-scale pruner): a ``sparse`` stage, then, when ``config.finetune_epochs``
+    is set, the model is pruned and a ``finetune`` stage follows; otherwise :meth:`finalize` prunes.
+
+    Subclasses implement :meth:`prune` (which sets ``self.report``) and apply their penalty only while
+    :meth:`penalty_active` is true. Their ``Config`` needs ``finetune_epochs`` and ``finetune_lr``.
+    """
+
+    def __init__(self, config: MethodConfig | Mapping[str, Any] | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.pruned = False
+        self.report: dict[str, Any] = {}
+
+    def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
+        """Remove the structures the penalty made unimportant; returns the smaller model."""
+        raise NotImplementedError
+
+    def stages(self, epochs: int) -> list[Stage]:
+        out = [Stage("sparse", epochs, kind="sparse")]
+        ft = self.config.finetune_epochs  # type: ignore[attr-defined]
+        if ft:
+            out.append(Stage("finetune", ft, kind="finetune", lr=self.config.finetune_lr))  # type: ignore[attr-defined]
+        return out
+
+    def penalty_active(self, trainer: Any) -> bool:
+        """True during the sparse stage, before the model has been pruned."""
+        stage = getattr(trainer, "stage", None)
+        return not self.pruned and (stage is None or stage.kind != "finetune")
+
+    def on_stage_end(self, trainer: Any, stage: Stage) -> None:
+        if stage.kind == "sparse" and self.config.finetune_epochs and not self.pruned:  # type: ignore[attr-defined]
+            trainer.replace_model(self.prune(trainer.raw_model, trainer.example_inputs))
+
+    def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
+        if not self.pruned:
+            model = self.prune(model, example_inputs)
+        return FinalizeResult(getattr(model, "module", model), sparse=False, report=dict(self.report))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pruned": self.pruned, "report": self.report}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pruned = bool(state.get("pruned", False))
+        self.report = dict(state.get("report", {}))

@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.io import set_submodule
-from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
+from prunekit.methods.base import MethodConfig, PenaltyThenPrune
 from prunekit.methods.sss import _NORMS, ChannelScale, _layer_sites, factor_modules, fold_factors
 
 
@@ -103,16 +102,11 @@ def global_plan(model: nn.Module, num_remove: int) -> dict[str, list[int]]:
     return plan
 
 
-class NetworkSlimming(PruningMethod):
+class NetworkSlimming(PenaltyThenPrune):
     """Network Slimming as a plug-in (see the module docstring)."""
 
     name = "slimming"
     Config = SlimmingConfig
-
-    def __init__(self, config: Any = None, **overrides: Any) -> None:
-        super().__init__(config, **overrides)
-        self.pruned = False
-        self.report: dict[str, Any] = {}
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Give BN-free prunable layers a channel scale (idempotent); BN layers use their own scale."""
@@ -125,17 +119,10 @@ class NetworkSlimming(PruningMethod):
             raise PrunekitError("slimming: the model has no prunable channel with a BN scale")
         return model
 
-    def stages(self, epochs: int) -> list[Stage]:
-        out = [Stage("sparse", epochs, kind="sparse")]
-        if self.config.finetune_epochs:
-            out.append(Stage("finetune", self.config.finetune_epochs, kind="finetune", lr=self.config.finetune_lr))
-        return out
-
     # -- training: the L1 sub-gradient -------------------------------------------------------------
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer: Any) -> None:
-        stage = getattr(trainer, "stage", None)
-        if self.pruned or (stage is not None and stage.kind == "finetune"):
+        if not self.penalty_active(trainer):
             return
         s = self.config.sparsity
         for m in getattr(trainer, "raw_model", trainer.model).modules():
@@ -143,11 +130,6 @@ class NetworkSlimming(PruningMethod):
                 else None
             if p is not None and p.grad is not None:
                 p.grad.add_(torch.sign(p), alpha=s)  # d/dgamma of s * |gamma|
-
-    def on_stage_end(self, trainer: Any, stage: Stage) -> None:
-        if stage.kind == "sparse" and self.config.finetune_epochs and not self.pruned:
-            model = self.prune(trainer.raw_model, trainer.example_inputs)
-            trainer.replace_model(model)
 
     # -- pruning ----------------------------------------------------------------------------------------
     def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
@@ -197,18 +179,6 @@ class NetworkSlimming(PruningMethod):
         if plan:
             surgery.remove_channels(model, plan, example_inputs, min_channels=1)
         return plan
-
-    def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
-        if not self.pruned:
-            model = self.prune(model, example_inputs)
-        return FinalizeResult(getattr(model, "module", model), sparse=False, report=dict(self.report))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"pruned": self.pruned, "report": self.report}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.pruned = bool(state.get("pruned", False))
-        self.report = dict(state.get("report", {}))
 
 
 def _width(m: nn.Module) -> int | None:

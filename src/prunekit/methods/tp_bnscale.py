@@ -23,9 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
+from prunekit.methods.base import MethodConfig, PenaltyThenPrune
 
 
 @dataclass
@@ -80,7 +79,7 @@ def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Mod
     return [seen[id(o)] for o in outs if id(o) in seen]
 
 
-class TPBNScale(PruningMethod):
+class TPBNScale(PenaltyThenPrune):
     """Torch-Pruning's BNScalePruner with prunekit's schedule and a matched-MACs target."""
 
     name = "tp-bnscale"
@@ -88,8 +87,6 @@ class TPBNScale(PruningMethod):
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
-        self.pruned = False
-        self.report: dict[str, Any] = {}
         self._pruner: Any = None
         self._example: torch.Tensor | None = None
 
@@ -114,12 +111,6 @@ class TPBNScale(PruningMethod):
             global_pruning=self.config.global_pruning, round_to=self.config.round_to,
             ignored_layers=output_layers(model, example_inputs))
 
-    def stages(self, epochs: int) -> list[Stage]:
-        out = [Stage("sparse", epochs, kind="sparse")]
-        if self.config.finetune_epochs:
-            out.append(Stage("finetune", self.config.finetune_epochs, kind="finetune", lr=self.config.finetune_lr))
-        return out
-
     # -- training -------------------------------------------------------------------------------------
     def on_model_changed(self, trainer: Any) -> None:
         self._pruner = None
@@ -129,8 +120,7 @@ class TPBNScale(PruningMethod):
             self._example = batch[0][:1].detach().clone()
 
     def on_before_optimizer_step(self, trainer: Any) -> None:
-        stage = getattr(trainer, "stage", None)
-        if self.pruned or (stage is not None and stage.kind == "finetune"):
+        if not self.penalty_active(trainer):
             return
         model = getattr(trainer, "raw_model", trainer.model)
         if self._pruner is None:
@@ -141,10 +131,6 @@ class TPBNScale(PruningMethod):
                                     "on_train_batch_start(state, (x, y)) once, or set state.example_inputs")
             self._pruner = self.make_pruner(model, ex)
         self._pruner.regularize(model)  # Torch-Pruning: grad(gamma) += reg * sign(gamma)
-
-    def on_stage_end(self, trainer: Any, stage: Stage) -> None:
-        if stage.kind == "sparse" and self.config.finetune_epochs and not self.pruned:
-            trainer.replace_model(self.prune(trainer.raw_model, trainer.example_inputs))
 
     # -- pruning --------------------------------------------------------------------------------------
     def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
@@ -186,18 +172,6 @@ class TPBNScale(PruningMethod):
                        "params": {"before": base.params, "after": after.params},
                        "macs": {"before": base.macs, "after": after.macs}}
         return model
-
-    def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
-        if not self.pruned:
-            model = self.prune(model, example_inputs)
-        return FinalizeResult(getattr(model, "module", model), sparse=False, report=dict(self.report))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"pruned": self.pruned, "report": self.report}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.pruned = bool(state.get("pruned", False))
-        self.report = dict(state.get("report", {}))
 
 
 __all__ = ["TPBNScale", "TPBNScaleConfig", "output_layers"]
