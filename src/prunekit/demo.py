@@ -16,15 +16,6 @@ from prunekit.methods import get as get_method
 
 METHODS = ["iht", "trimming", "sss", "sght"]
 
-# The demo's own small-data settings: each method's paper defaults are tuned for MNIST / CIFAR / ImageNet;
-# on 1,437 8x8 digits a few epochs per phase are enough to show what each method does.
-DEMO_OPTIONS: dict[str, dict[str, Any]] = {
-    "iht": {},
-    "trimming": {},
-    "sss": {},
-    "sght": {},
-}
-
 
 def base_config(epochs: int, quiet: bool) -> dict[str, Any]:
     """The dense LeNet-5 / digits experiment every demo run starts from."""
@@ -56,7 +47,7 @@ def main(epochs: int | None = None, out: str = "runs/demo", methods: list[str] |
             print(f"skipping {name}: {exc}")
             continue
         mcfg = copy.deepcopy(cfg)
-        mcfg["method"] = {"name": name, **DEMO_OPTIONS.get(name, {})}
+        mcfg["method"] = {"name": name}  # each method with its paper defaults
         config.validate(mcfg)
         start = None if cls.from_scratch else copy.deepcopy(dense.model)
         t1 = time.perf_counter()
