@@ -36,7 +36,7 @@ def test_train_writes_model_report_and_resumes(tmp_path, recipe, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", str(recipe), "--out", str(out), *TINY]) == 0
     text = capsys.readouterr().out
-    assert "lenet5" not in text or "top-1" in text
+    assert "top-1 %" in text and f"saved: {out / 'model.safetensors'}" in text
     rep = json.loads((out / "report.json").read_text())
     assert rep["figures"]["params"] == sum(p.numel() for p in io.load(out / "model.safetensors").parameters())
     assert (out / "checkpoint.safetensors").exists() and (out / "log.jsonl").exists()
