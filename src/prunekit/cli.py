@@ -1,4 +1,4 @@
-"""The ``prunekit`` command: train | prune | eval | info | export | report | demo.
+"""The ``prunekit`` command: train | prune | compare | eval | info | export | report | demo.
 
 Bad input of any kind exits with code 2 and one line on stderr that says what is wrong and how to fix it.
 """
@@ -50,8 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=["onnx", "sparse", "dense"], required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--input-shape", default=None, help="C,H,W for ONNX tracing")
-    p = sub.add_parser("report", help="compare finished runs: a table and a plot")
-    p.add_argument("runs", nargs="+", help="run folders holding report.json")
+    p = sub.add_parser("compare", help="run every listed method and peer at the same budgets, over seeds: "
+                                       "results.csv, summary.md and plots")
+    p.add_argument("config", help="comparison YAML (see configs/compare/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key, e.g. --set seeds=[0] or --set base.train.batch_size=64 (repeatable)")
+    p.add_argument("--out", help="output folder (default: the config's out)")
+    p.add_argument("--only", default=None, help="comma-separated subset of the config's methods")
+    p.add_argument("--smoke", action="store_true",
+                   help="a few steps per run on small subsets: checks a (GPU-sized) grid end to end on a CPU")
+    p.add_argument("--data-dir", help="where the dataset files are (sets base.data.root)")
+    p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
+    p = sub.add_parser("report", help="compare finished runs (a table and a plot), or rebuild a compare folder")
+    p.add_argument("runs", nargs="+", help="run folders holding report.json, or one prunekit compare folder")
     p.add_argument("--out", help="folder for report.md and plot.png")
     p = sub.add_parser("demo", help="train LeNet-5 on the embedded digits and prune it with every method")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
@@ -168,9 +179,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from prunekit import compare
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"base.data.root={args.data_dir}")
+    cfg = compare.load(args.config, overrides)
+    only = [m.strip() for m in args.only.split(",") if m.strip()] if args.only else ()
+    results = compare.run(cfg, out=args.out, only=only, smoke=args.smoke, quiet=not args.progress)
+    compare.main_print(results, Path(args.out or cfg["out"] or f"runs/compare/{cfg['name']}"))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from prunekit import reports
 
+    if len(args.runs) == 1 and (Path(args.runs[0]) / "results.csv").is_file():  # a compare folder
+        from prunekit import compare
+
+        written = compare.report(args.runs[0])
+        print(compare.markdown(compare.summarize(compare.read_results(args.runs[0]))))
+        print("wrote " + ", ".join(str(p) for p in written))
+        return 0
     rows = reports.read_runs(args.runs)
     text = reports.table(rows, markdown=True, ratios_to=0)
     print(text)
@@ -198,8 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("train", "prune"):
             return cmd_run(args, prune=args.command == "prune")
-        handler = {"eval": cmd_eval, "info": cmd_info, "export": cmd_export, "report": cmd_report,
-                   "demo": cmd_demo}[args.command]
+        handler = {"compare": cmd_compare, "eval": cmd_eval, "info": cmd_info, "export": cmd_export,
+                   "report": cmd_report, "demo": cmd_demo}[args.command]
         return handler(args)
     except PrunekitError as exc:
         print(f"prunekit: error: {exc}", file=sys.stderr)

@@ -24,6 +24,9 @@ _BUILTIN: dict[str, str] = {
     "l1-filter": "prunekit.methods.l1_filter:L1FilterPruning",
     "sfp": "prunekit.methods.sfp:SoftFilterPruning",
     "tp-magnitude": "prunekit.methods.tp_magnitude:TPMagnitude",
+    # controls every comparison needs
+    "random-filter": "prunekit.methods.random_filter:RandomFilterPruning",
+    "torch-global": "prunekit.methods.torch_global:TorchGlobalMagnitude",
 }
 _REGISTERED: dict[str, type[PruningMethod]] = {}
 

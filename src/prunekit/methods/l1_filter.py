@@ -129,6 +129,10 @@ class OneShotFilterPruning(PruningMethod):
                                     min_keep=c.min_keep)
         return groups, keep
 
+    def channel_scores(self, h: Any) -> torch.Tensor:
+        """One importance score per group channel (flat over groups); the filter norm by default."""
+        return h.scores()
+
     def prune(self, model: nn.Module, example_inputs: Any) -> dict[str, Any]:
         """Remove the lowest-norm filters of every group in place (one shot); returns the surgery report."""
         from prunekit.methods.sght import FilterThreshold
@@ -136,7 +140,7 @@ class OneShotFilterPruning(PruningMethod):
 
         groups, keep = self._groups_and_keep(model, example_inputs)
         h = FilterThreshold(model, groups, keep, norm=self.config.norm)
-        plan = h.plan(h.select(h.scores()))      # the smallest-norm filters of each group
+        plan = h.plan(h.select(self.channel_scores(h)))  # the lowest-scoring filters of each group
         rep = remove_channels(model, plan, example_inputs)
         self.pruned = True
         self.keep = {g.name: int(k) for g, k in zip(groups, keep, strict=True)}

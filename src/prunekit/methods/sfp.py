@@ -67,6 +67,7 @@ class SoftFilterPruning(PruningMethod):
     """Zero the smallest-norm filters after every epoch; they keep training; remove them at the end."""
 
     name = "sfp"
+    from_scratch = True  # He et al. train from scratch with soft zeroing every epoch
     Config = SFPConfig
     config: SFPConfig
 

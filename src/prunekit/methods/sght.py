@@ -425,6 +425,7 @@ class SGHT(PruningMethod):
     """
 
     name = "sght"
+    from_scratch = True  # AHSG-HT trains from a random init; no pre-trained dense model
     Config = SGHTConfig
     config: SGHTConfig
 

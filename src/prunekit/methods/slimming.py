@@ -106,6 +106,7 @@ class NetworkSlimming(PenaltyThenPrune):
     """Network Slimming as a plug-in (see the module docstring)."""
 
     name = "slimming"
+    from_scratch = True  # Liu et al. train with the sparsity penalty from scratch, then prune and fine-tune
     Config = SlimmingConfig
 
     def prepare(self, model: nn.Module) -> nn.Module:

@@ -521,6 +521,7 @@ class SparseStructureSelection(PruningMethod):
     """
 
     name = "sss"
+    from_scratch = True  # the paper trains the factors jointly with the network from a random init
     Config = SSSConfig
 
     def prepare(self, model: nn.Module) -> nn.Module:

@@ -1,0 +1,205 @@
+"""The comparison harness: grid planning at the same budget, the run / skip / resume cycle, files, report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from prunekit import compare, metrics, models
+from prunekit.cli import main
+from prunekit.errors import PrunekitError
+from prunekit.methods import get as get_method
+from prunekit.methods.iht import prunable_layers
+
+BASE = {"model": {"name": "lenet5"}, "data": {"name": "digits", "subset": 240, "test_subset": 120},
+        "train": {"batch_size": 32, "device": "cpu", "eval_every": 1000, "max_steps_per_epoch": 2},
+        "optim": {"lr": 0.05, "schedule": "cosine"}}
+
+
+def _write(tmp_path: Path, **over) -> Path:
+    cfg = {"name": "tiny", "seeds": [0], "base": BASE, "dense_epochs": 1, "budget_epochs": 2,
+           "targets": [{"macs": 0.4}, {"params": 0.25}], "latency_rounds": 1, "latency_batch": 8,
+           "methods": {"dense": {}, "sght": {}, "torch-global": {}, "random-filter": {},
+                       "trimming": {"iterations": 2}}}
+    cfg.update(over)
+    p = tmp_path / "cmp.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _dense_lenet() -> torch.nn.Module:
+    return models.create("lenet5", in_channels=1, input_size=8, num_classes=10)
+
+
+def test_plan_gives_every_row_the_same_total_budget_and_maps_targets(tmp_path):
+    cfg = compare.load(_write(tmp_path, dense_epochs=3, budget_epochs=6, seeds=[0, 1], methods={
+        "dense": {}, "iht": {}, "magnitude": {}, "sght": {}, "l1-filter": {}, "slimming": {}, "trimming": {},
+        "sss": {"sweep": {"gamma_channel": [0.01, 0.03]}}, "sfp": {"kinds": ["params"]}}))
+    rows = compare.plan(cfg, dense_model=lambda seed: _dense_lenet())
+    by = {(r.label, r.seed): r for r in rows}
+    # same total training for every row: dense start + budget, or all of it from scratch
+    assert {r.epochs for r in rows} == {9}
+    for r in rows:
+        if r.method == "dense":
+            continue
+        m = get_method(r.method)({k: v for k, v in r.cfg["method"].items() if k != "name"})
+        fitted = sum(s.epochs for s in m.stages(r.cfg["train"]["epochs"]))
+        assert fitted + (3 if r.start == "dense" else 0) == 9, r.label
+    # who starts where: the papers' own protocol
+    assert by[("sght@macs=0.4", 0)].start == "scratch" and by[("sss[gamma_channel=0.03]", 1)].start == "scratch"
+    assert by[("iht@params=0.25", 0)].start == "dense" and by[("trimming", 0)].start == "dense"
+    assert by[("trimming", 0)].cfg["method"]["initial_epochs"] == 0
+    # targets become each method's own knob; unsupported kinds are not run
+    assert by[("sght@macs=0.4", 0)].cfg["method"]["macs_budget"] == 0.4
+    assert by[("sght@params=0.25", 0)].cfg["method"]["params_budget"] == 0.25
+    assert by[("slimming@macs=0.4", 0)].cfg["method"]["target_macs"] == 0.4
+    assert ("slimming@params=0.25", 0) not in by and ("iht@macs=0.4", 0) not in by
+    assert ("sfp@params=0.25", 0) in by and ("sfp@macs=0.4", 0) not in by
+    # the unstructured keep is solved so that the non-zeros of the whole network meet the target
+    keep = by[("iht@params=0.25", 0)].cfg["method"]["keep"]
+    net = _dense_lenet()
+    layers = prunable_layers(net)
+    total = sum(p.numel() for p in net.parameters())
+    weights = sum(m.weight.numel() for m in layers.values())
+    assert keep < 0.25
+    assert abs((keep * weights + total - weights) / total - 0.25) < 1e-4
+    # seeds share the folder of their row, one sub-folder each; the row hash ignores the seed
+    assert by[("sght@macs=0.4", 0)].dir.parent == by[("sght@macs=0.4", 1)].dir.parent
+    assert len({r.dir for r in rows}) == len(rows)
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"targets": [{"macs": 1.5}]}, "0 < f < 1"),
+    ({"targets": [{"flops": 0.5}]}, "expected {macs: f}"),
+    ({"methods": {"nonsense": {}}}, "unknown method"),
+    ({"methods": {"trimming": {"kinds": ["macs"]}}}, "cannot be set to a macs target"),
+    ({"seeds": []}, "seeds"),
+    ({"budget_epochs": 0}, "budget_epochs"),
+    ({"base": {**BASE, "method": {"name": "sght"}}}, "must not set a method"),
+    ({"methods": {"sght": {"keep_ratio": 2.0}}}, "keep_ratio"),
+    ({"typo_key": 1}, "unknown key"),
+])
+def test_bad_configs_are_rejected_before_training(tmp_path, bad, needle):
+    with pytest.raises(PrunekitError, match=None) as err:
+        cfg = compare.load(_write(tmp_path, **bad))
+        compare.plan(cfg, dense_model=lambda seed: _dense_lenet())
+    assert needle in str(err.value)
+
+
+def test_unreachable_unstructured_target_is_rejected(tmp_path):
+    cfg = compare.load(_write(tmp_path, targets=[{"params": 0.0001}], methods={"iht": {}}))
+    with pytest.raises(PrunekitError, match="unreachable"):
+        compare.plan(cfg, dense_model=lambda seed: _dense_lenet())
+
+
+def test_pareto_front():
+    pts = [(10, 90.0), (5, 80.0), (20, 85.0), (5, 70.0), (30, 95.0), (12, 91.0)]
+    assert compare.pareto(pts) == [(5, 80.0), (10, 90.0), (12, 91.0), (30, 95.0)]
+
+
+def test_grid_runs_skips_finished_resumes_and_reports(tmp_path, capsys):
+    torch.set_num_threads(1)
+    cfg_path = _write(tmp_path)
+    out = tmp_path / "out"
+    assert main(["compare", str(cfg_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| dense" in printed and "sght@macs=0.4" in printed
+    # files: CSV with the fixed schema, JSON lines, summary, plots in two formats
+    with open(out / "results.csv") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == compare.CSV_COLUMNS
+        recs = list(reader)
+    labels = sorted(r["label"] for r in recs)
+    assert labels == sorted(["dense", "sght@macs=0.4", "sght@params=0.25", "torch-global@params=0.25",
+                             "random-filter@macs=0.4", "random-filter@params=0.25", "trimming"])
+    rows = compare.read_results(out)
+    by = {r["label"]: r for r in rows}
+    dense = by["dense"]
+    assert dense["macs_frac"] == pytest.approx(1.0) and dense["train_epochs"] == 3
+    # structured rows reach their MACs / params budget (solver tolerance 1%), unstructured its non-zeros
+    for label, key, target in [("sght@macs=0.4", "macs_frac", 0.4), ("random-filter@macs=0.4", "macs_frac", 0.4),
+                               ("sght@params=0.25", "params_frac", 0.25),
+                               ("torch-global@params=0.25", "nonzero_frac", 0.25)]:
+        assert by[label][key] == pytest.approx(target, rel=0.05), label
+        assert by[label]["matched"] is True
+    assert by["trimming"]["matched"] is False  # no target knob: its own point
+    assert by["torch-global@params=0.25"]["sparse_file"] is True
+    # the figures are the saved models' own: recount one from its file
+    sght_model = compare._load_model(out / by["sght@macs=0.4"]["run"] / "model.safetensors")
+    assert metrics.count(sght_model, torch.zeros(1, 1, 8, 8)).macs == by["sght@macs=0.4"]["macs"]
+    assert all(r["latency_ms_b1"] > 0 and r["latency_ms_batch"] > 0 and r["latency_batch"] == 8 for r in rows)
+    for stem in ("accuracy_vs_macs", "accuracy_vs_params", "latency_vs_macs", "layers"):
+        for ext in ("png", "svg"):
+            assert (out / f"{stem}.{ext}").stat().st_size > 1000
+    assert "| sght@macs=0.4 | 1 |" in (out / "summary.md").read_text()
+
+    # a second invocation repeats nothing
+    stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed*/model.safetensors")}
+    assert main(["compare", str(cfg_path), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("finished earlier, not repeated") == len(rows)
+    assert stamp == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed*/model.safetensors")}
+
+    # a run killed before it finished (its result files gone, its checkpoint kept) resumes to the same result
+    victim = out / by["sght@macs=0.4"]["run"]
+    (victim / "compare_row.json").unlink()
+    (victim / "report.json").unlink()
+    assert main(["compare", str(cfg_path), "--out", str(out)]) == 0
+    again = {r["label"]: r for r in compare.read_results(out)}
+    assert again["sght@macs=0.4"]["top1"] == by["sght@macs=0.4"]["top1"]
+    assert again["sght@macs=0.4"]["macs"] == by["sght@macs=0.4"]["macs"]
+
+    # the report is rebuilt from the CSV alone
+    for p in out.glob("*.png"):
+        p.unlink()
+    (out / "summary.md").unlink()
+    (out / "results.jsonl").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "summary.md").is_file() and (out / "accuracy_vs_macs.png").is_file()
+    assert not (out / "layers.png").exists()  # per-layer data lives in results.jsonl only
+
+
+def test_report_rejects_a_malformed_results_file(tmp_path, capsys):
+    d = tmp_path / "cmp"
+    d.mkdir()
+    (d / "results.csv").write_text("label,method,seed,macs,top1\nx,y,notanumber,1,2\n")
+    assert main(["report", str(d)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "malformed results file" in err[0]
+    (d / "results.csv").write_text("a,b\n1,2\n")
+    assert main(["report", str(d)]) == 2
+    assert "missing columns" in capsys.readouterr().err
+
+
+def test_shipped_compare_recipes_plan(tmp_path):
+    """Every recipe under configs/compare is valid and plans a grid with the same budget on every row."""
+    root = Path(__file__).resolve().parents[1] / "configs" / "compare"
+    recipes = sorted(root.glob("*.yaml"))
+    assert len(recipes) >= 4
+    for path in recipes:
+        cfg = compare.load(path)
+        arch = {"mnist-lenet5": ("lenet5", 1, 28), "fashion-lenet5": ("lenet5", 1, 28)}.get(
+            path.stem, (cfg["base"]["model"]["name"], 3, 32))
+        rows = compare.plan(cfg, dense_model=lambda s, a=arch: models.create(a[0], in_channels=a[1], input_size=a[2])
+                            if a[0] == "lenet5" else models.create(a[0]))
+        assert len({r.epochs for r in rows}) == 1, path.name
+        assert {r.method for r in rows} >= {"dense", "iht", "trimming", "sss", "sght"}, path.name
+
+
+def test_smoke_flag_shrinks_a_grid(tmp_path, capsys):
+    src = json.loads(json.dumps(BASE))
+    src["train"].pop("max_steps_per_epoch")
+    cfg_path = _write(tmp_path, base=src, dense_epochs=30, budget_epochs=40, methods={"dense": {}, "sght": {}},
+                      targets=[{"macs": 0.5}], latency=False)
+    out = tmp_path / "smoke"
+    assert main(["compare", str(cfg_path), "--out", str(out), "--smoke"]) == 0
+    rows = compare.read_results(out)
+    assert {r["train_epochs"] for r in rows} == {7}  # 1 dense + min(budget, 6)
+    saved = yaml.safe_load((out / "compare.yaml").read_text())
+    assert saved["base"]["train"]["max_steps_per_epoch"] == 2
+    shutil.rmtree(out)
