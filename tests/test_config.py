@@ -71,3 +71,14 @@ def test_yaml_never_builds_python_objects(tmp_path):
     p.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(PrunekitError, match="YAML"):
         config.load_config(p)
+
+
+@pytest.mark.parametrize("name, option", [("tp-bnscale", {"reg": float("nan")}), ("sght", {"finetune_lr": float("inf")}),
+                                          ("l1-filter", {"finetune_lr": float("inf")}),
+                                          ("tp-magnitude", {"finetune_lr": float("inf")}),
+                                          ("iht", {"keep": float("nan")}), ("slimming", {"finetune_lr": float("inf")})])
+def test_non_finite_method_options_are_rejected(name, option):
+    from prunekit.methods import get
+
+    with pytest.raises(PrunekitError, match=next(iter(option))):
+        get(name)(option)

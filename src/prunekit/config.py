@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 from pathlib import Path
@@ -103,7 +104,9 @@ def apply_override(cfg: dict[str, Any], assignment: str) -> None:
     for i, p in enumerate(parts[:-1]):
         if p not in node or not isinstance(node[p], dict):
             here = ".".join(parts[: i + 1])
-            raise PrunekitError(f"--set {key}: no section {here!r}; valid keys: {', '.join(sorted(node))}")
+            if p in node:
+                raise PrunekitError(f"--set {key}: {here!r} is {node[p]!r}, not a section (a mapping of keys)")
+            raise PrunekitError(f"--set {key}: no section {here!r}; valid keys: {', '.join(sorted(map(str, node)))}")
         node = node[p]
     leaf = parts[-1]
     free = parts[0] == "method" or tuple(parts[:2]) in _FREE_FORM
@@ -124,7 +127,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
-            raise PrunekitError(f"{p}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") from None
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise PrunekitError(f"{p}: not valid YAML{where} ({problem})") from None
         except UnicodeDecodeError:
             raise PrunekitError(f"{p}: not a text file") from None
         if not isinstance(user, dict):
@@ -132,38 +136,178 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     cfg = _merge(DEFAULTS, user)
     for o in overrides or []:
         apply_override(cfg, o)
+    train = cfg.get("train")
+    if isinstance(train, dict):
+        for key in ("amp", "channels_last"):
+            if key in train:
+                train[key] = _toggle(train[key])
     validate(cfg)
     return cfg
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_TOGGLES = ("auto", "on", "off")
+_MAX_INT = 2**31  # counts (epochs, steps, sizes) beyond this are typos, and would overflow downstream
+
+
+def _toggle(v: Any) -> Any:
+    """YAML reads ``on`` / ``off`` / ``true`` as booleans: map them back to the engine's words."""
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, str) and v.lower() in ("true", "false", "bf16", "yes", "no"):
+        return "on" if v.lower() in ("true", "bf16", "yes") else "off"
+    return v
+
+
 def validate(cfg: dict[str, Any]) -> None:
-    """Type and range checks that give one clear line per mistake."""
+    """Type and range checks that give one clear line per mistake, naming the key and its valid range.
+
+    Runs before any data are loaded or any training starts. The method's own options are checked by the
+    method's ``Config`` (``config_from_dict``).
+    """
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise PrunekitError(f"config: {msg}")
 
-    need(isinstance(cfg["seed"], int), "seed must be an integer")
-    t, o, m = cfg["train"], cfg["optim"], cfg["method"]
-    need(isinstance(t["epochs"], int) and t["epochs"] >= 0, "train.epochs must be an integer >= 0")
-    need(isinstance(t["batch_size"], int) and t["batch_size"] > 0, "train.batch_size must be a positive integer")
-    need(isinstance(o["lr"], int | float) and o["lr"] > 0, "optim.lr must be a positive number")
-    need(isinstance(o["weight_decay"], int | float) and o["weight_decay"] >= 0, "optim.weight_decay must be >= 0")
-    need(isinstance(o["momentum"], int | float) and 0 <= o["momentum"] < 1, "optim.momentum must be in [0, 1)")
+    def count(section: dict[str, Any], key: str, minimum: int, where: str) -> None:
+        if key in section:
+            v = section[key]
+            need(_is_int(v) and minimum <= v <= _MAX_INT,
+                 f"{where}.{key} must be an integer in [{minimum}, {_MAX_INT}], got {v!r}")
+
+    def number(section: dict[str, Any], key: str, where: str, lo: float, hi: float | None = None,
+               lo_open: bool = False, hi_open: bool = False) -> None:
+        if key not in section:
+            return
+        v = section[key]
+        ok = _is_num(v) and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+        rng = f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}' + (')' if hi_open else ']')}"
+        need(ok, f"{where}.{key} must be a number in {rng}, got {v!r}")
+
+    need(isinstance(cfg, dict), "a config must be a mapping of sections")
+    for sec in ("model", "data", "train", "optim", "method"):
+        need(isinstance(cfg.get(sec), dict), f"{sec} must be a mapping, got {cfg.get(sec)!r}")
+    need(_is_int(cfg.get("seed")) and 0 <= cfg["seed"] < 2**63,
+         f"seed must be an integer in [0, 2**63), got {cfg.get('seed')!r}")
+    for key in ("out", "pretrained"):
+        need(cfg.get(key) is None or (isinstance(cfg[key], str) and cfg[key].strip() != ""),
+             f"{key} must be a path (string) or null, got {cfg.get(key)!r}")
+    t, o, m, d = cfg["train"], cfg["optim"], cfg["method"], cfg["data"]
+    count(t, "epochs", 0, "train")
+    need("epochs" in t, "train.epochs is missing")
+    count(t, "batch_size", 1, "train")
+    count(t, "eval_batch_size", 1, "train")
+    count(t, "checkpoint_every_steps", 0, "train")
+    count(t, "eval_every", 1, "train")
+    count(t, "max_steps_per_epoch", 0, "train")
+    for key in ("amp", "channels_last"):
+        if key in t:
+            need(t[key] in _TOGGLES, f"train.{key} must be one of {', '.join(_TOGGLES)}, got {t[key]!r}")
+    if "quiet" in t:
+        need(isinstance(t["quiet"], bool), f"train.quiet must be true or false, got {t['quiet']!r}")
+    if "device" in t:
+        dev = t["device"]
+        ok = isinstance(dev, str) and dev.strip() != ""
+        if ok and dev != "auto":
+            import torch
+
+            try:
+                torch.device(dev)
+            except (RuntimeError, ValueError, TypeError):
+                ok = False
+        need(ok, f"train.device must be auto, cpu, cuda or cuda:N, got {dev!r}")
+    number(o, "lr", "optim", 0.0, None, lo_open=True)
+    number(o, "momentum", "optim", 0.0, 1.0, hi_open=True)
+    number(o, "weight_decay", "optim", 0.0)
+    number(o, "gamma", "optim", 0.0, 1.0, lo_open=True)
+    number(o, "warmup_epochs", "optim", 0.0)
+    for key in ("lr", "momentum", "weight_decay", "schedule"):
+        need(key in o, f"optim.{key} is missing")
+    if "nesterov" in o:
+        need(isinstance(o["nesterov"], bool), f"optim.nesterov must be true or false, got {o['nesterov']!r}")
     from prunekit.engine.stages import SCHEDULES
 
-    need(o["schedule"] in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}")
-    need(o["milestones"] is None or (isinstance(o["milestones"], list)
-                                     and all(isinstance(x, int) for x in o["milestones"])),
-         "optim.milestones must be a list of epochs")
-    need(isinstance(cfg["model"].get("name"), str), "model.name must be a string")
-    need(isinstance(cfg["model"].get("kwargs", {}), dict), "model.kwargs must be a mapping")
-    need(isinstance(cfg["data"].get("name"), str), "data.name must be a string")
-    need(isinstance(m, dict) and isinstance(m.get("name"), str), "method.name must be a string")
+    need(isinstance(o["schedule"], str) and o["schedule"] in SCHEDULES,
+         f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o['schedule']!r}")
+    ms = o.get("milestones")
+    need(ms is None or (isinstance(ms, list) and all(_is_int(x) and 0 <= x <= _MAX_INT for x in ms)),
+         f"optim.milestones must be a list of epochs (integers >= 0), got {ms!r}")
+    if isinstance(ms, list) and ms:
+        need(ms == sorted(set(ms)), f"optim.milestones must be increasing, got {ms!r}")
+    need(isinstance(cfg["model"].get("name"), str) and cfg["model"]["name"] != "", "model.name must be a string")
+    need(isinstance(cfg["model"].get("kwargs", {}) or {}, dict), "model.kwargs must be a mapping")
+    need(isinstance(d.get("name"), str) and d["name"] != "", "data.name must be a string")
+    count(d, "subset", 0, "data")
+    count(d, "test_subset", 0, "data")
+    if "root" in d:
+        need(d["root"] is None or (isinstance(d["root"], str) and d["root"] != ""),
+             f"data.root must be a folder (string) or null, got {d['root']!r}")
+    if "download" in d:
+        need(isinstance(d["download"], bool), f"data.download must be true or false, got {d['download']!r}")
+    if "augment" in d:
+        from prunekit.data.pipeline import RECIPES
+
+        need(d["augment"] is None or d["augment"] == "default" or d["augment"] in RECIPES,
+             f"data.augment must be default, null or one of {', '.join(RECIPES)}, got {d['augment']!r}")
+    need(isinstance(m.get("name"), str), "method.name must be a string")
     if m["name"] != "none":
         from prunekit import methods
 
         cls = methods.get(m["name"])
-        cls.config_from_dict({k: v for k, v in m.items() if k != "name"})
+        options = {k: v for k, v in m.items() if k != "name"}
+        need(all(isinstance(k, str) for k in options), f"method option names must be strings, got {list(options)!r}")
+        try:
+            cls.config_from_dict(options)
+        except PrunekitError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as exc:
+            # a method's own range check tripped over a value of the wrong type
+            need(False, f"method {m['name']!r}: an option has a value of the wrong type ({exc}); "
+                        f"valid options: {', '.join(cls.config_keys())}")
+        _check_layer_names(cfg)
+
+
+_LAYER_OPTIONS = ("layers", "exclude", "layer_keep")
+
+
+def _check_layer_names(cfg: dict[str, Any]) -> None:
+    """Layer names / glob patterns in the method options must name layers of the model.
+
+    Checked on the zoo model built on the meta device (no memory, no data), so a typo fails before any
+    data are loaded or any epoch is trained. The method's own, finer check (which layer types it accepts)
+    still runs when it sees the model.
+    """
+    import fnmatch
+
+    m = cfg["method"]
+    given = {k: m[k] for k in _LAYER_OPTIONS if m.get(k)}
+    name = cfg["model"]["name"]
+    if not given or cfg.get("pretrained") or name.startswith("torchvision:"):
+        return
+    import torch
+
+    from prunekit import models
+
+    try:
+        with torch.device("meta"):
+            model = models.create(name, **(cfg["model"].get("kwargs") or {}))
+    except Exception:  # the model's own errors are reported where it is built, with the data's shapes
+        return
+    names = [n for n, _ in model.named_modules() if n]
+    for key, value in given.items():
+        patterns = list(value) if isinstance(value, dict | list | tuple) else [value]
+        for pat in patterns:
+            if isinstance(pat, str) and not any(fnmatch.fnmatchcase(n, pat) for n in names):
+                shown = ", ".join(n for n in names if "." not in n) if len(names) > 40 else ", ".join(names)
+                raise PrunekitError(f"config: method.{key}: {pat!r} matches no layer of {name}; "
+                                    f"its layers are: {shown}")
 
 
 def dump(cfg: dict[str, Any]) -> str:

@@ -27,7 +27,11 @@ from prunekit._atomic import atomic_path
 from prunekit.errors import PrunekitError
 
 FORMAT = "prunekit-model/1"
-_MAX_SPECS = 100_000
+# torch.save writes a zip archive (PK..) or, with the legacy format, a raw pickle (protocol 2+ starts with 0x80)
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+_MAX_SPECS = 100_000  # modules an architecture record may describe
+_MAX_DEPTH = 64  # nesting of module specs
+_MAX_STATE_DEPTH = 200  # nesting of a checkpoint's JSON state
 
 # ---------------------------------------------------------------------------------------------------------
 # module specs
@@ -131,38 +135,62 @@ def _check_json_scalar(v: Any, where: str) -> None:
     raise PrunekitError(f"{where}: unexpected value of type {type(v).__name__}")
 
 
-def build_module(spec: Any, where: str = "module") -> nn.Module:
-    """Construct a module from :func:`module_spec` output, accepting only whitelisted types."""
+def build_module(spec: Any, where: str = "module", _budget: list[int] | None = None, _depth: int = 0
+                 ) -> nn.Module:
+    """Construct a module from :func:`module_spec` output, accepting only whitelisted types.
+
+    The spec is untrusted: its size (modules in all) and nesting depth are bounded, names must be plain
+    identifiers, and any failure of a constructor on the values given becomes a :class:`PrunekitError`.
+    """
+    budget = [_MAX_SPECS] if _budget is None else _budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise PrunekitError(f"{where}: the architecture describes more than {_MAX_SPECS:,} modules")
+    if _depth > _MAX_DEPTH:
+        raise PrunekitError(f"{where}: modules nested more than {_MAX_DEPTH} deep")
     if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
         raise PrunekitError(f"{where}: malformed module spec")
+    if set(spec) - {"type", "config", "children"}:
+        extra = sorted(map(str, set(spec) - {"type", "config", "children"}))
+        raise PrunekitError(f"{where}: unexpected fields {extra[:5]}")
     kind, cfg = spec["type"], spec.get("config", {})
+    if kind not in _TORCH_TYPES and kind not in _CUSTOM_TYPES:
+        raise PrunekitError(f"{where}: module type {kind[:100]!r} is not allowed in a prunekit model file "
+                            f"(allowed: {', '.join(sorted(_TORCH_TYPES))} and registered prunekit modules)")
     if not isinstance(cfg, dict):
         raise PrunekitError(f"{where}: malformed config")
     for k, v in cfg.items():
+        if not isinstance(k, str) or not k.isidentifier():
+            raise PrunekitError(f"{where}: bad config key {str(k)[:100]!r}")
         _check_json_scalar(v, f"{where}.{k}")
     try:
-        if kind in _TORCH_TYPES:
-            cls = _TORCH_TYPES[kind][0]
-            if kind == "Sequential":
-                m: nn.Module = nn.Sequential()
-            else:
-                m = cls(**cfg)
-        elif kind in _CUSTOM_TYPES:
-            m = _CUSTOM_TYPES[kind].from_config(cfg)
+        if kind == "Sequential":
+            if cfg:
+                raise PrunekitError(f"{where}: Sequential takes no configuration")
+            m: nn.Module = nn.Sequential()
+        elif kind in _TORCH_TYPES:
+            m = _TORCH_TYPES[kind][0](**cfg)
         else:
-            raise PrunekitError(f"{where}: module type {kind!r} is not allowed in a prunekit model file")
+            m = _CUSTOM_TYPES[kind].from_config(cfg)
     except PrunekitError:
         raise
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise PrunekitError(f"{where}: cannot build {kind} from {cfg}: {exc}") from None
+    except Exception as exc:  # hostile values reach torch's constructors: any failure is bad input
+        raise PrunekitError(f"{where}: cannot build {kind} from {str(cfg)[:200]}: "
+                            f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
     children = spec.get("children", {})
     if not isinstance(children, dict):
         raise PrunekitError(f"{where}: malformed children")
     for name, cs in children.items():
-        if not isinstance(name, str) or (not name.isidentifier() and not name.isdigit()):
-            raise PrunekitError(f"{where}: bad child name {name!r}")
-        m.add_module(name, build_module(cs, f"{where}.{name}"))
+        if not _plain_name(name):
+            raise PrunekitError(f"{where}: bad child name {str(name)[:100]!r}")
+        m.add_module(name, build_module(cs, f"{where}.{name}", budget, _depth + 1))
     return m
+
+
+def _plain_name(name: Any) -> bool:
+    """A module name part: a non-dunder identifier or a decimal index (what nn.Module names look like)."""
+    return (isinstance(name, str) and 0 < len(name) <= 200 and not name.startswith("__")
+            and (name.isidentifier() or (name.isdigit() and name.isascii())))
 
 
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -240,19 +268,31 @@ def build_from_architecture(arch: dict[str, Any], device: str | torch.device = "
     overrides = arch.get("overrides", {})
     if not isinstance(overrides, dict) or len(overrides) > _MAX_SPECS:
         raise PrunekitError("architecture record is malformed (overrides)")
+    if not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        raise PrunekitError("architecture record is malformed (factory kwargs names)")
+    budget = [_MAX_SPECS]
     with torch.device(device):
         try:
             model = models.create(name, **kwargs)
         except PrunekitError:
             raise
-        except (TypeError, ValueError) as exc:
-            raise PrunekitError(f"cannot build zoo model {name!r} with {kwargs}: {exc}") from None
+        except Exception as exc:  # hostile kwargs reach the factory: any failure is bad input
+            raise PrunekitError(f"cannot build zoo model {name[:100]!r} with {str(kwargs)[:200]}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+                                ) from None
         for mod_name, spec in overrides.items():
+            parts = mod_name.split(".") if isinstance(mod_name, str) else []
+            if not parts or not all(_plain_name(p) for p in parts):
+                raise PrunekitError(f"architecture names a malformed layer {str(mod_name)[:100]!r}")
             try:
-                model.get_submodule(mod_name.rpartition(".")[0])
+                parent = model.get_submodule(mod_name.rpartition(".")[0])
             except AttributeError:
-                raise PrunekitError(f"architecture names a layer {mod_name!r} the model does not have") from None
-            set_submodule(model, mod_name, build_module(spec, mod_name))
+                raise PrunekitError(f"architecture names a layer {mod_name[:100]!r} the model does not have"
+                                    ) from None
+            if parts[-1] not in parent._modules and hasattr(parent, parts[-1]):
+                raise PrunekitError(f"architecture names a layer {mod_name[:100]!r} that would replace an "
+                                    "attribute of the model")
+            set_submodule(model, mod_name, build_module(spec, mod_name, budget))
     return model
 
 
@@ -283,23 +323,35 @@ def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> An
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in a checkpoint")
 
 
-def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Inverse of :func:`flatten_state`."""
+def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor], _depth: int = 0) -> Any:
+    """Inverse of :func:`flatten_state`; a malformed document is a :class:`PrunekitError`."""
+    if _depth > _MAX_STATE_DEPTH:
+        raise PrunekitError(f"checkpoint state is nested more than {_MAX_STATE_DEPTH} deep")
+    d = _depth + 1
     if isinstance(obj, dict):
         if set(obj) == {"__tensor__"}:
             key = obj["__tensor__"]
-            if key not in tensors:
-                raise PrunekitError(f"checkpoint refers to a tensor {key!r} it does not hold")
+            if not isinstance(key, str) or key not in tensors:
+                raise PrunekitError(f"checkpoint refers to a tensor {str(key)[:100]!r} it does not hold")
             return tensors[key]
         if set(obj) == {"__items__"}:
-            return {k: unflatten_state(v, tensors) for k, v in obj["__items__"]}
+            items = obj["__items__"]
+            if not isinstance(items, list) or not all(
+                    isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], str | int | float | bool)
+                    and kv[0] is not None for kv in items):
+                raise PrunekitError("checkpoint state is malformed (__items__)")
+            return {k: unflatten_state(v, tensors, d) for k, v in items}
         if set(obj) == {"__tuple__"}:
-            return tuple(unflatten_state(v, tensors) for v in obj["__tuple__"])
+            if not isinstance(obj["__tuple__"], list):
+                raise PrunekitError("checkpoint state is malformed (__tuple__)")
+            return tuple(unflatten_state(v, tensors, d) for v in obj["__tuple__"])
         if set(obj) == {"__float__"}:
+            if obj["__float__"] not in ("nan", "inf", "-inf"):
+                raise PrunekitError(f"checkpoint state is malformed (__float__ {str(obj['__float__'])[:50]!r})")
             return float(obj["__float__"])
-        return {k: unflatten_state(v, tensors) for k, v in obj.items()}
+        return {k: unflatten_state(v, tensors, d) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [unflatten_state(v, tensors) for v in obj]
+        return [unflatten_state(v, tensors, d) for v in obj]
     return obj
 
 
@@ -324,14 +376,30 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types for every kind of corruption
-        raise PrunekitError(f"{path}: not a valid safetensors file ({str(exc).splitlines()[0][:200]})") from None
+        if _looks_pickled(path):
+            raise PrunekitError(f"{path}: this is a pickle / torch.save file, which can run arbitrary code when "
+                                "loaded; prunekit reads only safetensors model files and refuses it") from None
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise PrunekitError(f"{path}: not a valid safetensors file ({first})") from None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise PrunekitError(f"{path}: safetensors metadata is malformed")
     try:
         doc = json.loads(meta.get("prunekit", "null"))
-    except json.JSONDecodeError:
-        raise PrunekitError(f"{path}: prunekit metadata is not valid JSON") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise PrunekitError(f"{path}: prunekit metadata is not valid JSON (or nested too deeply)") from None
     if not isinstance(doc, dict):
         raise PrunekitError(f"{path}: not a prunekit file (no prunekit metadata)")
     return tensors, doc
+
+
+def _looks_pickled(path: Path) -> bool:
+    """Whether the file starts like a torch.save zip archive or a raw pickle (checked only after safetensors
+    refused it: a valid safetensors header length can start with the same bytes)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8).startswith(_PICKLE_MAGIC)
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 import zipfile
@@ -71,17 +72,44 @@ def entry(
     return cache_root(cache_dir) / f"{kind}-{_digest(ident)[:24]}.npz", key
 
 
+def _sizes_are_honest(path: Path) -> bool:
+    """Whether every array in the ``.npz`` holds as many bytes as its header announces.
+
+    ``np.load`` allocates the announced size before reading, so a damaged or forged entry could otherwise
+    make a cache lookup allocate far more memory than the file holds.
+    """
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                else:
+                    return False
+                if dtype.hasobject or math.prod(shape) * dtype.itemsize > info.file_size:
+                    return False
+    return True
+
+
 def lookup(path: Path, key: str, names: Iterable[str] | None = None) -> dict[str, np.ndarray] | None:
-    """Arrays (all, or only ``names``) of the entry with this key; None if missing, stale or unreadable."""
+    """Arrays (all, or only ``names``) of the entry with this key; None if missing, stale or unreadable.
+
+    The cache is a file like any other: an entry that is damaged, forged or lies about its sizes is ignored
+    (and rebuilt by the caller), never trusted and never unpickled.
+    """
     if not path.is_file():
         return None
     try:
+        if not _sizes_are_honest(path):
+            return None
         with np.load(path, allow_pickle=False) as npz:
             if _KEY not in npz.files or str(npz[_KEY]) != key:
                 return None
             wanted = [n for n in npz.files if n != _KEY] if names is None else list(names)
             return {name: npz[name] for name in wanted}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+    except Exception:  # zipfile, zlib, numpy and OS errors alike: an unreadable entry is a cache miss
         return None
 
 

@@ -7,6 +7,7 @@ write anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import lzma
@@ -17,6 +18,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 
@@ -27,6 +29,12 @@ MAX_DECOMPRESSED = 4 << 30  # a gzip that inflates beyond this is refused (decom
 MAX_IMAGE_PIXELS = 1 << 26  # refuse absurd image sizes before decoding
 IDX_IMAGES_MAGIC = 0x00000803  # 2051: unsigned bytes, 3 dims
 IDX_LABELS_MAGIC = 0x00000801  # 2049: unsigned bytes, 1 dim
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception as one short line (tarfile and PIL messages can span several lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 # --------------------------------------------------------------------------------------------------- IDX
@@ -43,7 +51,7 @@ def read_maybe_gzip(path: Path) -> bytes:
             with gzip.GzipFile(fileobj=fh) as gz:
                 data = gz.read(MAX_DECOMPRESSED + 1)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise PrunekitError(f"{path}: corrupt or truncated gzip data ({exc}); re-download the file") from None
+        raise PrunekitError(f"{path}: corrupt or truncated gzip data ({_brief(exc)}); re-download the file") from None
     except OSError as exc:
         raise PrunekitError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if len(data) > MAX_DECOMPRESSED:
@@ -51,27 +59,66 @@ def read_maybe_gzip(path: Path) -> bytes:
     return data
 
 
+_CHUNK = 1 << 24
+
+
+def _read_upto(stream: BinaryIO, n: int) -> bytearray:
+    """Up to ``n`` bytes, read in bounded chunks: a header that lies about the size allocates nothing."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = stream.read(min(_CHUNK, n - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes (gzipped or plain) with the given magic number."""
-    raw = read_maybe_gzip(path)
+    """Parse an IDX file of unsigned bytes (gzipped or plain) with the given magic number.
+
+    The header is checked before the data are read, and the data are read in bounded chunks up to the size
+    the header announces (plus one byte to detect trailing garbage): neither a lying header nor a gzip bomb
+    can make this allocate more than the announced size.
+    """
     kind = "image" if magic == IDX_IMAGES_MAGIC else "label"
-    if len(raw) < 4:
-        raise PrunekitError(f"{path}: truncated IDX file ({len(raw)} bytes, no header); re-download it")
-    (found,) = struct.unpack(">I", raw[:4])
-    if found != magic:
-        raise PrunekitError(
-            f"{path}: bad magic number 0x{found:08x}, expected 0x{magic:08x} (IDX {kind} file); "
-            "is this the right file?"
-        )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise PrunekitError(f"{path}: truncated IDX header ({len(raw)} of {header} bytes); re-download it")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    if ndim == 3 and (dims[1] == 0 or dims[2] == 0 or dims[1] * dims[2] > MAX_IMAGE_PIXELS):
-        raise PrunekitError(f"{path}: implausible image size {dims[1]}x{dims[2]} in the IDX header")
-    expected = int(np.prod(dims, dtype=np.int64))
-    have = len(raw) - header
+    try:
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+            fh.seek(0)
+            stream: BinaryIO = gzip.GzipFile(fileobj=fh) if gz else fh  # type: ignore[assignment]
+            with stream if gz else contextlib.nullcontext(stream):
+                head = _read_upto(stream, header)
+                if len(head) < 4:
+                    raise PrunekitError(f"{path}: truncated IDX file ({len(head)} bytes, no header); re-download it")
+                (found,) = struct.unpack(">I", head[:4])
+                if found != magic:
+                    raise PrunekitError(
+                        f"{path}: bad magic number 0x{found:08x}, expected 0x{magic:08x} (IDX {kind} file); "
+                        "is this the right file?"
+                    )
+                if len(head) < header:
+                    raise PrunekitError(
+                        f"{path}: truncated IDX header ({len(head)} of {header} bytes); re-download it")
+                dims = struct.unpack(f">{ndim}I", head[4:header])
+                if ndim == 3 and (dims[1] == 0 or dims[2] == 0 or dims[1] * dims[2] > MAX_IMAGE_PIXELS):
+                    raise PrunekitError(f"{path}: implausible image size {dims[1]}x{dims[2]} in the IDX header")
+                expected = 1
+                for d in dims:
+                    expected *= d
+                if expected > MAX_DECOMPRESSED:
+                    raise PrunekitError(
+                        f"{path}: header announces {dims[0]} items ({expected} data bytes), more than "
+                        f"{MAX_DECOMPRESSED >> 30} GiB; the file is corrupt or not an IDX {kind} file")
+                raw = _read_upto(stream, expected + 1)
+    except PrunekitError:
+        raise
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise PrunekitError(f"{path}: corrupt or truncated gzip data ({_brief(exc)}); re-download the file") from None
+    except OSError as exc:
+        raise PrunekitError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    have = len(raw)
     if have < expected:
         raise PrunekitError(
             f"{path}: truncated: header announces {dims[0]} items ({expected} data bytes) but only {have} "
@@ -79,9 +126,9 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         )
     if have > expected:
         raise PrunekitError(
-            f"{path}: {have - expected} unexpected bytes after the {dims[0]} items the header announces"
+            f"{path}: unexpected bytes after the {dims[0]} items the header announces"
         )
-    return np.frombuffer(raw, dtype=np.uint8, count=expected, offset=header).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, count=expected).reshape(dims)
 
 
 def read_idx_pair(images_path: Path, labels_path: Path, num_classes: int) -> dict[str, np.ndarray]:
@@ -181,7 +228,7 @@ def decode_image(data: bytes, where: str, mode: str, size: tuple[int, int] | Non
         Image.DecompressionBombError,
         Image.DecompressionBombWarning,
     ) as exc:
-        raise PrunekitError(f"{where}: cannot decode image ({exc}); remove or replace the file") from None
+        raise PrunekitError(f"{where}: cannot decode image ({_brief(exc)}); remove or replace the file") from None
 
 
 def check_size(arr: np.ndarray, first: tuple[int, int] | None, where: str) -> tuple[int, int]:
@@ -220,7 +267,7 @@ def open_tar(path: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
-        raise PrunekitError(f"{path}: not a readable tar archive ({exc}); re-download it") from None
+        raise PrunekitError(f"{path}: not a readable tar archive ({_brief(exc)}); re-download it") from None
 
 
 def iter_tar_files(path: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
@@ -239,7 +286,7 @@ def iter_tar_files(path: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
                 continue
             yield rel, fh.read()
     except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
-        raise PrunekitError(f"{path}: corrupt or truncated archive ({exc}); re-download it") from None
+        raise PrunekitError(f"{path}: corrupt or truncated archive ({_brief(exc)}); re-download it") from None
     finally:
         tf.close()
 

@@ -140,9 +140,12 @@ def _valid(num_classes: int, extra: tuple[str, ...] = ()) -> Callable[[dict[str,
                 and lab.ndim == 1
                 and im.shape[0] == lab.shape[0]
                 and all(k in a for k in extra)
+                and all(a[k].shape == (im.shape[1],) and a[k].dtype.kind == "f" and bool(np.isfinite(a[k]).all())
+                        for k in ("mean", "std") if k in a)
+                and ("classes" not in a or (a["classes"].ndim == 1 and a["classes"].dtype.kind in "US"))
                 and (lab.size == 0 or (lab.min() >= 0 and lab.max() < limit(a)))
             )
-        except KeyError:
+        except (KeyError, TypeError, ValueError, AttributeError):
             return False
 
     return check

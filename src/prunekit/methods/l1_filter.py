@@ -27,6 +27,7 @@ training, then :meth:`finalize` (which prunes if that has not happened yet).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +90,7 @@ def _check_split(name: str, dense_fraction: Any, finetune_lr: Any) -> None:
             or not 0 <= dense_fraction <= 1:
         raise PrunekitError(f"method {name!r}: dense_fraction must be in [0, 1], got {dense_fraction!r}")
     if finetune_lr is not None and (isinstance(finetune_lr, bool) or not isinstance(finetune_lr, int | float)
-                                    or not finetune_lr > 0):
+                                    or not 0 < finetune_lr < math.inf):
         raise PrunekitError(f"method {name!r}: finetune_lr must be a positive number or null, got {finetune_lr!r}")
 
 

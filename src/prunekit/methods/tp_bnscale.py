@@ -17,6 +17,7 @@ matched MACs. Unlike prunekit's methods it also prunes channels tied to residual
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +44,8 @@ class TPBNScaleConfig(MethodConfig):
         def bad(key: str, want: str) -> PrunekitError:
             return PrunekitError(f"method 'tp-bnscale': {key} must be {want}, got {getattr(self, key)!r}")
 
-        def is_num(v: Any) -> bool:
-            return not isinstance(v, bool) and isinstance(v, int | float)
+        def is_num(v: Any) -> bool:  # finite: NaN / inf would train on silently
+            return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
 
         if not is_num(self.reg) or self.reg < 0:
             raise bad("reg", "a number >= 0")
