@@ -110,6 +110,7 @@ def _default_shape(model: Any) -> tuple[int, ...]:
 
 def cmd_run(args: argparse.Namespace, prune: bool) -> int:
     from prunekit import config, experiment, reports
+    from prunekit.engine import distributed
 
     overrides = list(args.overrides)
     if args.data_dir:
@@ -123,9 +124,9 @@ def cmd_run(args: argparse.Namespace, prune: bool) -> int:
         raise PrunekitError(f"{args.config}: no method.name; choose one, e.g. --set method.name=sght")
     out = args.out or cfg.get("out") or f"runs/{Path(args.config).stem}"
     res = experiment.run(cfg, out=out, resume=args.resume)
-    row = dict(res.figures)
-    print(reports.table([row], [*reports.COLUMNS, "train_seconds"]))
-    print(f"saved: {Path(out) / 'model.safetensors'}")
+    if distributed.is_main():
+        print(reports.table([dict(res.figures)], [*reports.COLUMNS, "train_seconds"]))
+        print(f"saved: {Path(out) / 'model.safetensors'}")
     return 0
 
 
@@ -188,7 +189,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = compare.load(args.config, overrides)
     only = [m.strip() for m in args.only.split(",") if m.strip()] if args.only else ()
     results = compare.run(cfg, out=args.out, only=only, smoke=args.smoke, quiet=not args.progress)
-    compare.main_print(results, Path(args.out or cfg["out"] or f"runs/compare/{cfg['name']}"))
+    if results:  # rank 0 (the other ranks of a torchrun launch return nothing)
+        compare.main_print(results, Path(args.out or cfg["out"] or f"runs/compare/{cfg['name']}"))
     return 0
 
 
@@ -226,12 +228,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunekit`` command."""
     args = build_parser().parse_args(argv)
+    from prunekit.engine import distributed
+
+    finished = False
     try:
+        if args.command in ("train", "prune", "compare"):
+            distributed.init_from_env()  # under torchrun: join the process group (a no-op otherwise)
         if args.command in ("train", "prune"):
-            return cmd_run(args, prune=args.command == "prune")
-        handler = {"compare": cmd_compare, "eval": cmd_eval, "info": cmd_info, "export": cmd_export,
-                   "report": cmd_report, "demo": cmd_demo}[args.command]
-        return handler(args)
+            rc = cmd_run(args, prune=args.command == "prune")
+        else:
+            handler = {"compare": cmd_compare, "eval": cmd_eval, "info": cmd_info, "export": cmd_export,
+                       "report": cmd_report, "demo": cmd_demo}[args.command]
+            rc = handler(args)
+        finished = True
+        return rc
     except PrunekitError as exc:
         print(f"prunekit: error: {exc}", file=sys.stderr)
         return 2
@@ -239,8 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("prunekit: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
     except OSError as exc:  # disk full, permission denied: the user's environment, not a bug
-        print(f"prunekit: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"prunekit: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown(wait=finished)  # under torchrun: leave the group; a no-op in one process
 
 
 

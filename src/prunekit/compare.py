@@ -374,6 +374,7 @@ def run(cfg: dict[str, Any], *, out: str | os.PathLike | None = None, only: Sequ
         smoke: bool = False, quiet: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) the grid of ``cfg``; returns the result rows and writes the report files."""
     from prunekit import experiment, metrics
+    from prunekit.engine import distributed
 
     cfg = copy.deepcopy(cfg)
     if out is not None:
@@ -392,8 +393,10 @@ def run(cfg: dict[str, Any], *, out: str | os.PathLike | None = None, only: Sequ
         cfg["dense_epochs"], cfg["budget_epochs"] = 1, min(cfg["budget_epochs"], 6)
         cfg["latency_rounds"] = min(cfg["latency_rounds"], 2)
     out_dir = Path(cfg["out"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "compare.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    main = distributed.is_main()  # under torchrun every rank trains; rank 0 writes and measures
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "compare.yaml", yaml.safe_dump(cfg, sort_keys=False))
     base = _base(cfg)
     if quiet:
         base["train"]["quiet"] = True
@@ -417,7 +420,8 @@ def run(cfg: dict[str, Any], *, out: str | os.PathLike | None = None, only: Sequ
         if not (d / "report.json").is_file():
             t0 = time.perf_counter()
             res = experiment.run(exp, out=d, resume=True, data=data_for(seed), latency=False)
-            _say(f"dense start, seed {seed}: top-1 {res.figures['top1']:.2f} ({time.perf_counter() - t0:.0f} s)")
+            if main:
+                _say(f"dense start, seed {seed}: top-1 {res.figures['top1']:.2f} ({time.perf_counter() - t0:.0f} s)")
         dense_paths[seed] = d / "model.safetensors"
         return dense_paths[seed]
 
@@ -444,6 +448,8 @@ def run(cfg: dict[str, Any], *, out: str | os.PathLike | None = None, only: Sequ
             model = copy.deepcopy(dense_model(r.seed))
         t0 = time.perf_counter()
         res = experiment.run(exp, out=r.dir, resume=True, model=model, data=data_for(r.seed), latency=False)
+        if not main:
+            continue
         figs = res.figures
         ref = dense_model(r.seed)
         example = torch.zeros((1, *data_for(r.seed)[1].input_shape))
@@ -461,10 +467,12 @@ def run(cfg: dict[str, Any], *, out: str | os.PathLike | None = None, only: Sequ
             "layers": _layers(res.model), "dense_layers": _layers(ref),
         }
         row["matched"] = _matched(row, cfg["tolerance"])
-        write_text(done, json.dumps(row))
+        write_text(done, json.dumps(row))  # rank 0 only; the next row's experiment.run meets it at a barrier
         results.append(row)
         _say(f"[{i}/{len(rows)}] {r.label} seed {r.seed}: top-1 {row['top1']:.2f}, MACs x{1 / row['macs_frac']:.2f}, "
              f"non-zeros x{1 / row['nonzero_frac']:.2f} ({time.perf_counter() - t0:.0f} s)")
+    if not main:
+        return []
     if cfg["latency"]:
         _measure_latency(results, out_dir, cfg, example_shape=tuple(data_for(rows[0].seed)[1].input_shape)
                          if rows else None)

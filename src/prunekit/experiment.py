@@ -20,7 +20,7 @@ from prunekit import data as pdata
 from prunekit import io, metrics, models
 from prunekit._atomic import write_text
 from prunekit.config import dump
-from prunekit.engine import OptimConfig, Stage, Trainer, TrainerConfig, evaluate, seed_everything
+from prunekit.engine import OptimConfig, Stage, Trainer, TrainerConfig, distributed, evaluate, seed_everything
 from prunekit.errors import PrunekitError
 from prunekit.methods import FinalizeResult, PruningMethod
 from prunekit.methods import get as get_method
@@ -105,12 +105,23 @@ def run(cfg: dict[str, Any], *, out: str | Path | None = None, resume: bool = Fa
     """Run the experiment ``cfg`` (see :mod:`prunekit.config`) and write its files under ``out``.
 
     ``model`` / ``data`` let a driver (demo, harness) reuse an already trained network or loaded data.
+
+    Under ``torchrun`` every rank trains and finalizes (identically); rank 0 alone writes the files and
+    measures, and the others return a Result with the same model and empty figures.
     """
     out_dir = Path(out or cfg.get("out") or "runs/last")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "config.yaml", dump(cfg))
+    main = distributed.is_main()
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "config.yaml", dump(cfg))
     seed_everything(cfg["seed"])
-    train, test = data if data is not None else load_data(cfg)
+    if data is None:  # rank 0 first: a download or a cache write happens once
+        if main:
+            data = load_data(cfg)
+        distributed.barrier()
+        if not main:
+            data = load_data(cfg)
+    train, test = data
     if model is None:
         model = build_model(cfg, train)
     method = make_method(cfg)
@@ -131,6 +142,9 @@ def run(cfg: dict[str, Any], *, out: str | Path | None = None, resume: bool = Fa
     if method is not None:
         result = method.finalize(final, trainer.example_inputs)
     final = result.model
+    if not main:
+        distributed.barrier()  # wait for rank 0's files
+        return Result(final, {}, history, result.report, result.sparse)
     model_path = out_dir / "model.safetensors"
     if result.sparse:
         from prunekit import surgery
@@ -147,6 +161,7 @@ def run(cfg: dict[str, Any], *, out: str | Path | None = None, resume: bool = Fa
     figs["seed"] = cfg["seed"]
     write_text(out_dir / "report.json", json.dumps({"figures": figs, "method_report": _jsonable(result.report)},
                                                    indent=2))
+    distributed.barrier()
     return Result(final, figs, history, result.report, result.sparse)
 
 

@@ -2,7 +2,9 @@
 
 The sample order of an epoch is a function of (seed, epoch) only and each batch's augmentation draws from a
 generator seeded by (seed, epoch, rank, batch index), never from global RNG state. A run resumed mid-epoch
-with ``start_batch=k`` therefore gets exactly the batches an uninterrupted run would have got.
+with ``start_batch=k`` therefore gets exactly the batches an uninterrupted run would have got. With
+``split="batch"`` (what the Trainer uses under DistributedDataParallel) the ranks split each global batch,
+and its augmentation draws, so that together they hold exactly one process's batch.
 """
 
 from __future__ import annotations
@@ -44,11 +46,23 @@ def augment_batch(x: torch.Tensor, recipe: str, generator: torch.Generator) -> t
         raise PrunekitError(f"unknown augmentation {recipe!r}; valid recipes: {', '.join(RECIPES)}")
     if x.dim() != 4:
         raise PrunekitError(f"augment_batch: expected a batch [B, C, H, W], got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        return x
+    offsets, flips = _draw_augment(x.shape[0], generator)
+    return _apply_augment(x, recipe, offsets, flips)
+
+
+def _draw_augment(b: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop offsets [2, b] and flip flags [b] of a batch of ``b``, in :func:`augment_batch`'s draw order."""
+    offsets = torch.randint(0, 2 * PAD + 1, (2, b), generator=generator)
+    flips = torch.rand(b, generator=generator) < 0.5
+    return offsets, flips
+
+
+def _apply_augment(x: torch.Tensor, recipe: str, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     b, _, h, w = x.shape
     if b == 0:
         return x
-    offsets = torch.randint(0, 2 * PAD + 1, (2, b), generator=generator)
-    flips = torch.rand(b, generator=generator) < 0.5
     dev = x.device
     out = x
     if "crop" in recipe:
@@ -87,6 +101,11 @@ def _size_fn(batch_size: BatchSize) -> Callable[[int], int]:
         return size
 
     return checked
+
+
+def batch_size_fn(batch_size: BatchSize) -> Callable[[int], int]:
+    """The validated batch index -> size function of an int, a sequence or a callable batch size."""
+    return _size_fn(batch_size)
 
 
 def _bounds(total: int, batch_size: BatchSize, drop_last: bool) -> Iterator[tuple[int, int, int]]:
@@ -133,6 +152,14 @@ def epoch_order(
     return order
 
 
+SPLITS = ("dataset", "batch")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise PrunekitError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
+
+
 def num_batches(
     dataset: Dataset | int,
     batch_size: BatchSize,
@@ -140,11 +167,13 @@ def num_batches(
     drop_last: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    split: str = "dataset",
 ) -> int:
     """Batches :func:`iterate` yields per epoch for these settings (the same on every rank)."""
     _check_shard(rank, world_size)
+    _check_split(split)
     n = dataset if isinstance(dataset, int) else len(dataset)
-    total = shard_length(n, world_size)
+    total = shard_length(n, world_size) if split == "dataset" else n
     if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1:
         return total // batch_size if drop_last else -(-total // batch_size)
     return sum(1 for _ in _bounds(total, batch_size, drop_last))
@@ -164,6 +193,7 @@ def iterate(
     rank: int = 0,
     world_size: int = 1,
     dtype: torch.dtype = torch.float32,
+    split: str = "dataset",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield normalised ``(x, y)`` batches on ``device``: x ``dtype`` [B, C, H, W], y int64 [B].
 
@@ -172,6 +202,13 @@ def iterate(
     ``start_batch=k`` skips the first k batches without touching their data (resume mid-epoch). With
     ``world_size > 1`` each rank gets a disjoint, equally sized shard of the same permutation. Images move to
     the device as uint8 (pinned for CUDA) and are augmented and normalised there.
+
+    ``split="batch"`` shards batch by batch instead: ``batch_size`` is then the *global* batch, the batches
+    are exactly those of one process (same permutation, same sizes, same count, no sample left out), and
+    rank ``r`` gets samples ``r, r + world_size, ...`` of each, augmented with the crops and flips the
+    single process draws for them. Together the ranks of a step hold exactly the single process's batch
+    (what DistributedDataParallel needs to reproduce a one-process run); a rank whose slice of a batch would
+    be empty (a batch smaller than ``world_size``) skips that batch.
     """
     recipe = dataset.augment if augment == "default" else augment
     if recipe is not None and recipe not in RECIPES:
@@ -179,8 +216,12 @@ def iterate(
     if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
         raise PrunekitError(f"start_batch={start_batch!r}: expected an int >= 0")
     _size_fn(batch_size)  # validate eagerly, before the first batch is requested
+    _check_shard(rank, world_size)
+    _check_split(split)
+    by_batch = split == "batch" and world_size > 1
     order = epoch_order(
-        len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size
+        len(dataset), shuffle=shuffle, seed=seed, epoch=epoch,
+        rank=0 if by_batch else rank, world_size=1 if by_batch else world_size,
     )
     return _batches(
         dataset,
@@ -190,8 +231,9 @@ def iterate(
         torch.device(device),
         start_batch,
         drop_last,
-        (seed, epoch, rank),
+        (seed, epoch, 0 if by_batch else rank),
         dtype,
+        (rank, world_size) if by_batch else None,
     )
 
 
@@ -205,6 +247,7 @@ def _batches(
     drop_last: bool,
     key: tuple[int, int, int],
     dtype: torch.dtype,
+    part: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     images, labels = dataset.images, dataset.labels
     on_cpu = images.device.type == "cpu"
@@ -219,6 +262,10 @@ def _batches(
         if i < start_batch:
             continue
         idx = order[start:end]
+        if part is not None:  # split="batch": this rank's slice of the global batch
+            idx = idx[part[0]::part[1]]
+            if idx.numel() == 0:
+                continue
         xb = images.index_select(0, idx)
         yb = labels.index_select(0, idx.to(labels.device))
         if pin:
@@ -227,7 +274,11 @@ def _batches(
         yb = yb.to(dev, non_blocking=pin)
         if recipe is not None:
             g = torch.Generator().manual_seed(derive_seed("augment", *key, i))
-            xb = augment_batch(xb, recipe, g)
+            if part is None:
+                xb = augment_batch(xb, recipe, g)
+            else:  # draw for the whole global batch, as one process does, and keep this rank's samples
+                offsets, flips = _draw_augment(end - start, g)
+                xb = _apply_augment(xb, recipe, offsets[:, part[0]::part[1]], flips[part[0]::part[1]])
         x = xb.to(work).mul_(scale).sub_(shift)
         if x.dtype != dtype:
             x = x.to(dtype)

@@ -18,6 +18,11 @@ pass a :class:`LoopState` (anything with ``model``, ``optimizers``, ``epoch``, `
             state.step += 1
         method.on_epoch_end(state)
     model = method.finalize(state.model, example_inputs).model
+
+Under DistributedDataParallel every rank calls every hook (the methods take their decisions from the
+synchronised weights and check with :func:`prunekit.engine.distributed.check_same` that the ranks agree);
+``state.raw_model`` unwraps the DDP module, and after a method replaced the model the loop must wrap the new
+one in DDP again and rebuild its optimizer (the Trainer's ``replace_model`` does both).
 """
 
 from __future__ import annotations

@@ -2,9 +2,16 @@
 
 Methods plug in as callbacks (see :mod:`prunekit.engine.callbacks`); a callback may also supply the
 optimizers (``configure_optimizers``), the batch-size schedule (``batch_size_schedule``) and transform the
-model before training (``prepare``). With ``torch.distributed`` initialised the model is wrapped in
-DistributedDataParallel, data are sharded by rank, evaluation is all-reduced and rank 0 writes files;
-``replace_model`` re-wraps the smaller model after surgery.
+model before training (``prepare``).
+
+With ``torch.distributed`` initialised (``torchrun`` + :func:`prunekit.engine.distributed.init_from_env`)
+the model is wrapped in DistributedDataParallel and ``batch_size`` stays the **global** batch: every step the
+ranks share exactly the batch one process would take (``data.iterate(split="batch")``), so a run on N
+processes computes what one process computes, up to float rounding, with the same learning rate. The
+training loss and evaluation are all-reduced, BatchNorm buffers are taken from rank 0 at the end of every
+epoch, only rank 0 logs, draws progress bars and writes checkpoints (the others wait for it), and
+``replace_model`` re-wraps the smaller model after surgery. BatchNorm normalises each rank's part of the
+batch with that part's statistics (DistributedDataParallel's default; SyncBatchNorm needs CUDA).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from torch import nn
 from prunekit import data as pdata
 from prunekit import io
 from prunekit._atomic import write_text
+from prunekit.data.pipeline import batch_size_fn
+from prunekit.engine import distributed as pdist
 from prunekit.engine.callbacks import Callback
 from prunekit.engine.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.engine.stages import Stage, lr_factor
@@ -54,10 +63,13 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` means CUDA when present, else CPU."""
+    """``auto`` means CUDA when present (this process's GPU under torchrun), else CPU."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        return pdist.device()
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())  # DDP needs the index
+    return dev
 
 
 def split_decay(model: nn.Module, exclude: set[int] | None = None) -> list[dict[str, Any]]:
@@ -77,14 +89,15 @@ def evaluate(model: nn.Module, dataset: pdata.Dataset, *, batch_size: int = 512,
              rank: int = 0, world_size: int = 1, amp: bool = False) -> dict[str, float]:
     """Loss and top-k accuracy (percent) of ``model`` on ``dataset`` in eval mode.
 
-    Under torch.distributed each rank evaluates its shard and the sums are all-reduced.
+    Under torch.distributed each rank evaluates its part of every batch (``batch_size`` is global) and the
+    sums are all-reduced: every sample is counted exactly once, as in one process.
     """
     was_training = model.training
     model.eval()
     device = torch.device(device)
     sums = torch.zeros(2 + len(topk), dtype=torch.float64, device=device)
     for x, y in pdata.iterate(dataset, batch_size, shuffle=False, augment=None, device=device,
-                              rank=rank, world_size=world_size):
+                              rank=rank, world_size=world_size, split="batch"):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(x)
         out = out.float()
@@ -96,7 +109,7 @@ def evaluate(model: nn.Module, dataset: pdata.Dataset, *, batch_size: int = 512,
         for i, k in enumerate(topk):
             sums[2 + i] += hit[:, : min(k, maxk)].any(dim=1).sum()
     if world_size > 1:
-        torch.distributed.all_reduce(sums)
+        pdist.all_reduce_sum(sums)
     model.train(was_training)
     n = max(sums[1].item(), 1.0)
     res = {"loss": sums[0].item() / n}
@@ -107,7 +120,7 @@ def evaluate(model: nn.Module, dataset: pdata.Dataset, *, batch_size: int = 512,
 
 @dataclass
 class TrainerConfig:
-    """Engine settings that are not the optimizer's."""
+    """Engine settings that are not the optimizer's. ``batch_size`` is global (split across processes)."""
 
     batch_size: int = 128
     eval_batch_size: int = 512
@@ -140,12 +153,12 @@ class Trainer:
         self.device = pick_device(self.cfg.device)
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if self.cfg.amp == "auto" else self.cfg.amp in ("on", "true", "bf16", True)
-        # on the CPU a per-step NaN check is free; on an accelerator it is batched (see _FINITE_CHECK_EVERY)
-        self._nan_check_each_step = self.device.type == "cpu"
         self.channels_last = on_cuda if self.cfg.channels_last == "auto" else self.cfg.channels_last == "on"
-        dist = torch.distributed
-        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.rank = dist.get_rank() if self.world_size > 1 else 0
+        self.world_size = pdist.world_size()
+        self.rank = pdist.rank()
+        # on one CPU process a per-step NaN check is free; on an accelerator, or across processes (where the
+        # verdict must be all-reduced so that no rank stops alone), it is batched (see _FINITE_CHECK_EVERY)
+        self._nan_check_each_step = self.device.type == "cpu" and self.world_size == 1
         # position
         self.stages: list[Stage] = []
         self.stage: Stage | None = None
@@ -170,6 +183,7 @@ class Trainer:
 
     @property
     def is_main(self) -> bool:
+        """True on the process that logs and writes files (rank 0)."""
         return self.rank == 0
 
     @property
@@ -293,8 +307,9 @@ class Trainer:
         stage = self.stage
         assert stage is not None
         bs = self._batch_size()
+        size_of = batch_size_fn(bs)
         n_batches = pdata.num_batches(self.train_data, bs, drop_last=True, rank=self.rank,
-                                      world_size=self.world_size)
+                                      world_size=self.world_size, split="batch")
         if self.cfg.max_steps_per_epoch:
             n_batches = min(n_batches, self.cfg.max_steps_per_epoch)
         if self.batch_in_epoch == 0:
@@ -308,7 +323,7 @@ class Trainer:
         seen = 0
         batches = pdata.iterate(self.train_data, bs, shuffle=True, seed=self.cfg.seed, epoch=self.epoch,
                                 device=self.device, start_batch=self.batch_in_epoch, drop_last=True,
-                                rank=self.rank, world_size=self.world_size)
+                                rank=self.rank, world_size=self.world_size, split="batch")
         bar = None
         if self.is_main and not self.cfg.quiet and sys.stderr.isatty():
             from tqdm import tqdm
@@ -319,6 +334,7 @@ class Trainer:
             if self.batch_in_epoch >= n_batches:
                 break
             self._set_lr(self.stage_epoch + self.batch_in_epoch / max(n_batches, 1))
+            scale = self._loss_scale(size_of(self.batch_in_epoch), y.numel())
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             for cb in self.callbacks:
@@ -326,6 +342,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = self.model(x)
             loss = self.loss_fn(out.float(), y)
+            if scale != 1.0:  # uneven split of the global batch: DDP's mean of rank means is the global mean
+                loss = loss * scale
             if sync_each_step:
                 self._check_finite(~torch.isfinite(loss), loss)
             else:  # on an accelerator, checking every step would stall the queue: accumulate, check below
@@ -342,7 +360,7 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
             for cb in self.callbacks:
                 cb.on_train_batch_end(self)
-            loss_sum += loss.detach() * y.numel()
+            loss_sum += loss.detach() * (y.numel() / scale)
             seen += y.numel()
             self.step += 1
             self.batch_in_epoch += 1
@@ -358,6 +376,11 @@ class Trainer:
             bar.close()
         if not sync_each_step:
             self._check_finite(nonfinite, self.loss)  # before the end-of-epoch checkpoint
+        if self.world_size > 1:
+            totals = pdist.all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(seen)).double()
+                                                       .to(loss_sum.device)]))
+            loss_sum, seen = totals[0], int(totals[1].item())
+            self._sync_buffers()
         metrics: dict[str, Any] = {"epoch": self.epoch + 1, "stage": stage.name,
                                    "stage_epoch": self.stage_epoch + 1, "step": self.step,
                                    "train_loss": (loss_sum.item() / seen) if seen else None,
@@ -374,9 +397,27 @@ class Trainer:
         if self.is_main and self.out_dir is not None:
             write_text(self.out_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
 
+    def _loss_scale(self, global_size: int, local_size: int) -> float:
+        """Factor that makes DDP's average of per-rank mean losses the mean over the global batch."""
+        if self.world_size == 1:
+            return 1.0
+        if global_size < self.world_size:
+            raise PrunekitError(f"batch of {global_size} at step {self.step} is smaller than the "
+                                f"{self.world_size} processes; train.batch_size is global: raise it")
+        return local_size * self.world_size / global_size
+
+    @torch.no_grad()
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BN running statistics diverge by the last step's own update)."""
+        for b in self.raw_model.buffers():
+            torch.distributed.broadcast(b, 0)
+
     def _check_finite(self, nonfinite: torch.Tensor, loss: torch.Tensor | None) -> None:
-        """Stop with one clear line when a loss was NaN/inf; no checkpoint is written after it."""
-        if bool(nonfinite):
+        """Stop with one clear line when a loss was NaN/inf; no checkpoint is written after it.
+
+        Across processes the verdict is all-reduced, so every rank stops at the same step.
+        """
+        if pdist.any_rank(nonfinite) if self.world_size > 1 else bool(nonfinite):
             value = loss.item() if loss is not None else float("nan")
             raise PrunekitError(
                 f"loss became {value} at epoch {self.epoch} step {self.step}: lower the learning "
@@ -390,11 +431,16 @@ class Trainer:
             if self.out_dir is None:
                 raise PrunekitError("resume needs an output folder (out_dir) holding checkpoint.safetensors")
             p = self.out_dir / "checkpoint.safetensors"
-            return p if p.exists() else None
-        p = Path(resume)
-        if not p.exists():
+        else:
+            p = Path(resume)
+        pdist.barrier()  # rank 0 may still be writing it: every rank reads the same, finished file
+        found = p.exists()
+        if self.world_size > 1 and pdist.any_rank(not found) and pdist.any_rank(found):
+            raise PrunekitError(f"{p}: the checkpoint exists on some ranks only; out_dir must be on a file "
+                                "system every node sees")
+        if not found and resume is not True:
             raise PrunekitError(f"{p}: no such checkpoint to resume from")
-        return p
+        return p if found else None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly."""
@@ -417,9 +463,12 @@ class Trainer:
         }
 
     def _save(self) -> None:
-        if self.out_dir is None or not self.is_main:
+        """Rank 0 writes the checkpoint (atomically); the others wait until it is complete."""
+        if self.out_dir is None:
             return
-        save_checkpoint(self.out_dir / "checkpoint.safetensors", self.state_dict())
+        if self.is_main:
+            save_checkpoint(self.out_dir / "checkpoint.safetensors", self.state_dict())
+        pdist.barrier()
 
     def _restore(self, path: Path) -> None:
         st = load_checkpoint(path)
@@ -447,22 +496,26 @@ class Trainer:
         cb_states = st.get("callbacks", [])
         if len(cb_states) != len(self.callbacks):
             raise PrunekitError(f"{path}: checkpoint was made with other methods/callbacks")
-        for cb, s in zip(self.callbacks, cb_states, strict=True):
-            cb.load_state_dict(s)
-        for cb in self.callbacks:
-            cb.on_model_changed(self)
-        self.build_optimizers()
-        opt_states = st.get("optimizers", [])
-        if len(opt_states) != len(self.optimizers):
-            raise PrunekitError(f"{path}: checkpoint holds {len(opt_states)} optimizers, the run has "
-                                f"{len(self.optimizers)}")
-        for opt, s in zip(self.optimizers, opt_states, strict=True):
-            opt.load_state_dict(s)
-        self._base_lrs = [list(b) for b in st.get("base_lrs", self._base_lrs)]
-        self._built_lr = float(st.get("built_lr", self._built_lr))
-        torch.set_rng_state(st["rng"]["torch"])
-        if "cuda" in st["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(st["rng"]["cuda"])
+        try:  # the checkpoint's structure was checked on reading; its contents must also fit this run
+            for cb, s in zip(self.callbacks, cb_states, strict=True):
+                cb.load_state_dict(s)
+            for cb in self.callbacks:
+                cb.on_model_changed(self)
+            self.build_optimizers()
+            opt_states = st.get("optimizers", [])
+            if len(opt_states) != len(self.optimizers):
+                raise PrunekitError(f"{path}: checkpoint holds {len(opt_states)} optimizers, the run has "
+                                    f"{len(self.optimizers)}")
+            for opt, s in zip(self.optimizers, opt_states, strict=True):
+                opt.load_state_dict(s)
+            self._base_lrs = [list(b) for b in st.get("base_lrs", self._base_lrs)]
+            self._built_lr = float(st.get("built_lr", self._built_lr))
+            torch.set_rng_state(st["rng"]["torch"])
+            if "cuda" in st["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(st["rng"]["cuda"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            raise PrunekitError(f"{path}: checkpoint state does not fit this run ({str(exc).splitlines()[0]})"
+                                ) from None
 
 
 __all__ = ["OptimConfig", "Trainer", "TrainerConfig", "evaluate", "pick_device", "seed_everything"]

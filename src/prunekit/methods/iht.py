@@ -67,6 +67,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from prunekit.engine.distributed import check_same
 from prunekit.engine.stages import SCHEDULES, Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
@@ -133,7 +134,7 @@ def parse_target(target: Any) -> float:
 
 
 def _check_keep(value: Any, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:  # NaN fails too
         raise PrunekitError(f"{what} must be a fraction in (0, 1], got {value!r}")
 
 
@@ -334,6 +335,8 @@ class PhasedHardThresholding(PruningMethod):
                 opt.state.clear()
         if stage.kind == "sparse":
             self.threshold(model, optimizers)
+            assert self.maskset is not None  # under DDP: O_k of identical weights is identical on every rank
+            check_same([self.maskset.mask(n) for n in self.maskset.layers], f"{self.name} masks")
         else:
             self.release()
 

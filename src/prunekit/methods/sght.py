@@ -67,6 +67,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.engine.distributed import check_same
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods import budget as _budget
@@ -405,7 +406,7 @@ class SGHTConfig(MethodConfig):
             raise PrunekitError(f"method {name!r}: batch_max ({self.batch_max}) must be >= batch_start "
                                 f"({self.batch_start})")
         if isinstance(self.finetune_lr, bool) or not isinstance(self.finetune_lr, int | float) \
-                or not self.finetune_lr > 0:
+                or not 0 < self.finetune_lr < math.inf:
             raise PrunekitError(f"method {name!r}: finetune_lr must be a positive number, got {self.finetune_lr!r}")
         for key in ("hybrid_batch", "reset_momentum", "zero_shift", "zero_bn_scale", "include_linear",
                     "coupled"):
@@ -532,7 +533,7 @@ class SGHT(PruningMethod):
             model = _raw(trainer)
             h = self._ensure(trainer)
             h.set_keep(self.target_keep)
-            h(())
+            check_same(h(()), "SGHT filter choices before removal")
             example = getattr(trainer, "example_inputs", None)
             remove_zero_filters(model, example if example is not None else self._example,
                                 layers=[n for g in self.groups for n in g.layers])
@@ -552,6 +553,10 @@ class SGHT(PruningMethod):
             self._revived += (mask & ~self._last_mask).sum()                 # on the device: no sync
         self._last_mask = mask
         self.steps += 1
+
+    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+        if self.phase == "sght" and self._last_mask is not None:  # under DDP: the same k filters on every rank
+            check_same(self._last_mask, "SGHT filter choices")
 
     @property
     def revived(self) -> int:

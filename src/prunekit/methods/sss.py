@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.engine.distributed import check_same
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.io import register_module, set_submodule
@@ -564,7 +565,10 @@ class SparseStructureSelection(PruningMethod):
         return out
 
     def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        for kind, s in self.factor_summary(getattr(trainer, "raw_model", trainer.model)).items():
+        model = getattr(trainer, "raw_model", trainer.model)
+        # under DDP the factors' gradients are all-reduced like the weights', so APG keeps them identical
+        check_same([p for ps in factor_parameters(model).values() for p in ps], "SSS scaling factors")
+        for kind, s in self.factor_summary(model).items():
             metrics[f"sss_zero_{kind}"] = s["zero"]
 
     def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:

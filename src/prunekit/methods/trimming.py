@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.engine.distributed import check_same, is_main
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods.apoz import activation_points
@@ -298,6 +299,9 @@ class NetworkTrimming(PruningMethod):
                                 "nn.ReLU module, so no APoZ can be measured (functional relu cannot be hooked)")
         apoz = self.measure(raw, batches, groups, device=device, amp=amp)
         plan, thresholds = self.plan(apoz, groups)
+        # under DDP the counts were all-reduced, so every rank must remove the same channels
+        check_same([torch.tensor([g.name in plan for g in groups], dtype=torch.int64)]
+                   + [torch.tensor(plan[g], dtype=torch.int64) for g in sorted(plan)], "trimming plans")
         if plan:
             result = surgery.remove_channels(raw, plan, example_inputs, min_channels=self.config.min_channels)
             if isinstance(result, nn.Module):
@@ -414,8 +418,10 @@ class NetworkTrimming(PruningMethod):
             ds = ds.subset(cfg.apoz_samples)
         tcfg = getattr(trainer, "cfg", None)
         bs = cfg.apoz_batch_size or getattr(tcfg, "eval_batch_size", 512)
+        # split="batch": under DDP the ranks' parts together are the whole data set, as in one process
         return pdata.iterate(ds, bs, shuffle=False, augment=None, device=getattr(trainer, "device", "cpu"),
-                             rank=getattr(trainer, "rank", 0), world_size=getattr(trainer, "world_size", 1))
+                             rank=getattr(trainer, "rank", 0), world_size=getattr(trainer, "world_size", 1),
+                             split="batch")
 
     def _evaluate(self, trainer: Any) -> float | None:
         val = getattr(trainer, "val_data", None)
@@ -518,7 +524,7 @@ class NetworkTrimming(PruningMethod):
         out: dict[str, Any] = {"iterations": iters, "table": format_table(rows) if rows else "",
                                "unscorable": list(self._unscorable)}
         target = plot_path or self.config.plot_path or (self.out_dir / "trimming_apoz.png" if self.out_dir else None)
-        if target is not None and any(r.get("apoz") for r in self.records):
+        if target is not None and any(r.get("apoz") for r in self.records) and is_main():  # one writer
             out["plot"] = str(self.plot(target))
         return out
 
