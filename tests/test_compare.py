@@ -203,3 +203,22 @@ def test_smoke_flag_shrinks_a_grid(tmp_path, capsys):
     saved = yaml.safe_load((out / "compare.yaml").read_text())
     assert saved["base"]["train"]["max_steps_per_epoch"] == 2
     shutil.rmtree(out)
+
+
+def test_compare_runs_unchanged_under_torchrun(tmp_path):
+    """``torchrun -m prunekit.cli compare``: every rank trains, rank 0 alone writes, the grid is the same."""
+    import os
+    import subprocess
+    import sys
+
+    cfg_path = _write(tmp_path, methods={"dense": {}, "sght": {}}, targets=[{"macs": 0.4}], latency=False)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "prunekit.cli", "compare", str(cfg_path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("| sght@macs=0.4 |") == 1  # one table, from rank 0
+    rows = {r["label"]: r for r in compare.read_results(out)}
+    assert set(rows) == {"dense", "sght@macs=0.4"}
+    assert rows["sght@macs=0.4"]["macs_frac"] == pytest.approx(0.4, rel=0.05)

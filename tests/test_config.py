@@ -73,10 +73,10 @@ def test_yaml_never_builds_python_objects(tmp_path):
         config.load_config(p)
 
 
-@pytest.mark.parametrize("name, option", [("tp-bnscale", {"reg": float("nan")}), ("sght", {"finetune_lr": float("inf")}),
-                                          ("l1-filter", {"finetune_lr": float("inf")}),
-                                          ("tp-magnitude", {"finetune_lr": float("inf")}),
-                                          ("iht", {"keep": float("nan")}), ("slimming", {"finetune_lr": float("inf")})])
+@pytest.mark.parametrize("name, option", [
+    ("tp-bnscale", {"reg": float("nan")}), ("sght", {"finetune_lr": float("inf")}),
+    ("l1-filter", {"finetune_lr": float("inf")}), ("tp-magnitude", {"finetune_lr": float("inf")}),
+    ("iht", {"keep": float("nan")}), ("slimming", {"finetune_lr": float("inf")})])
 def test_non_finite_method_options_are_rejected(name, option):
     from prunekit.methods import get
 

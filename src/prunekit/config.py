@@ -14,7 +14,8 @@ Schema (every key optional; defaults below)::
              milestones: null, gamma: 0.1, warmup_epochs: 0}
     method: {name: none, ...the method's own options (see ``prunekit.methods.get(name).config_keys()``)}
 
-An unknown key anywhere is rejected with the list of valid keys.
+An unknown key anywhere is rejected with the list of valid keys. ``train.batch_size`` is the global batch:
+under ``torchrun`` it is split across the processes, so a config means the same run on any number of them.
 """
 
 from __future__ import annotations
