@@ -7,7 +7,7 @@ One run, one process, fixed seed:
   (``prunekit.metrics.count``), CPU latency of dense and pruned models at batch 64 with 2 threads (median
   of ``--runs`` runs, dense and pruned timed alternately in the same process), measured speed-up vs the
   MACs reduction (target: speed-up >= 0.8 x MACs reduction) both as built and in the deployed form (BN folded
-  into the convs with torch.fx's fusion, channels_last memory), and the time of the surgery itself
+  into the convs by prunekit.surgery.fold_batchnorm, channels_last memory), and the time of the surgery itself
   (``remove_channels``, including its dependency-graph trace).
 * ResNet-50 (ImageNet shape): time of ``channel_groups`` (graph build) and of the 50% surgery
   (target < 5 s).
@@ -24,6 +24,7 @@ Results also go to ``benchmarks/out/surgery.json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -35,9 +36,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.fx.experimental.optimization import fuse
 
-from prunekit import io, metrics, models
+from prunekit import io, metrics, models, surgery
 from prunekit.surgery import MaskSet, channel_groups, remove_channels, save_sparse
 from prunekit.surgery.sparse import ideal_bytes
 
@@ -54,9 +54,9 @@ def half_plan(model: nn.Module, x: torch.Tensor) -> dict[str, list[int]]:
 
 
 def deployed(model: nn.Module) -> nn.Module:
-    """The inference form a deployment uses: BN folded into the convs (torch.fx's conv-BN fusion) and
-    channels_last memory format. Applied to dense and pruned alike, so the ratio stays fair."""
-    return fuse(model).to(memory_format=torch.channels_last)
+    """The inference form a deployment uses (:func:`prunekit.surgery.deployed`: BN folded into the convs,
+    channels_last memory format). Applied to dense and pruned alike, so the ratio stays fair."""
+    return surgery.deployed(copy.deepcopy(model))
 
 
 def latency(dense: nn.Module, pruned: nn.Module, batch: int, runs: int, shape: tuple[int, ...],

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=["onnx", "sparse", "dense"], required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--input-shape", default=None, help="C,H,W for ONNX tracing")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="fold every BatchNorm that follows a conv into that conv first (the deployed form)")
     p = sub.add_parser("compare", help="run every listed method and peer at the same budgets, over seeds: "
                                        "results.csv, summary.md and plots")
     p.add_argument("config", help="comparison YAML (see configs/compare/)")
@@ -163,6 +165,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from prunekit._atomic import atomic_path
 
     model = _load_any(args.model).eval()
+    if args.fold_bn:
+        pairs = surgery.fold_batchnorm(model)
+        print(f"folded {len(pairs)} BatchNorm layer(s) into their convolutions")
     if args.to == "sparse":
         surgery.save_sparse(model, args.out)
     elif args.to == "dense":

@@ -40,6 +40,7 @@ Config schema (YAML; unknown keys are rejected)::
     latency: true
     latency_batch: 64
     latency_rounds: 15
+    latency_deployed: true        # time the deployed form (BN folded into convs, channels_last), every row alike
     tolerance: 0.05               # a row is "matched" when it is within 5% (relative) of its target
 """
 
@@ -84,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "latency_batch": 64,
     "latency_rounds": 15,
     "latency_threads": 1,
+    "latency_deployed": True,
     "tolerance": 0.05,
 }
 
@@ -213,6 +215,7 @@ def validate(cfg: dict[str, Any]) -> None:
     need(is_int(cfg["latency_rounds"], 1), "latency_rounds must be an integer >= 1")
     need(is_int(cfg["latency_threads"], 1), "latency_threads must be an integer >= 1")
     need(isinstance(cfg["latency"], bool), "latency must be true or false")
+    need(isinstance(cfg["latency_deployed"], bool), "latency_deployed must be true or false")
     need(isinstance(cfg["tolerance"], int | float) and 0 < cfg["tolerance"] < 1, "tolerance must be in (0, 1)")
     from prunekit import methods as pmethods
 
@@ -497,10 +500,16 @@ def _measure_latency(results: list[dict[str, Any]], out_dir: Path, cfg: dict[str
 
     if not results or example_shape is None:
         return
+    from prunekit.surgery import deployed
+
     models = {r["run"]: _load_model(out_dir / r["run"] / "model.safetensors").eval() for r in results}
+    if cfg["latency_deployed"]:
+        models = {k: deployed(m) for k, m in models.items()}
     times: dict[tuple[str, int], list[float]] = {}
     batches = sorted({1, int(cfg["latency_batch"])})
     inputs = {b: torch.zeros((b, *example_shape)) for b in batches}
+    if cfg["latency_deployed"] and len(example_shape) == 3:
+        inputs = {b: x.to(memory_format=torch.channels_last) for b, x in inputs.items()}
     for m in models.values():  # one untimed warm-up pass each
         for b in batches:
             metrics.latency(m, inputs[b], repeats=1, warmup=1, threads=cfg["latency_threads"])
@@ -515,6 +524,7 @@ def _measure_latency(results: list[dict[str, Any]], out_dir: Path, cfg: dict[str
         r["latency_ms_batch"] = statistics.median(times[(r["run"], batches[-1])])
     write_text(out_dir / "latency.json", json.dumps(
         {"rounds": cfg["latency_rounds"], "threads": cfg["latency_threads"], "batches": batches,
+         "deployed_form": cfg["latency_deployed"],
          "device": "cpu", "torch": torch.__version__,
          "median_ms": {f"{k[0]}@b{k[1]}": statistics.median(v) for k, v in times.items()}}, indent=1))
 

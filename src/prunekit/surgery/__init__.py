@@ -8,12 +8,15 @@ Structured (built on Torch-Pruning's dependency graph, see :mod:`prunekit.surger
 * :func:`zero_channel_plan` - a plan removing exactly the channels whose output is identically zero;
 * :func:`conv_group_plan` - a plan removing whole groups of a grouped convolution.
 
+Deployment: :func:`fold_batchnorm` (BN folded into the preceding conv, in place) and :func:`deployed`.
+
 Unstructured: :class:`MaskSet` (masks kept through optimizer steps) and :func:`save_sparse` /
 :func:`load_sparse` (files that store only the non-zeros, loaded back bit for bit).
 """
 
 from prunekit.surgery._graph import ChannelGroup, channel_groups
 from prunekit.surgery.blocks import removable_blocks, remove_blocks, residual_blocks
+from prunekit.surgery.fold import deployed, fold_batchnorm
 from prunekit.surgery.masks import MaskSet
 from prunekit.surgery.sparse import load_sparse, save_sparse
 from prunekit.surgery.structured import (
@@ -34,6 +37,8 @@ __all__ = [
     "channel_groups",
     "conv_group_plan",
     "count_params",
+    "deployed",
+    "fold_batchnorm",
     "load_sparse",
     "normalise_plan",
     "removable_blocks",

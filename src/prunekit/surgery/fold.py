@@ -1,0 +1,81 @@
+"""Deployment form: fold every BatchNorm that directly follows a convolution into that convolution.
+
+A pruned network is only as fast as its thin layers allow; in eager PyTorch a BN after each conv is a
+separate pass over the activations whose cost scales with the width, not the width squared, so it eats a
+large share of a thin network's time (see README's surgery figures). Inference frameworks fold it away:
+``y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta`` is a conv with rescaled weights and a new bias.
+
+:func:`fold_batchnorm` does this in place on a plain module (no ``torch.fx.GraphModule`` left behind), so
+the result still saves with :func:`prunekit.save`, loads as a plain network and exports to ONNX. The graph is
+read with ``torch.fx.symbolic_trace`` (public API) only to find the pairs; a BN is folded when its single
+input is a conv whose output feeds nothing else, and neither module is called twice. The arithmetic is
+PyTorch's own ``torch.nn.utils.fusion.fuse_conv_bn_weights``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from prunekit.errors import PrunekitError
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold each ``conv -> BN`` pair of ``model`` (in eval mode) into the conv; the BN becomes Identity.
+
+    Returns the folded ``(conv name, bn name)`` pairs. Raises :class:`PrunekitError` when the model cannot be
+    traced (data-dependent control flow) or is in training mode (folding uses the running statistics).
+    """
+    if model.training:
+        raise PrunekitError("fold_batchnorm: call model.eval() first (folding uses BN running statistics)")
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # torch.fx raises many types for untraceable code
+        raise PrunekitError(f"fold_batchnorm: the model cannot be traced by torch.fx "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    modules = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    pairs: list[tuple[str, str]] = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _BatchNorm):
+            continue
+        prev = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if not isinstance(prev, torch.fx.Node) or prev.op != "call_module":
+            continue
+        conv, bn = modules.get(prev.target), modules[node.target]
+        if not isinstance(conv, nn.modules.conv._ConvNd) or len(prev.users) != 1:
+            continue
+        if calls[prev.target] != 1 or calls[node.target] != 1 or bn.running_mean is None:
+            continue
+        transpose = bool(conv.transposed)
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                            bn.weight, bn.bias, transpose=transpose)
+        conv.weight = weight
+        conv.bias = bias
+        _replace(model, node.target, nn.Identity())
+        pairs.append((str(prev.target), str(node.target)))
+    return pairs
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def deployed(model: nn.Module) -> nn.Module:
+    """``model`` in the form a deployment runs: eval mode, BN folded where possible, channels_last memory."""
+    model = model.eval()
+    try:
+        fold_batchnorm(model)
+    except PrunekitError:
+        pass  # untraceable: keep the BNs (the figure is then the eager one; callers can check)
+    return model.to(memory_format=torch.channels_last)
+
+
+__all__ = ["deployed", "fold_batchnorm"]
