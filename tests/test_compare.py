@@ -59,6 +59,9 @@ def test_plan_gives_every_row_the_same_total_budget_and_maps_targets(tmp_path):
     assert by[("sght@macs=0.4", 0)].cfg["method"]["macs_budget"] == 0.4
     assert by[("sght@params=0.25", 0)].cfg["method"]["params_budget"] == 0.25
     assert by[("slimming@macs=0.4", 0)].cfg["method"]["target_macs"] == 0.4
+    # Slimming trains from scratch and still fine-tunes after its prune (a quarter of its 9 epochs)
+    assert by[("slimming@macs=0.4", 0)].start == "scratch"
+    assert by[("slimming@macs=0.4", 0)].cfg["method"]["finetune_epochs"] == 2
     assert ("slimming@params=0.25", 0) not in by and ("iht@macs=0.4", 0) not in by
     assert ("sfp@params=0.25", 0) in by and ("sfp@macs=0.4", 0) not in by
     # the unstructured keep is solved so that the non-zeros of the whole network meet the target

@@ -123,17 +123,26 @@ TARGETS: dict[str, dict[str, tuple[str, TargetFn]]] = {
 }
 
 
-def _from_dense_options(name: str, budget: int) -> dict[str, Any]:
-    """Options that make a method start from the trained dense network instead of training it first."""
-    return {
-        "iht": {"warmup_epochs": 0},
-        "magnitude": {"dense_epochs": 0}, "torch-global": {"dense_epochs": 0},
-        "l1-filter": {"dense_fraction": 0}, "tp-magnitude": {"dense_fraction": 0},
-        "random-filter": {"dense_fraction": 0},
-        "trimming": {"initial_epochs": 0},
-        "tp-bnscale": {"finetune_epochs": max(1, budget // 4)},
-        "slimming": {"finetune_epochs": max(1, budget // 4)},
+def _default_options(name: str, start: str, epochs: int) -> dict[str, Any]:
+    """The harness's defaults for a method (a config's own options override them).
+
+    From the dense network: skip the method's own dense phase. Penalty-then-prune peers (Network Slimming,
+    Torch-Pruning's BN-scale): a quarter of their ``epochs`` fine-tunes after the prune, as in their papers,
+    carved out of the same budget.
+    """
+    opts = {
+        "tp-bnscale": {"finetune_epochs": max(1, epochs // 4)},
+        "slimming": {"finetune_epochs": max(1, epochs // 4)},
     }.get(name, {})
+    if start == "dense":
+        opts.update({
+            "iht": {"warmup_epochs": 0},
+            "magnitude": {"dense_epochs": 0}, "torch-global": {"dense_epochs": 0},
+            "l1-filter": {"dense_fraction": 0}, "tp-magnitude": {"dense_fraction": 0},
+            "random-filter": {"dense_fraction": 0},
+            "trimming": {"initial_epochs": 0},
+        }.get(name, {}))
+    return opts
 
 
 @dataclass
@@ -330,9 +339,9 @@ def plan(cfg: dict[str, Any], dense_model: Callable[[int], nn.Module] | None = N
             if not points and not supported:
                 points.append((name, {}, None, None))  # its own settings
             for label, extra, kind, frac in points:
-                options = {**(_from_dense_options(name, budget) if start == "dense" else {}), **opts, **extra}
-                method = cls(options)
                 total = budget if start == "dense" else dense_epochs + budget
+                options = {**_default_options(name, start, total), **opts, **extra}
+                method = cls(options)
                 e, fitted = _fit_epochs(method, total)
                 exp = copy.deepcopy(base)
                 exp["seed"], exp["train"]["epochs"] = seed, e
