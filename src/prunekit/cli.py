@@ -195,7 +195,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     only = [m.strip() for m in args.only.split(",") if m.strip()] if args.only else ()
     results = compare.run(cfg, out=args.out, only=only, smoke=args.smoke, quiet=not args.progress)
     if results:  # rank 0 (the other ranks of a torchrun launch return nothing)
-        compare.main_print(results, Path(args.out or cfg["out"] or f"runs/compare/{cfg['name']}"))
+        compare.print_summary(results, Path(args.out or cfg["out"] or f"runs/compare/{cfg['name']}"))
     return 0
 
 

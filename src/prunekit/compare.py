@@ -771,7 +771,7 @@ def _layer_plot(d: Path, results: Sequence[dict[str, Any]], colors: dict[str, An
     save(fig, "layers")
 
 
-def main_print(results: Sequence[dict[str, Any]], out_dir: Path) -> None:
+def print_summary(results: Sequence[dict[str, Any]], out_dir: Path) -> None:
     """Print the summary table and where the files are."""
     print()
     print(markdown(summarize(results)))
@@ -779,5 +779,20 @@ def main_print(results: Sequence[dict[str, Any]], out_dir: Path) -> None:
           file=sys.stdout)
 
 
-__all__ = ["CSV_COLUMNS", "DEFAULTS", "TARGETS", "Row", "load", "markdown", "pareto", "plan", "read_results",
-           "report", "run", "summarize", "validate", "write_results"]
+__all__ = [
+    "CSV_COLUMNS",
+    "DEFAULTS",
+    "TARGETS",
+    "Row",
+    "load",
+    "markdown",
+    "pareto",
+    "plan",
+    "print_summary",
+    "read_results",
+    "report",
+    "run",
+    "summarize",
+    "validate",
+    "write_results",
+]

@@ -134,7 +134,7 @@ def parse_target(target: Any) -> float:
 
 
 def _check_keep(value: Any, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:  # NaN fails too
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
         raise PrunekitError(f"{what} must be a fraction in (0, 1], got {value!r}")
 
 
