@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit import data, models
+from prunekit import data, io, models
 from prunekit.engine import (
     Callback,
     LoopState,
@@ -227,3 +227,60 @@ def test_batched_nan_check_stops_before_any_nan_checkpoint(tmp_path):
         tr.fit(50)
     state = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+class _UserNet(nn.Module):
+    """A user's own network (not in the zoo): a structured method thins it in the middle of the run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.head(x.mean((2, 3)))
+
+
+class _ThinAtStage2(Callback):
+    def on_stage_start(self, t, stage):
+        if stage.name == "thin":
+            from prunekit.surgery import remove_channels
+
+            remove_channels(t.raw_model, {"conv1": [0, 2, 5]}, t.example_inputs)
+            t.replace_model(t.raw_model)
+
+
+def test_user_network_resumes_across_structural_pruning(tmp_path):
+    """No zoo factory: the checkpoint records the thinned layers relative to the user's network."""
+    train = data.load("synthetic", "train", n=64, shape=(1, 8, 8), num_classes=4, seed=0)
+    cfg = TrainerConfig(batch_size=16, device="cpu", quiet=True, checkpoint_every_steps=3)
+    stages = [Stage("dense", 1), Stage("thin", 2)]
+
+    def fresh():
+        seed_everything(0)
+        return _UserNet()
+
+    full = Trainer(fresh(), train, config=cfg, callbacks=[_ThinAtStage2()], out_dir=tmp_path / "full")
+    full.fit(stages)
+    assert full.raw_model.conv1.out_channels == 5
+    # killed in the thinned stage (step 7 of 12: the last checkpoint holds the thinned network)
+    killed = Trainer(fresh(), train, config=cfg, callbacks=[_ThinAtStage2(), Kill(7)], out_dir=tmp_path / "k")
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(stages)
+    # a new process: a fresh instance of the user's network, resumed from the mid-run checkpoint
+    again = Trainer(fresh(), train, config=cfg, callbacks=[_ThinAtStage2(), Kill(-1)], out_dir=tmp_path / "k")
+    again.fit(stages, resume=True)
+    assert again.raw_model.conv1.out_channels == 5
+    for (n, a), (_, b) in zip(full.raw_model.state_dict().items(), again.raw_model.state_dict().items(),
+                              strict=True):
+        assert torch.equal(a, b), n
+    # the deliverable saves with the user's network as base and loads onto a fresh instance
+    io.save(again.raw_model, tmp_path / "user.safetensors", base=_UserNet())
+    back = io.load(tmp_path / "user.safetensors", model=_UserNet())
+    assert back.conv1.out_channels == 5 and back.bn1.num_features == 5 and back.conv2.in_channels == 5
+    with pytest.raises(PrunekitError, match="fresh instance"):
+        io.load(tmp_path / "user.safetensors")

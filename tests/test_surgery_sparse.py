@@ -313,3 +313,21 @@ def test_file_size_tracks_the_ideal() -> None:
     w[torch.rand_like(w) > 0.1] = 0
     nnz = int((w != 0).sum())
     assert ideal_bytes(w) == nnz * 4 + min(math.ceil(w.numel() / 8), nnz * 4)
+
+
+def test_prunekit_load_reads_sparse_files_too(tmp_path: Path) -> None:
+    """``prunekit.load`` is the one entry point: a sparse file loads as the dense network it encodes."""
+    import prunekit
+    from prunekit import models
+
+    torch.manual_seed(0)
+    model = models.create("lenet5")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(torch.rand_like(p) < 0.3)
+    save_sparse(model, tmp_path / "m.safetensors")
+    loaded = prunekit.load(tmp_path / "m.safetensors")
+    ref = load_sparse(tmp_path / "m.safetensors")
+    for (n, a), (_, b), (_, c) in zip(loaded.state_dict().items(), ref.state_dict().items(),
+                                      model.state_dict().items(), strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c), n

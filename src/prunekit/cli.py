@@ -87,18 +87,11 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def _load_any(spec: str) -> Any:
-    """A model file, or a zoo name."""
+    """A model file (dense or sparse), or a zoo name."""
     from prunekit import io, models
 
     if Path(spec).suffix == ".safetensors" or Path(spec).exists():
-        try:
-            return io.load(spec)
-        except PrunekitError as exc:
-            if "not a prunekit model file" not in str(exc):
-                raise
-            from prunekit import surgery
-
-            return surgery.load_sparse(spec)
+        return io.load(spec)
     return models.create(spec)
 
 

@@ -368,14 +368,9 @@ def _layers(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def _load_model(path: Path) -> nn.Module:
-    from prunekit import io, surgery
+    from prunekit import io
 
-    try:
-        return io.load(path)
-    except PrunekitError as exc:
-        if "not a prunekit model file" not in str(exc):
-            raise
-        return surgery.load_sparse(path)
+    return io.load(path)  # dense or sparse file
 
 
 def _say(msg: str) -> None:

@@ -210,15 +210,22 @@ def factory_of(model: nn.Module) -> dict[str, Any] | None:
     return dict(f) if f else None
 
 
-def architecture(model: nn.Module) -> dict[str, Any] | None:
-    """Describe ``model`` as factory + overrides, or None when it did not come from the zoo."""
-    factory = factory_of(model)
-    if factory is None:
-        return None
-    from prunekit import models
+def architecture(model: nn.Module, base: nn.Module | None = None) -> dict[str, Any] | None:
+    """Describe ``model`` as factory + overrides (the modules that differ from what the factory builds).
 
-    with torch.device("meta"):
-        base = models.create(factory["name"], **factory["kwargs"])
+    A user's own network has no factory: pass ``base``, the network as the user built it (e.g. before
+    pruning), and the record lists what differs from it (``factory`` is then None, and rebuilding needs an
+    instance of the same network). Without either, returns None.
+    """
+    factory = factory_of(model)
+    if factory is None and base is None:
+        return None
+    if factory is not None:
+        from prunekit import models
+
+        with torch.device("meta"):
+            base = models.create(factory["name"], **factory["kwargs"])
+    assert base is not None
     base_modules = dict(base.named_modules())
     overrides: dict[str, Any] = {}
     skip: list[str] = []
@@ -253,10 +260,20 @@ def _own_shapes(m: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
             + list(m.named_buffers(recurse=False))]
 
 
-def build_from_architecture(arch: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model (on ``device``, weights uninitialised if ``meta``) from :func:`architecture` output."""
+def build_from_architecture(arch: dict[str, Any], device: str | torch.device = "cpu",
+                            base: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model (on ``device``, weights uninitialised if ``meta``) from :func:`architecture` output.
+
+    A record without a factory (a user's own network) is applied to ``base`` (an instance of that network,
+    changed in place); without ``base`` it is refused.
+    """
     from prunekit import models
 
+    if isinstance(arch, dict) and arch.get("factory") is None and "factory" in arch:
+        if base is None:
+            raise PrunekitError("the architecture record is relative to a user's own network (no zoo factory); "
+                                "pass model= (a fresh instance of that network) to rebuild it")
+        return _apply_overrides(base, arch.get("overrides", {}), device)
     if not isinstance(arch, dict) or not isinstance(arch.get("factory"), dict):
         raise PrunekitError("architecture record is malformed (no factory)")
     factory = arch["factory"]
@@ -265,12 +282,8 @@ def build_from_architecture(arch: dict[str, Any], device: str | torch.device = "
         raise PrunekitError("architecture record is malformed (factory name / kwargs)")
     for k, v in kwargs.items():
         _check_json_scalar(v, f"factory.kwargs.{k}")
-    overrides = arch.get("overrides", {})
-    if not isinstance(overrides, dict) or len(overrides) > _MAX_SPECS:
-        raise PrunekitError("architecture record is malformed (overrides)")
     if not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
         raise PrunekitError("architecture record is malformed (factory kwargs names)")
-    budget = [_MAX_SPECS]
     with torch.device(device):
         try:
             model = models.create(name, **kwargs)
@@ -280,6 +293,15 @@ def build_from_architecture(arch: dict[str, Any], device: str | torch.device = "
             raise PrunekitError(f"cannot build zoo model {name[:100]!r} with {str(kwargs)[:200]}: "
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
                                 ) from None
+    return _apply_overrides(model, arch.get("overrides", {}), device)
+
+
+def _apply_overrides(model: nn.Module, overrides: Any, device: str | torch.device) -> nn.Module:
+    """Replace the named modules of ``model`` by the (validated) specs of an architecture record."""
+    if not isinstance(overrides, dict) or len(overrides) > _MAX_SPECS:
+        raise PrunekitError("architecture record is malformed (overrides)")
+    budget = [_MAX_SPECS]
+    with torch.device(device):
         for mod_name, spec in overrides.items():
             parts = mod_name.split(".") if isinstance(mod_name, str) else []
             if not parts or not all(_plain_name(p) for p in parts):
@@ -406,11 +428,16 @@ def _looks_pickled(path: Path) -> bool:
 # public save / load
 
 
-def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` (pruned or not) to one safetensors file that :func:`load` rebuilds without its code."""
+def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+         base: nn.Module | None = None) -> Path:
+    """Save ``model`` (pruned or not) to one safetensors file that :func:`load` rebuilds without its code.
+
+    For a user's own network pass ``base`` (the network as built, before pruning): the file then records
+    the pruned shapes, and ``load(path, model=YourNet())`` rebuilds them onto a fresh instance.
+    """
     path = Path(path)
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    arch = architecture(model)
+    arch = architecture(model, base=base)
     tensors = {k: v for k, v in model.state_dict().items()}
     write_safetensors(path, tensors, {"format": FORMAT, "architecture": arch, "extra": extra or {}})
     return path
@@ -419,18 +446,27 @@ def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None
 def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """Load a model saved by :func:`save`, rebuilding its (pruned) architecture from the file.
 
-    For a user's own (non-zoo) model pass ``model``: its weights are loaded in place (shapes must match).
+    A sparse file (:func:`prunekit.surgery.save_sparse`) loads too, as the dense network it encodes. For a
+    user's own (non-zoo) network pass ``model``, a fresh instance: when the file recorded pruned shapes
+    (``save(..., base=...)``) they are applied to it first, then the weights are loaded in place.
     """
     tensors, doc = read_safetensors(path)
+    if doc.get("format") == "prunekit-sparse/1":
+        from prunekit.surgery.sparse import load_sparse
+
+        return load_sparse(path, model=model, device=device)
     if doc.get("format") != FORMAT:
         raise PrunekitError(f"{path}: not a prunekit model file (format {doc.get('format')!r}, want {FORMAT})")
+    arch = doc.get("architecture")
     if model is None:
-        if doc.get("architecture") is None:
+        if arch is None:
             raise PrunekitError(f"{path}: holds no architecture (not a zoo model); pass model= to load into")
-        model = build_from_architecture(doc["architecture"], device="meta")
+        model = build_from_architecture(arch, device="meta")
         load_state(model, tensors, str(path), assign=True)
-        model._prunekit_factory = doc["architecture"]["factory"]
+        model._prunekit_factory = arch["factory"]
     else:
+        if isinstance(arch, dict) and arch.get("factory") is None and "factory" in arch:
+            model = build_from_architecture(arch, device="cpu", base=model)  # the user's network, pruned shapes
         load_state(model, tensors, str(path))
     return model.to(device).eval()
 

@@ -16,6 +16,7 @@ batch with that part's statistics (DistributedDataParallel's default; SyncBatchN
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import sys
@@ -173,6 +174,15 @@ class Trainer:
         self._base_lrs: list[list[float]] = []
         self._built_lr = 0.0
         self.model: nn.Module = model
+        # a user's own network has no zoo factory: keep its structure (on the meta device, no memory) so that
+        # a checkpoint taken after structural pruning records the changed modules and resume rebuilds them
+        raw = getattr(model, "module", model)
+        self._structure_base: nn.Module | None = None
+        if io.factory_of(raw) is None:
+            try:
+                self._structure_base = copy.deepcopy(raw).to("meta")
+            except Exception:  # a module that cannot be deep-copied: resume then needs unchanged shapes
+                self._structure_base = None
         self._set_model(model)
 
     # ------------------------------------------------------------------ model and optimizers
@@ -452,7 +462,7 @@ class Trainer:
             "position": {"stage_index": self.stage_index, "stage_epoch": self.stage_epoch,
                          "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch},
             "stages": [asdict(s) for s in self.stages],
-            "architecture": io.architecture(model),
+            "architecture": io.architecture(model, base=self._structure_base),
             "model": dict(model.state_dict()),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "base_lrs": self._base_lrs,
@@ -482,9 +492,11 @@ class Trainer:
                                 "same config or start a new output folder")
         arch = st.get("architecture")
         if arch is not None:
-            model = io.build_from_architecture(arch, device="meta")
+            base = copy.deepcopy(self._structure_base) if self._structure_base is not None else None
+            model = io.build_from_architecture(arch, device="meta", base=base)
             io.load_state(model, st["model"], str(path), assign=True)
-            model._prunekit_factory = arch["factory"]
+            if arch.get("factory"):
+                model._prunekit_factory = arch["factory"]
         else:
             model = self.raw_model
             io.load_state(model, st["model"], str(path))
