@@ -250,3 +250,40 @@ def test_budget_helper_frozen_groups_and_errors() -> None:
         budget.solve_keep(cost, 1.5)
     with pytest.raises(PrunekitError, match="budget kind"):
         budget.solve_keep(cost, 0.5, "flops")
+
+
+@pytest.mark.parametrize("name", ["sght", "l1-filter", "sfp", "tp-magnitude", "random-filter"])
+def test_round_to_gives_hardware_friendly_widths_at_the_budget(name):
+    """round_to=8: every thinned width is a multiple of 8 (or untouched), and the MACs budget still holds."""
+    from prunekit.methods import budget as _budget
+
+    x = torch.zeros(1, 3, 32, 32)
+    model = models.create("resnet56")
+    dense_widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    base = metrics.count(model, x).macs
+    method = methods.get(name)(macs_budget=0.37, round_to=8, coupled=True)
+    groups = _budget.filter_groups(model, x, include_linear=True, coupled=True)
+    cost = _budget.CostModel.build(model, x, groups)
+    c = method.config
+    keep = _budget.resolve_keep(groups, cost, macs_budget=0.37, tol=c.budget_tol, min_keep=c.min_keep,
+                                round_to=c.round_to)
+    assert all(k % 8 == 0 or k == g.size for k, g in zip(keep, groups, strict=True))
+    assert cost.macs(keep) / base == pytest.approx(0.37, abs=0.01)
+    if name in ("l1-filter", "random-filter"):  # the one-shot peers prune for real: check the network itself
+        method.prune(model, x)
+        widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+        assert all(w % 8 == 0 or w == dense_widths[n] for n, w in widths.items())
+        assert metrics.count(model, x).macs / base == pytest.approx(0.37, abs=0.01)
+
+
+def test_round_to_that_cannot_reach_the_budget_says_so():
+    from prunekit.methods import budget as _budget
+
+    x = torch.zeros(1, 3, 32, 32)
+    model = models.create("resnet56")
+    groups = _budget.filter_groups(model, x, include_linear=True, coupled=True)
+    cost = _budget.CostModel.build(model, x, groups)
+    with pytest.raises(PrunekitError, match="round_to=16"):
+        _budget.resolve_keep(groups, cost, macs_budget=0.37, round_to=16)
+    with pytest.raises(PrunekitError, match="round_to must be an integer >= 1"):
+        methods.get("l1-filter")(round_to=0)

@@ -263,7 +263,7 @@ def _check_fraction(name: str, v: Any, *, closed_zero: bool = False) -> float:
 
 
 def keep_from_ratio(groups: Sequence[Any], ratio: float, overrides: Mapping[str, float] | None = None,
-                    *, min_keep: int = 1) -> list[int]:
+                    *, min_keep: int = 1, round_to: int = 1) -> list[int]:
     """``floor(ratio * size)`` channels per group (the SGHT authors' ``int(HTrate * out_channels)``), at least
     ``min_keep``; ``overrides`` maps a group (root or member layer name) to its own ratio."""
     ratio = _check_fraction("keep_ratio", ratio)
@@ -271,12 +271,38 @@ def keep_from_ratio(groups: Sequence[Any], ratio: float, overrides: Mapping[str,
     for name, r in (overrides or {}).items():
         per[group_index(groups, name)] = _check_fraction(f"layer_keep[{name!r}]", r)
     # the small epsilon keeps 0.7 * 10 = 7.000000000000001 and 0.29 * 100 = 28.999999999999996 exact
-    return [min(g.size, max(min_keep, math.floor(r * g.size + 1e-9))) for g, r in zip(groups, per, strict=True)]
+    keep = [min(g.size, max(min_keep, math.floor(r * g.size + 1e-9))) for g, r in zip(groups, per, strict=True)]
+    return [min(g.size, math.ceil(k / round_to) * round_to) for g, k in zip(groups, keep, strict=True)]
+
+
+class _Rounded:
+    """A cost model over "units" of ``round_to`` channels: unit count u keeps ``min(width, u * round_to)``, so
+    the solver only proposes widths that are multiples of ``round_to`` (or the full width)."""
+
+    def __init__(self, inner: CostModel, round_to: int) -> None:
+        self.inner, self.r = inner, round_to
+        self.width = inner.sizes.astype(np.int64)
+        self.sizes = np.ceil(inner.sizes / round_to)
+
+    def channels(self, units: Any) -> np.ndarray:
+        return np.minimum(self.width, np.asarray(units, dtype=np.int64) * self.r)
+
+    def cost(self, units: Any, kind: str = "macs") -> float:
+        return self.inner.cost(self.channels(units), kind)
+
+    def batch_cost(self, units: np.ndarray, kind: str = "macs") -> np.ndarray:
+        return self.inner.batch_cost(self.channels(units), kind)
+
+    def dense(self, kind: str = "macs") -> float:
+        return self.inner.dense(kind)
 
 
 def solve_keep(cost: CostModel, fraction: float, kind: str = "macs", *, tol: float = 0.01, min_keep: int = 1,
-               frozen: Iterable[int] = (), max_moves: int = 10_000) -> list[int]:
+               frozen: Iterable[int] = (), max_moves: int = 10_000, round_to: int = 1) -> list[int]:
     """Per-group keep counts whose predicted ``kind`` is ``fraction`` of the dense model's, within ``tol``.
+
+    ``round_to > 1`` keeps every thinned group's width a multiple of it (hardware-friendly widths; the full
+    width stays allowed); the budget is then met as closely as those steps allow.
 
     Bisection on one uniform ratio (round-half-up per group), then greedy moves: each round tries +-1 on
     every free group and +1/-1 swaps between groups, and takes the move that brings the cost closest to the
@@ -285,6 +311,15 @@ def solve_keep(cost: CostModel, fraction: float, kind: str = "macs", *, tol: flo
     """
     if kind not in KINDS:
         raise PrunekitError(f"budget kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if round_to > 1:
+        rounded = _Rounded(cost, round_to)
+        try:
+            units = solve_keep(rounded, fraction, kind, tol=tol,  # type: ignore[arg-type]
+                               min_keep=math.ceil(min_keep / round_to), frozen=frozen, max_moves=max_moves)
+        except PrunekitError as exc:
+            raise PrunekitError(f"{exc} (with round_to={round_to} a thinned group keeps at least {round_to} "
+                                "channels; lower round_to or raise the budget)") from None
+        return [int(k) for k in rounded.channels(units)]
     fraction = _check_fraction(f"{kind}_budget", fraction)
     sizes = cost.sizes.astype(np.int64)
     n = len(sizes)
@@ -361,18 +396,19 @@ def solve_keep(cost: CostModel, fraction: float, kind: str = "macs", *, tol: flo
 def resolve_keep(groups: Sequence[Any], cost: CostModel | None, *, keep_ratio: float | None = None,
                  layer_keep: Mapping[str, float] | None = None, macs_budget: float | None = None,
                  params_budget: float | None = None, tol: float = 0.01, min_keep: int = 1,
-                 frozen: Iterable[int] = ()) -> list[int]:
+                 frozen: Iterable[int] = (), round_to: int = 1) -> list[int]:
     """Keep counts from a budget (``macs_budget`` / ``params_budget``: fraction of dense) when one is given,
-    else from ``keep_ratio`` with ``layer_keep`` overrides. Frozen groups keep every channel."""
+    else from ``keep_ratio`` with ``layer_keep`` overrides. Frozen groups keep every channel; ``round_to``
+    keeps thinned widths multiples of it."""
     frozen = list(frozen)
     if macs_budget is not None or params_budget is not None:
         if cost is None:
             raise PrunekitError("a MACs / params budget needs a cost model of the network")
         kind, frac = ("macs", macs_budget) if macs_budget is not None else ("params", params_budget)
-        return solve_keep(cost, frac, kind, tol=tol, min_keep=min_keep, frozen=frozen)
+        return solve_keep(cost, frac, kind, tol=tol, min_keep=min_keep, frozen=frozen, round_to=round_to)
     if keep_ratio is None:
         raise PrunekitError("give keep_ratio, macs_budget or params_budget")
-    keep = keep_from_ratio(groups, keep_ratio, layer_keep, min_keep=min_keep)
+    keep = keep_from_ratio(groups, keep_ratio, layer_keep, min_keep=min_keep, round_to=round_to)
     for i in frozen:
         keep[i] = groups[i].size
     return keep

@@ -15,7 +15,7 @@ Where we follow the paper and where we chose:
 * **How many** -- the paper picks per-layer ratios from a sensitivity analysis; here ``keep_ratio``
   (``floor(ratio * width)``, per-layer overrides in ``layer_keep``) or a global ``macs_budget`` /
   ``params_budget`` solved for per-layer counts (:mod:`prunekit.methods.budget`), so the comparison with
-  SGHT is at matched MACs.
+  SGHT is at matched MACs; ``round_to`` keeps the widths multiples of 8 / 16 for fast kernels.
 * **Schedule** -- the paper fine-tunes a fully trained network (40 epochs at lr 0.001 on CIFAR). For "same
   total epochs" comparisons, :meth:`stages` splits the budget: ``dense_fraction`` of the epochs train the
   dense net, the rest fine-tune the compact one (``finetune_lr``; ``None`` keeps the run's learning rate
@@ -57,6 +57,7 @@ class FilterBudgetConfig(MethodConfig):
     params_budget: float | None = None
     budget_tol: float = 0.01
     min_keep: int = 1
+    round_to: int = 1  # keep thinned widths multiples of this (8 / 16 suit GPU kernels); 1 = any width
     norm: str = "l1"
     include_linear: bool = True
     coupled: bool = False
@@ -66,8 +67,10 @@ class FilterBudgetConfig(MethodConfig):
                                         self.params_budget, self.budget_tol)
         if self.norm not in NORMS:
             raise PrunekitError(f"method {name!r}: norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, int) or self.min_keep < 1:
-            raise PrunekitError(f"method {name!r}: min_keep must be an integer >= 1, got {self.min_keep!r}")
+        for key in ("min_keep", "round_to"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PrunekitError(f"method {name!r}: {key} must be an integer >= 1, got {v!r}")
         for key in ("include_linear", "coupled"):
             if not isinstance(getattr(self, key), bool):
                 raise PrunekitError(f"method {name!r}: {key} must be true or false, got {getattr(self, key)!r}")
@@ -127,7 +130,7 @@ class OneShotFilterPruning(PruningMethod):
         cost = _budget.CostModel.build(model, example_inputs, groups) if budgeted else None
         keep = _budget.resolve_keep(groups, cost, keep_ratio=c.keep_ratio, layer_keep=c.layer_keep,
                                     macs_budget=c.macs_budget, params_budget=c.params_budget, tol=c.budget_tol,
-                                    min_keep=c.min_keep)
+                                    min_keep=c.min_keep, round_to=c.round_to)
         return groups, keep
 
     def channel_scores(self, h: Any) -> torch.Tensor:

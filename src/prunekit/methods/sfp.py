@@ -95,7 +95,7 @@ class SoftFilterPruning(PruningMethod):
         cost = _budget.CostModel.build(model, example_inputs, self.groups) if budgeted else None
         self.keep = _budget.resolve_keep(self.groups, cost, keep_ratio=c.keep_ratio, layer_keep=c.layer_keep,
                                          macs_budget=c.macs_budget, params_budget=c.params_budget,
-                                         tol=c.budget_tol, min_keep=c.min_keep)
+                                         tol=c.budget_tol, min_keep=c.min_keep, round_to=c.round_to)
         self.threshold = FilterThreshold(model, self.groups, self.keep, norm=c.norm, zero_shift=c.zero_shift)
         self._model = model
         return self.threshold

@@ -31,7 +31,8 @@ Where we follow the paper, where the authors' code (favorxin/AHSG-HT-pruning-wit
   the other way and may keep one extra, already-zero filter). Ours: floor, at least ``min_keep``; or a
   per-group ``k`` solved from a global MACs / params budget (:mod:`prunekit.methods.budget`, within 1%).
   ``ramp_epochs`` optionally lowers ``k`` linearly from full width; the paper (default) uses the target
-  from the first step.
+  from the first step. Ours, not the paper's: ``round_to`` (e.g. 8) keeps every thinned ``k`` a multiple of
+  it, widths that GPU kernels and vector units run at full speed.
 * **BN** -- authors zero the BN bias (shift) of a zeroed filter and keep its scale; so do we
   (``zero_bn_scale`` also zeroes the scale; ``zero_shift=False`` leaves BN and biases alone during
   training, and the final removal then zeroes the shift first, which changes the function). We also zero the channel's
@@ -374,6 +375,7 @@ class SGHTConfig(MethodConfig):
     params_budget: float | None = None  # ... or of the dense parameters
     budget_tol: float = 0.01
     min_keep: int = 1
+    round_to: int = 1  # keep thinned widths multiples of this (8 / 16 suit GPU kernels); 1 = any width
     norm: str = "l2"                  # filter score
     nu: float = 0.1                   # heavy-ball weight (paper: 0.1)
     hybrid_batch: bool = True         # batch size min(batch_start + batch_step * i, batch_max) in an epoch
@@ -398,7 +400,7 @@ class SGHTConfig(MethodConfig):
         if isinstance(self.nu, bool) or not isinstance(self.nu, int | float) or not 0 <= self.nu < 1:
             raise PrunekitError(f"method {name!r}: nu (heavy-ball weight) must be in [0, 1), got {self.nu!r}")
         for key, lo in (("batch_start", 1), ("batch_step", 0), ("batch_max", 1), ("min_keep", 1),
-                        ("ramp_epochs", 0), ("finetune_epochs", 0)):
+                        ("round_to", 1), ("ramp_epochs", 0), ("finetune_epochs", 0)):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise PrunekitError(f"method {name!r}: {key} must be an integer >= {lo}, got {v!r}")
@@ -484,7 +486,7 @@ class SGHT(PruningMethod):
         self.cost = _budget.CostModel.build(model, example_inputs, self.groups) if budgeted else None
         self.target_keep = _budget.resolve_keep(
             self.groups, self.cost, keep_ratio=c.keep_ratio, layer_keep=c.layer_keep, macs_budget=c.macs_budget,
-            params_budget=c.params_budget, tol=c.budget_tol, min_keep=c.min_keep)
+            params_budget=c.params_budget, tol=c.budget_tol, min_keep=c.min_keep, round_to=c.round_to)
         self.threshold = FilterThreshold(model, self.groups, self.target_keep, norm=c.norm,
                                          zero_shift=c.zero_shift, zero_bn_scale=c.zero_bn_scale)
         self._model = model
