@@ -414,6 +414,23 @@ def resolve_keep(groups: Sequence[Any], cost: CostModel | None, *, keep_ratio: f
     return keep
 
 
+def groups_and_keep(model: nn.Module, example_inputs: Any, config: Any, who: str
+                    ) -> tuple[list[Any], CostModel | None, list[int]]:
+    """The filter groups of ``model`` and the keep count of each, from a filter-budget method's ``config``
+    (``include_linear``, ``coupled``, ``keep_ratio`` / ``layer_keep`` or ``macs_budget`` / ``params_budget``,
+    ``budget_tol``, ``min_keep``, ``round_to``); also the cost model when a budget needed one."""
+    c = config
+    groups = filter_groups(model, example_inputs, include_linear=c.include_linear, coupled=c.coupled)
+    if not groups:
+        raise PrunekitError(f"{who}: the model has no prunable filter groups (conv / hidden linear layers)")
+    budgeted = c.macs_budget is not None or c.params_budget is not None
+    cost = CostModel.build(model, example_inputs, groups) if budgeted else None
+    keep = resolve_keep(groups, cost, keep_ratio=c.keep_ratio, layer_keep=c.layer_keep, macs_budget=c.macs_budget,
+                        params_budget=c.params_budget, tol=c.budget_tol, min_keep=c.min_keep,
+                        round_to=getattr(c, "round_to", 1))
+    return groups, cost, keep
+
+
 def validate_budget_options(method: str, keep_ratio: float | None, layer_keep: Any, macs_budget: float | None,
                             params_budget: float | None, tol: float) -> None:
     """Shared option checks of the filter-pruning methods (one clear line per mistake)."""

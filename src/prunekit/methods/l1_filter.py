@@ -122,15 +122,7 @@ class OneShotFilterPruning(PruningMethod):
 
     # -- the one-shot prune -----------------------------------------------------------------------
     def _groups_and_keep(self, model: nn.Module, example_inputs: Any) -> tuple[list[Any], list[int]]:
-        c = self.config
-        groups = _budget.filter_groups(model, example_inputs, include_linear=c.include_linear, coupled=c.coupled)
-        if not groups:
-            raise PrunekitError(f"{self.name}: the model has no prunable filter groups")
-        budgeted = c.macs_budget is not None or c.params_budget is not None
-        cost = _budget.CostModel.build(model, example_inputs, groups) if budgeted else None
-        keep = _budget.resolve_keep(groups, cost, keep_ratio=c.keep_ratio, layer_keep=c.layer_keep,
-                                    macs_budget=c.macs_budget, params_budget=c.params_budget, tol=c.budget_tol,
-                                    min_keep=c.min_keep, round_to=c.round_to)
+        groups, _, keep = _budget.groups_and_keep(model, example_inputs, self.config, self.name)
         return groups, keep
 
     def channel_scores(self, h: Any) -> torch.Tensor:

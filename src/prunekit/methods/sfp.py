@@ -87,15 +87,7 @@ class SoftFilterPruning(PruningMethod):
 
         c = self.config
         self._example = example_inputs
-        self.groups = _budget.filter_groups(model, example_inputs, include_linear=c.include_linear,
-                                            coupled=c.coupled)
-        if not self.groups:
-            raise PrunekitError("sfp: the model has no prunable filter groups")
-        budgeted = c.macs_budget is not None or c.params_budget is not None
-        cost = _budget.CostModel.build(model, example_inputs, self.groups) if budgeted else None
-        self.keep = _budget.resolve_keep(self.groups, cost, keep_ratio=c.keep_ratio, layer_keep=c.layer_keep,
-                                         macs_budget=c.macs_budget, params_budget=c.params_budget,
-                                         tol=c.budget_tol, min_keep=c.min_keep, round_to=c.round_to)
+        self.groups, _, self.keep = _budget.groups_and_keep(model, example_inputs, c, "sfp")
         self.threshold = FilterThreshold(model, self.groups, self.keep, norm=c.norm, zero_shift=c.zero_shift)
         self._model = model
         return self.threshold

@@ -478,15 +478,7 @@ class SGHT(PruningMethod):
         """Find the filter groups of ``model``, solve ``k`` per group and build ``H_k`` for it."""
         c = self.config
         self._example = example_inputs
-        self.groups = _budget.filter_groups(model, example_inputs, include_linear=c.include_linear,
-                                            coupled=c.coupled)
-        if not self.groups:
-            raise PrunekitError("SGHT: the model has no prunable filter groups (conv / hidden linear layers)")
-        budgeted = c.macs_budget is not None or c.params_budget is not None
-        self.cost = _budget.CostModel.build(model, example_inputs, self.groups) if budgeted else None
-        self.target_keep = _budget.resolve_keep(
-            self.groups, self.cost, keep_ratio=c.keep_ratio, layer_keep=c.layer_keep, macs_budget=c.macs_budget,
-            params_budget=c.params_budget, tol=c.budget_tol, min_keep=c.min_keep, round_to=c.round_to)
+        self.groups, self.cost, self.target_keep = _budget.groups_and_keep(model, example_inputs, c, "SGHT")
         self.threshold = FilterThreshold(model, self.groups, self.target_keep, norm=c.norm,
                                          zero_shift=c.zero_shift, zero_bn_scale=c.zero_bn_scale)
         self._model = model
