@@ -40,6 +40,7 @@ from prunekit.engine.callbacks import Callback
 from prunekit.engine.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.engine.stages import Stage, lr_factor
 from prunekit.errors import PrunekitError
+from prunekit.metrics.evaluation import topk_correct
 
 
 @dataclass
@@ -104,11 +105,7 @@ def evaluate(model: nn.Module, dataset: pdata.Dataset, *, batch_size: int = 512,
         out = out.float()
         sums[0] += F.cross_entropy(out, y, reduction="sum")
         sums[1] += y.numel()
-        maxk = min(max(topk), out.shape[1])
-        pred = out.topk(maxk, dim=1).indices
-        hit = pred.eq(y[:, None])
-        for i, k in enumerate(topk):
-            sums[2 + i] += hit[:, : min(k, maxk)].any(dim=1).sum()
+        sums[2:] += topk_correct(out, y, topk)
     if world_size > 1:
         pdist.all_reduce_sum(sums)
     model.train(was_training)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,14 @@ def latency(model: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...], *,
     }
 
 
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, topk: Sequence[int]) -> torch.Tensor:
+    """For each k, how many rows of ``logits`` rank their label among the k highest (a tensor, on the device;
+    a k above the number of classes counts every row). Shared by :func:`accuracy` and the engine."""
+    kmax = min(max(topk), logits.shape[1])
+    hits = logits.topk(kmax, dim=1).indices == labels[:, None]
+    return torch.stack([hits[:, :min(k, kmax)].any(dim=1).sum() for k in topk])
+
+
 def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              topk: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Top-k accuracy (fractions in [0, 1]) over ``(inputs, labels)`` batches, in eval mode without grad.
@@ -86,10 +94,8 @@ def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
             if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
                 raise PrunekitError(f"accuracy: model output has shape {tuple(logits.shape)} for "
                                     f"{y.shape[0]} labels; expected (batch, classes)")
-            kmax = min(max(topk), logits.shape[1])
-            hits = logits.topk(kmax, dim=1).indices == y[:, None]
-            for k in topk:
-                correct[k] += int(hits[:, :min(k, kmax)].any(dim=1).sum().item())
+            for k, c in zip(topk, topk_correct(logits, y, topk).tolist(), strict=True):
+                correct[k] += int(c)
             n += y.shape[0]
     if n == 0:
         raise PrunekitError("accuracy: the data gave no samples; check the dataset split")
