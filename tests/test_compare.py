@@ -87,6 +87,7 @@ def test_plan_gives_every_row_the_same_total_budget_and_maps_targets(tmp_path):
     ({"base": {**BASE, "method": {"name": "sght"}}}, "must not set a method"),
     ({"methods": {"sght": {"keep_ratio": 2.0}}}, "keep_ratio"),
     ({"typo_key": 1}, "unknown key"),
+    ({"targets": [{"params": 0.2}], "methods": {"slimming": {}}}, "runs at macs targets only"),
 ])
 def test_bad_configs_are_rejected_before_training(tmp_path, bad, needle):
     with pytest.raises(PrunekitError, match=None) as err:

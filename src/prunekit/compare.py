@@ -338,6 +338,10 @@ def plan(cfg: dict[str, Any], dense_model: Callable[[int], nn.Module] | None = N
                     points.append((f"{name}[{label}]", dict(zip(keys, values, strict=True)), None, None))
             if not points and not supported:
                 points.append((name, {}, None, None))  # its own settings
+            if not points:
+                raise PrunekitError(f"compare config: methods.{name} runs at {' or '.join(sorted(supported))} "
+                                    "targets only and none of the targets (or of its kinds) is one; add such a "
+                                    "target or a sweep")
             for label, extra, kind, frac in points:
                 total = budget if start == "dense" else dense_epochs + budget
                 options = {**_default_options(name, start, total), **opts, **extra}
