@@ -199,11 +199,12 @@ def test_smoke_flag_shrinks_a_grid(tmp_path, capsys):
     src = json.loads(json.dumps(BASE))
     src["train"].pop("max_steps_per_epoch")
     cfg_path = _write(tmp_path, base=src, dense_epochs=30, budget_epochs=40, methods={"dense": {}, "sght": {}},
-                      targets=[{"macs": 0.5}], latency=False)
+                      targets=[{"macs": 0.5}], latency=False, seeds=[3, 4, 5])
     out = tmp_path / "smoke"
     assert main(["compare", str(cfg_path), "--out", str(out), "--smoke"]) == 0
     rows = compare.read_results(out)
     assert {r["train_epochs"] for r in rows} == {7}  # 1 dense + min(budget, 6)
+    assert {r["seed"] for r in rows} == {3}  # the first seed only
     saved = yaml.safe_load((out / "compare.yaml").read_text())
     assert saved["base"]["train"]["max_steps_per_epoch"] == 2
     shutil.rmtree(out)
