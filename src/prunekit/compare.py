@@ -403,6 +403,7 @@ def run(cfg: dict[str, Any], *, out: str | os.PathLike | None = None, only: Sequ
         b.setdefault("train", {}).update({"max_steps_per_epoch": 2, "eval_every": 1000})
         cfg["dense_epochs"], cfg["budget_epochs"] = 1, min(cfg["budget_epochs"], 6)
         cfg["latency_rounds"] = min(cfg["latency_rounds"], 2)
+        cfg["latency_batch"] = min(cfg["latency_batch"], 8)
         cfg["seeds"] = cfg["seeds"][:1]
     out_dir = Path(cfg["out"])
     main = distributed.is_main()  # under torchrun every rank trains; rank 0 writes and measures
