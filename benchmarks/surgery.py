@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['macs_dense'] / 1e6:>7.1f}->{r['macs_pruned'] / 1e6:<7.1f} {r['macs_reduction']:>7.2f}x "
                   f"{r['latency_dense_ms']:>10.1f}/{r['latency_pruned_ms']:<10.1f} {r['speedup']:>7.2f}x "
                   f"{r['speedup_over_macs_reduction']:>9.2f} {r['surgery_s']:>9.2f}")
-        print("\nDeployed form (BN folded into convs by prunekit.surgery.fold_batchnorm, channels_last), dense and pruned alike:")
+        print("\nDeployed form (BN folded into convs by prunekit.surgery.fold_batchnorm, channels_last), "
+              "dense and pruned alike:")
         print(f"{'model':10} {'lat. dense/pruned ms':>21} {'speed-up':>8} {'sp/MACred':>9}")
         for r in rows:
             print(f"{r['model']:10} {r['deployed_latency_dense_ms']:>10.1f}/{r['deployed_latency_pruned_ms']:<10.1f} "

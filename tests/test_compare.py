@@ -227,3 +227,14 @@ def test_compare_runs_unchanged_under_torchrun(tmp_path):
     rows = {r["label"]: r for r in compare.read_results(out)}
     assert set(rows) == {"dense", "sght@macs=0.4"}
     assert rows["sght@macs=0.4"]["macs_frac"] == pytest.approx(0.4, rel=0.05)
+
+
+def test_a_sweep_multiplies_the_target_points(tmp_path):
+    cfg = compare.load(_write(tmp_path, dense_epochs=2, budget_epochs=4, targets=[{"macs": 0.4}, {"params": 0.2}],
+                              methods={"sght": {"kinds": ["macs"], "sweep": {"ramp_epochs": [0, 2]}}}))
+    rows = compare.plan(cfg, dense_model=lambda seed: _dense_lenet())
+    got = {r.label: r.cfg["method"] for r in rows}
+    assert set(got) == {"sght@macs=0.4[ramp_epochs=0]", "sght@macs=0.4[ramp_epochs=2]"}
+    assert got["sght@macs=0.4[ramp_epochs=2]"]["ramp_epochs"] == 2
+    assert all(m["macs_budget"] == 0.4 for m in got.values())
+    assert len({r.dir for r in rows}) == 2

@@ -35,7 +35,7 @@ Config schema (YAML; unknown keys are rejected)::
     methods:                      # name: the method's own options, plus these reserved keys:
       dense: {}
       sght: {}                    #   kinds: [macs]       which target kinds to run (default: all it supports)
-      sss: {sweep: {gamma_channel: [0.01, 0.03]}}   # a method without a target knob: one row per value
+      sss: {sweep: {gamma_channel: [0.01, 0.03]}}   # one row per value (per target, for a method with a knob)
       trimming: {start: dense}    #   start: auto | dense | scratch
     latency: true
     latency_batch: 64
@@ -331,13 +331,14 @@ def plan(cfg: dict[str, Any], dense_model: Callable[[int], nn.Module] | None = N
                     option, fn = supported[kind]
                     value = fn(float(frac), ref(), opts) if option == "keep" else float(frac)
                     points.append((f"{name}@{kind}={frac:g}", {option: value}, kind, float(frac)))
-            if sweep:
-                keys = list(sweep)
-                for values in itertools.product(*(sweep[k] for k in keys)):
-                    label = ",".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
-                    points.append((f"{name}[{label}]", dict(zip(keys, values, strict=True)), None, None))
             if not points and not supported:
                 points.append((name, {}, None, None))  # its own settings
+            if sweep:  # every point once per combination of the swept options
+                keys = list(sweep)
+                combos = [dict(zip(keys, values, strict=True))
+                          for values in itertools.product(*(sweep[k] for k in keys))]
+                points = [(f"{label}[{','.join(f'{k}={v}' for k, v in combo.items())}]", {**extra, **combo}, kind,
+                           frac) for label, extra, kind, frac in points for combo in combos]
             if not points:
                 raise PrunekitError(f"compare config: methods.{name} runs at {' or '.join(sorted(supported))} "
                                     "targets only and none of the targets (or of its kinds) is one; add such a "
