@@ -457,17 +457,23 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
         return load_sparse(path, model=model, device=device)
     if doc.get("format") != FORMAT:
         raise PrunekitError(f"{path}: not a prunekit model file (format {doc.get('format')!r}, want {FORMAT})")
-    arch = doc.get("architecture")
+    return model_from_state(tensors, doc.get("architecture"), str(path), model=model, device=device)
+
+
+def model_from_state(tensors: dict[str, torch.Tensor], arch: Any, where: str, model: nn.Module | None = None,
+                     device: str | torch.device = "cpu") -> nn.Module:
+    """The network a file describes: rebuilt from its architecture record, or ``model`` (a user's network,
+    given the record's pruned shapes first) with the weights loaded. Shared by dense and sparse files."""
     if model is None:
         if arch is None:
-            raise PrunekitError(f"{path}: holds no architecture (not a zoo model); pass model= to load into")
+            raise PrunekitError(f"{where}: holds no architecture (not a zoo model); pass model= to load into")
         model = build_from_architecture(arch, device="meta")
-        load_state(model, tensors, str(path), assign=True)
+        load_state(model, tensors, where, assign=True)
         model._prunekit_factory = arch["factory"]
     else:
         if isinstance(arch, dict) and arch.get("factory") is None and "factory" in arch:
             model = build_from_architecture(arch, device="cpu", base=model)  # the user's network, pruned shapes
-        load_state(model, tensors, str(path))
+        load_state(model, tensors, where)
     return model.to(device).eval()
 
 

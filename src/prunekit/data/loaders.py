@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,6 +116,21 @@ def _not_found(name: str, split: str, dirs: list[Path], wanted: str) -> Prunekit
         f"dataset {name!r} ({split}) not found: looked for {wanted} in {looked}; {how}put the files in "
         f"one of those folders (or pass root= / set PRUNEKIT_DATA)"
     )
+
+
+def _locate(name: str, split: str, root: str | os.PathLike | None, download: bool, mirror: str | None,
+            probe: Callable[[Path], Any], wanted: str) -> Any:
+    """The first search folder where ``probe`` finds the files; else download the release (when asked) and
+    probe its folder; else one clear error naming every folder looked in."""
+    dirs = search_dirs(name, root)
+    found = next((f for d in dirs if (f := probe(d)) is not None), None)
+    if found is None and download:
+        dest = download_dir(name, root)
+        download_release(name, dest, mirror)
+        found = probe(dest)
+    if found is None:
+        raise _not_found(name, split, dirs, wanted)
+    return found
 
 
 def _first(folder: Path, candidates: list[str]) -> Path | None:
@@ -263,16 +279,9 @@ def _idx_loader(name: str, classes: list[str]) -> Callable[..., Dataset]:
         cache_dir: str | os.PathLike | None,
         mirror: str | None = None,
     ) -> Dataset:
-        dirs = search_dirs(name, root)
-        found = next((f for d in dirs if (f := _idx_files(d, split)) is not None), None)
-        if found is None and download:
-            dest = download_dir(name, root)
-            download_release(name, dest, mirror)
-            found = _idx_files(dest, split)
-        if found is None:
-            p = IDX_NAMES[split]
-            raise _not_found(name, split, dirs, f"{p}-images-idx3-ubyte[.gz] and {p}-labels-idx1-ubyte[.gz]")
-        images, labels = found
+        p = IDX_NAMES[split]
+        images, labels = _locate(name, split, root, download, mirror, lambda d: _idx_files(d, split),
+                                 f"{p}-images-idx3-ubyte[.gz] and {p}-labels-idx1-ubyte[.gz]")
         arrays = _cache.cached_arrays(
             f"{name}-{split}",
             [images, labels],
@@ -312,20 +321,8 @@ def _load_cifar10(
     cache_dir: str | os.PathLike | None,
     mirror: str | None = None,
 ) -> Dataset:
-    dirs = search_dirs("cifar10", root)
-    source = next((s for d in dirs if (s := _cifar10_source(d)) is not None), None)
-    if source is None and download:
-        dest = download_dir("cifar10", root)
-        download_release("cifar10", dest, mirror)
-        source = _cifar10_source(dest)
-    if source is None:
-        raise _not_found(
-            "cifar10",
-            split,
-            dirs,
-            "cifar-10-batches-bin/, an image folder train/<class>/ or cifar10-jpg.tar.xz",
-        )
-    kind, path = source
+    kind, path = _locate("cifar10", split, root, download, mirror, _cifar10_source,
+                         "cifar-10-batches-bin/, an image folder train/<class>/ or cifar10-jpg.tar.xz")
     if kind == "bin":
         files = (
             [path / f"data_batch_{i}.bin" for i in range(1, 6)]
@@ -390,14 +387,8 @@ def _load_cifar100(
     cache_dir: str | os.PathLike | None,
     mirror: str | None = None,
 ) -> Dataset:
-    dirs = search_dirs("cifar100", root)
-    path = next((s for d in dirs if (s := _cifar100_source(d)) is not None), None)
-    if path is None and download:
-        dest = download_dir("cifar100", root)
-        download_release("cifar100", dest, mirror)
-        path = _cifar100_source(dest)
-    if path is None:
-        raise _not_found("cifar100", split, dirs, "cifar-100-binary/train.bin and test.bin")
+    path = _locate("cifar100", split, root, download, mirror, _cifar100_source,
+                   "cifar-100-binary/train.bin and test.bin")
     file = path / f"{split}.bin"
     if not file.is_file():
         raise PrunekitError(f"{file}: missing from the CIFAR-100 binary release; re-download it")

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.io import architecture, build_from_architecture, load_state, read_safetensors, write_safetensors
+from prunekit.io import architecture, model_from_state, read_safetensors, write_safetensors
 
 FORMAT = "prunekit-sparse/1"
 
@@ -241,13 +241,4 @@ def load_sparse(path: str | os.PathLike, model: nn.Module | None = None, device:
     ``max_expand`` bounds decoded bytes / stored bytes (a forged header cannot make us allocate more).
     """
     state, doc = decode_file(path, max_expand=max_expand)
-    if model is None:
-        arch = doc.get("architecture")
-        if arch is None:
-            raise PrunekitError(f"{path}: holds no architecture (not a zoo model); pass model= to load into")
-        model = build_from_architecture(arch, device="meta")
-        load_state(model, state, str(path), assign=True)
-        model._prunekit_factory = arch["factory"]
-    else:
-        load_state(model, state, str(path))
-    return model.to(device).eval()
+    return model_from_state(state, doc.get("architecture"), str(path), model=model, device=device)
