@@ -215,7 +215,7 @@ def run_peer(cfg: dict[str, Any], make, targets: list[tuple[str, float]], finetu
         meth = make(min(1.0, macs / base_macs))
         if hasattr(meth, "prepare"):
             meth.prepare(m)
-        m = meth.prune(m, example)
+        m = meth.prune(m, example).model
         before_ft = _figures(m, test, example)["top1"]
         if finetune:
             ft = Trainer(m, train, test, optim=optim, config=_trainer_cfg(cfg))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
 
 # name -> "module:Class". The four papers first, then the peers they are compared with.
 _BUILTIN: dict[str, str] = {
@@ -61,4 +61,4 @@ def get(name: str) -> type[PruningMethod]:
     return getattr(mod, cls)
 
 
-__all__ = ["FinalizeResult", "MethodConfig", "PruningMethod", "get", "names", "register", "register_builtin"]
+__all__ = ["FinalizeResult", "MethodConfig", "PruningMethod", "TrainingLoop", "get", "names", "register", "register_builtin"]

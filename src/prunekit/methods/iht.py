@@ -60,7 +60,7 @@ import dataclasses
 import fnmatch
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -70,7 +70,7 @@ from torch import nn
 from prunekit.engine.distributed import check_same
 from prunekit.engine.stages import SCHEDULES, Stage
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
 from prunekit.surgery import MaskSet
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -254,10 +254,10 @@ class PhasedHardThresholding(PruningMethod):
     name: ClassVar[str] = "phased-hard-thresholding"
     Config: ClassVar[type[MethodConfig]] = SparsityConfig
     ends_sparse: ClassVar[bool] = True
+    budget_knobs: ClassVar[Mapping[str, str]] = {"params": "keep"}
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
-        self.config.validate()  # also when a ready Config object was passed
         self.keep = self.config.resolved_keep()
         self.maskset: MaskSet | None = None  # phase I: the kept weights (surgery.MaskSet); None in phase II
         self._pending: dict[str, torch.Tensor] | None = None  # masks from a checkpoint, bound to the next model
@@ -265,6 +265,25 @@ class PhasedHardThresholding(PruningMethod):
         self.plan: list[Stage] | None = None  # the last stages() answer (drives a user's own loop)
         self._model_id: int | None = None
         self._factors: list[tuple[nn.Module, torch.Tensor]] = []  # (layer, mask as 1.0/0.0): the per-step path
+
+    @classmethod
+    def target_options(cls, kind: str, fraction: float, model: nn.Module, options: Mapping[str, Any]
+                       ) -> dict[str, Any]:
+        """The ``keep`` at which the non-zero parameters are ``fraction`` of all of ``model``'s.
+
+        Only the thresholded layers' weights can become zero; biases, BN and excluded layers stay dense, so
+        the per-layer keep must be lower than the target fraction of all parameters.
+        """
+        super().target_options(kind, fraction, model, options)  # refuses a kind without a knob
+        layers = prunable_layers(model, options.get("layers"), options.get("exclude") or [])
+        prunable = sum(m.weight.numel() for m in layers.values())
+        total = sum(p.numel() for p in model.parameters())
+        keep = (fraction * total - (total - prunable)) / prunable
+        if not 0 < keep <= 1:
+            raise PrunekitError(f"target params={fraction}: unreachable by unstructured pruning of this model (the "
+                                f"layers that cannot be thresholded already hold {(total - prunable) / total:.1%} "
+                                "of the parameters)")
+        return {"keep": round(keep, 6)}
 
     @property
     def masks(self) -> dict[str, torch.Tensor] | None:
@@ -326,10 +345,10 @@ class PhasedHardThresholding(PruningMethod):
                 self._factors[i] = (m, f)
             yield w, f
 
-    def _enter(self, trainer: Any, stage: Stage, index: int) -> None:
+    def _enter(self, trainer: TrainingLoop, stage: Stage, index: int) -> None:
         self.phase = index
-        model = getattr(trainer, "raw_model", trainer.model)
-        optimizers = list(getattr(trainer, "optimizers", []) or [])
+        model = trainer.raw_model
+        optimizers = list(trainer.optimizers)
         if stage.reset_optimizer and self.config.reset_momentum:
             for opt in optimizers:  # no-op after the Trainer rebuilt them; the reset in a user's loop
                 opt.state.clear()
@@ -341,17 +360,17 @@ class PhasedHardThresholding(PruningMethod):
             self.release()
 
     # -- callback hooks ---------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Any) -> None:
-        self.layers_of(getattr(trainer, "raw_model", trainer.model))  # fail early on bad layer names
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
+        self.layers_of(trainer.raw_model)  # fail early on bad layer names
 
-    def on_model_changed(self, trainer: Any) -> None:
-        self._bind(getattr(trainer, "raw_model", trainer.model))
+    def on_model_changed(self, trainer: TrainingLoop) -> None:
+        self._bind(trainer.raw_model)
 
-    def on_stage_start(self, trainer: Any, stage: Stage) -> None:
-        self._enter(trainer, stage, int(getattr(trainer, "stage_index", self.phase + 1)))
+    def on_stage_start(self, trainer: TrainingLoop, stage: Stage) -> None:
+        self._enter(trainer, stage, trainer.stage_index)
 
-    def on_epoch_start(self, trainer: Any) -> None:
-        if getattr(trainer, "stage", None) is not None:
+    def on_epoch_start(self, trainer: TrainingLoop) -> None:
+        if trainer.stage is not None:
             return  # the Trainer (or the user) drives the phases through on_stage_start
         if self.plan is None:
             raise PrunekitError(f"{self.name}: call method.stages(epochs) once before training in your own "
@@ -360,22 +379,22 @@ class PhasedHardThresholding(PruningMethod):
         if index != self.phase:
             self._enter(trainer, stage, index)
 
-    def on_before_optimizer_step(self, trainer: Any) -> None:
+    def on_before_optimizer_step(self, trainer: TrainingLoop) -> None:
         if self._active(trainer):  # frozen weights get no gradient: momentum and decay see exactly 0
             for w, f in self._each():
                 if w.grad is not None:
                     w.grad.mul_(f)
 
     @torch.no_grad()
-    def on_after_optimizer_step(self, trainer: Any) -> None:
+    def on_after_optimizer_step(self, trainer: TrainingLoop) -> None:
         if self._active(trainer):  # and whatever the optimizer did, they are 0 after the step
             for w, f in self._each():
                 w.mul_(f)
 
-    def _active(self, trainer: Any) -> bool:
+    def _active(self, trainer: TrainingLoop) -> bool:
         if self.maskset is None and self._pending is None:
             return False
-        model = getattr(trainer, "raw_model", trainer.model)
+        model = trainer.raw_model
         if self._model_id != id(model):
             self._bind(model)
         return True
@@ -491,6 +510,7 @@ class IHT(PhasedHardThresholding):
     name: ClassVar[str] = "iht"
     Config: ClassVar[type[MethodConfig]] = IHTConfig
     ends_sparse: ClassVar[bool] = True
+    from_trained_options: ClassVar[Mapping[str, Any]] = {"warmup_epochs": 0}
 
     def phase_lengths(self, epochs: int) -> dict[str, int]:
         """Epochs of warm-up, s2, s1 and the final phase I for a budget of ``epochs``.

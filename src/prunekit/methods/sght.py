@@ -61,9 +61,9 @@ once, and foreach multiplications apply the masks; there is no Python loop over 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -72,7 +72,7 @@ from prunekit.engine.distributed import check_same
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods import budget as _budget
-from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
 
 NORMS = ("l2", "l1")
 
@@ -359,11 +359,6 @@ def remove_zero_filters(model: nn.Module, example_inputs: Any, layers: Iterable[
 
 
 # --------------------------------------------------------------------------------------------- method
-def _raw(trainer: Any) -> nn.Module:
-    """The trainer's model without a DDP wrapper (a Trainer, a LoopState or anything with ``model``)."""
-    model = trainer.raw_model if hasattr(trainer, "raw_model") else trainer.model
-    return getattr(model, "module", model)
-
 
 @dataclass
 class SGHTConfig(MethodConfig):
@@ -428,7 +423,8 @@ class SGHT(PruningMethod):
     """
 
     name = "sght"
-    from_scratch = True  # AHSG-HT trains from a random init; no pre-trained dense model
+    starts_from_scratch = True  # AHSG-HT trains from a random init; no pre-trained dense model
+    budget_knobs: ClassVar[Mapping[str, str]] = {"macs": "macs_budget", "params": "params_budget"}
     Config = SGHTConfig
     config: SGHTConfig
 
@@ -457,17 +453,17 @@ class SGHT(PruningMethod):
             st.append(Stage("finetune", ft, kind="finetune", lr=self.config.finetune_lr))
         return st
 
-    def batch_size_schedule(self, trainer: Any) -> HybridBatchSchedule | None:
+    def batch_size_schedule(self, trainer: TrainingLoop) -> HybridBatchSchedule | None:
         c = self.config
         if not c.hybrid_batch or self.phase != "sght":
             return None
         return HybridBatchSchedule(c.batch_start, c.batch_step, c.batch_max)
 
-    def configure_optimizers(self, trainer: Any, lr: float) -> list[torch.optim.Optimizer] | None:
+    def configure_optimizers(self, trainer: TrainingLoop, lr: float) -> list[torch.optim.Optimizer] | None:
         """AHSG-HT's step during the thresholding stage; the engine's SGD during fine-tuning."""
-        if self.phase != "sght" or not hasattr(trainer, "optim_cfg"):
+        if self.phase != "sght":
             return None
-        from prunekit.engine.trainer import split_decay
+        from prunekit.engine.stages import split_decay
 
         o = trainer.optim_cfg
         return [AHSGHT(split_decay(trainer.raw_model), lr=lr, momentum=o.momentum,
@@ -494,41 +490,41 @@ class SGHT(PruningMethod):
         return [max(k, round(g.size - (g.size - k) * f)) for g, k in
                 zip(self.groups, self.target_keep, strict=True)]
 
-    def _ensure(self, trainer: Any) -> FilterThreshold:
-        model = _raw(trainer)
+    def _ensure(self, trainer: TrainingLoop) -> FilterThreshold:
+        model = trainer.raw_model
         if self.threshold is None or self._model is not model:
-            example = getattr(trainer, "example_inputs", None)
+            example = trainer.example_inputs
             example = example if example is not None else self._example
             if example is None:
                 raise PrunekitError("SGHT: no example inputs to analyse the model; call "
                                     "method.bind(model, example_inputs) before training in your own loop")
             self.bind(model, example)
         assert self.threshold is not None
-        epoch = int(getattr(trainer, "epoch", 0))
+        epoch = trainer.epoch
         if self._keep_epoch != epoch:
             self.threshold.set_keep(self.keep_at(epoch))
             self._keep_epoch = epoch
         return self.threshold
 
     # -- hooks ------------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Any) -> None:
-        if self.phase == "sght" and getattr(trainer, "example_inputs", None) is not None:
-            self.bind(_raw(trainer), trainer.example_inputs)
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
+        if self.phase == "sght" and trainer.example_inputs is not None:
+            self.bind(trainer.raw_model, trainer.example_inputs)
 
-    def on_model_changed(self, trainer: Any) -> None:
+    def on_model_changed(self, trainer: TrainingLoop) -> None:
         self.threshold, self._model = None, None  # rebuilt lazily for the new model object
 
-    def on_train_batch_start(self, trainer: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        if self._example is None and getattr(trainer, "example_inputs", None) is None:
+    def on_train_batch_start(self, trainer: TrainingLoop, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        if self._example is None and trainer.example_inputs is None:
             self._example = batch[0][:1].detach().clone()
 
-    def on_stage_start(self, trainer: Any, stage: Stage) -> None:
+    def on_stage_start(self, trainer: TrainingLoop, stage: Stage) -> None:
         if stage.kind == "finetune" and self.phase == "sght":
-            model = _raw(trainer)
+            model = trainer.raw_model
             h = self._ensure(trainer)
             h.set_keep(self.target_keep)
             check_same(h(()), "SGHT filter choices before removal")
-            example = getattr(trainer, "example_inputs", None)
+            example = trainer.example_inputs
             remove_zero_filters(model, example if example is not None else self._example,
                                 layers=[n for g in self.groups for n in g.layers])
             self.phase = "finetune"
@@ -537,7 +533,7 @@ class SGHT(PruningMethod):
         elif stage.kind == "sght":
             self.phase = "sght"
 
-    def on_after_optimizer_step(self, trainer: Any) -> None:
+    def on_after_optimizer_step(self, trainer: TrainingLoop) -> None:
         if self.phase != "sght":
             return
         h = self._ensure(trainer)
@@ -548,7 +544,7 @@ class SGHT(PruningMethod):
         self._last_mask = mask
         self.steps += 1
 
-    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
         if self.phase == "sght" and self._last_mask is not None:  # under DDP: the same k filters on every rank
             check_same(self._last_mask, "SGHT filter choices")
 

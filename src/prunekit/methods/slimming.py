@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.io import set_submodule
-from prunekit.methods.base import MethodConfig, PenaltyThenPrune
+from prunekit.methods.api import FinalizeResult, MethodConfig, TrainingLoop
+from prunekit.methods.base import PenaltyThenPrune
 from prunekit.methods.sss import _NORMS, ChannelScale, _layer_sites, factor_modules, fold_factors
 
 
@@ -106,7 +106,7 @@ class NetworkSlimming(PenaltyThenPrune):
     """Network Slimming as a plug-in (see the module docstring)."""
 
     name = "slimming"
-    from_scratch = True  # Liu et al. train with the sparsity penalty from scratch, then prune and fine-tune
+    starts_from_scratch = True  # Liu et al. train with the sparsity penalty from scratch, then prune and fine-tune
     Config = SlimmingConfig
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -122,19 +122,19 @@ class NetworkSlimming(PenaltyThenPrune):
 
     # -- training: the L1 sub-gradient -------------------------------------------------------------
     @torch.no_grad()
-    def on_before_optimizer_step(self, trainer: Any) -> None:
+    def on_before_optimizer_step(self, trainer: TrainingLoop) -> None:
         if not self.penalty_active(trainer):
             return
         s = self.config.sparsity
-        for m in getattr(trainer, "raw_model", trainer.model).modules():
+        for m in trainer.raw_model.modules():
             p = m.weight if isinstance(m, _NORMS) and m.affine else m.factor if isinstance(m, ChannelScale) \
                 else None
             if p is not None and p.grad is not None:
                 p.grad.add_(torch.sign(p), alpha=s)  # d/dgamma of s * |gamma|
 
     # -- pruning ----------------------------------------------------------------------------------------
-    def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
-        """Fold channel scales, remove the channels under the global threshold; in place, returns the model."""
+    def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
+        """Fold channel scales, remove the channels under the global threshold; in place, returns the result."""
         from prunekit import metrics
 
         model = getattr(model, "module", model)
@@ -169,7 +169,7 @@ class NetworkSlimming(PenaltyThenPrune):
                        "params": {"before": base.params, "after": after.params},
                        "macs": {"before": base.macs, "after": after.macs},
                        "width_per_layer": {k2: _width(model.get_submodule(k2)) for k2 in plan}}
-        return model
+        return FinalizeResult(model, report=dict(self.report))
 
     @staticmethod
     def _apply(model: nn.Module, k: int, example_inputs: torch.Tensor) -> dict[str, list[int]]:

@@ -59,7 +59,7 @@ from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.io import register_module, set_submodule
 from prunekit.methods.apg import APG
-from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
 
 # ---------------------------------------------------------------------------------------------------------
 # the scaling factors (the paper's lambda)
@@ -516,13 +516,13 @@ class SparseStructureSelection(PruningMethod):
 
         sss = SparseStructureSelection(gamma_block=0.01)
         model = sss.prepare(model)
-        sgd, apg = sss.configure_optimizers(LoopState(model), lr=0.1)  # momentum / wd: OptimConfig defaults
+        sgd, apg = sss.configure_optimizers(LoopState(model), lr=0.1)  # momentum / wd: LoopState.optim_cfg
         ... loss.backward(); sgd.step(); apg.step(); zero both ...
         result = sss.finalize(model, example_inputs)
     """
 
     name = "sss"
-    from_scratch = True  # the paper trains the factors jointly with the network from a random init
+    starts_from_scratch = True  # the paper trains the factors jointly with the network from a random init
     Config = SSSConfig
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -537,12 +537,10 @@ class SparseStructureSelection(PruningMethod):
     def stages(self, epochs: int) -> list[Stage]:
         return [Stage("sparse", epochs, kind="sparse")]
 
-    def configure_optimizers(self, trainer: Any, lr: float) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self, trainer: TrainingLoop, lr: float) -> list[torch.optim.Optimizer]:
         """[Nesterov SGD with weight decay over the weights, APG over the factors (one group per kind)]."""
-        from prunekit.engine.trainer import OptimConfig
-
-        model = getattr(trainer, "raw_model", trainer.model)
-        o = getattr(trainer, "optim_cfg", None) or OptimConfig()
+        model = trainer.raw_model
+        o = trainer.optim_cfg
         factors = factor_parameters(model)
         ids = {id(p) for ps in factors.values() for p in ps}
         if not ids:
@@ -564,8 +562,8 @@ class SparseStructureSelection(PruningMethod):
                              "zero": int(sum((p == 0).sum().item() for p in ps))}
         return out
 
-    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        model = getattr(trainer, "raw_model", trainer.model)
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
+        model = trainer.raw_model
         # under DDP the factors' gradients are all-reduced like the weights', so APG keeps them identical
         check_same([p for ps in factor_parameters(model).values() for p in ps], "SSS scaling factors")
         for kind, s in self.factor_summary(model).items():

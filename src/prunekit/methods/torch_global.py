@@ -25,7 +25,7 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodConfig
+from prunekit.methods.api import MethodConfig
 from prunekit.methods.magnitude import MagnitudeConfig, OneShotMagnitude
 from prunekit.surgery import MaskSet
 

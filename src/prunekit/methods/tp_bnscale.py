@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodConfig, PenaltyThenPrune
+from prunekit.methods.api import FinalizeResult, MethodConfig, TrainingLoop
+from prunekit.methods.base import PenaltyThenPrune
 
 
 @dataclass
@@ -113,19 +114,19 @@ class TPBNScale(PenaltyThenPrune):
             ignored_layers=output_layers(model, example_inputs))
 
     # -- training -------------------------------------------------------------------------------------
-    def on_model_changed(self, trainer: Any) -> None:
+    def on_model_changed(self, trainer: TrainingLoop) -> None:
         self._pruner = None
 
-    def on_train_batch_start(self, trainer: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def on_train_batch_start(self, trainer: TrainingLoop, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         if self._example is None:
             self._example = batch[0][:1].detach().clone()
 
-    def on_before_optimizer_step(self, trainer: Any) -> None:
+    def on_before_optimizer_step(self, trainer: TrainingLoop) -> None:
         if not self.penalty_active(trainer):
             return
-        model = getattr(trainer, "raw_model", trainer.model)
+        model = trainer.raw_model
         if self._pruner is None:
-            ex = getattr(trainer, "example_inputs", None)
+            ex = trainer.example_inputs
             ex = ex if ex is not None else self._example
             if ex is None:
                 raise PrunekitError("tp-bnscale: no example input to build the pruner; call "
@@ -134,8 +135,8 @@ class TPBNScale(PenaltyThenPrune):
         self._pruner.regularize(model)  # Torch-Pruning: grad(gamma) += reg * sign(gamma)
 
     # -- pruning --------------------------------------------------------------------------------------
-    def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
-        """Prune in place at ``pruning_ratio`` (or at the ratio meeting ``target_macs``); returns the model."""
+    def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
+        """Prune in place at ``pruning_ratio`` (or at the ratio meeting ``target_macs``); returns the result."""
         from prunekit import metrics
 
         model = getattr(model, "module", model)
@@ -172,7 +173,7 @@ class TPBNScale(PenaltyThenPrune):
         self.report = {"method": self.name, "pruning_ratio": ratio,
                        "params": {"before": base.params, "after": after.params},
                        "macs": {"before": base.macs, "after": after.macs}}
-        return model
+        return FinalizeResult(model, report=dict(self.report))
 
 
 __all__ = ["TPBNScale", "TPBNScaleConfig", "output_layers"]

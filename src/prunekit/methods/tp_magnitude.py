@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from prunekit.methods.api import FinalizeResult
 from prunekit.methods.l1_filter import FilterBudgetConfig, OneShotFilterPruning, _check_split
 
 
@@ -49,7 +50,7 @@ class TPMagnitude(OneShotFilterPruning):
     Config = TPMagnitudeConfig
     config: TPMagnitudeConfig
 
-    def prune(self, model: nn.Module, example_inputs: Any) -> dict[str, Any]:
+    def prune(self, model: nn.Module, example_inputs: Any) -> FinalizeResult:
         """Prune ``model`` in place with Torch-Pruning to the per-group counts of the ratio or budget."""
         import torch_pruning as tp
 
@@ -81,7 +82,7 @@ class TPMagnitude(OneShotFilterPruning):
                                                                      zip(groups, keep, strict=True)},
                              "params_before": dense.params, "macs_before": dense.macs,
                              "macs_fraction": after.macs / dense.macs}
-        return self.prune_report
+        return FinalizeResult(model, report=dict(self.prune_report))
 
 
 __all__ = ["TPMagnitude", "TPMagnitudeConfig"]

@@ -47,7 +47,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -55,8 +55,8 @@ from torch import nn
 from prunekit.engine.distributed import check_same, is_main
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
 from prunekit.methods.apoz import activation_points
-from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
 
 RULES = ("paper", "threshold", "fraction")
 ORDERS = ("together", "highest_mean")
@@ -192,6 +192,7 @@ class NetworkTrimming(PruningMethod):
     """
 
     name = "trimming"
+    from_trained_options: ClassVar[Mapping[str, Any]] = {"initial_epochs": 0}
     Config = TrimmingConfig
     config: TrimmingConfig
 
@@ -313,16 +314,16 @@ class NetworkTrimming(PruningMethod):
         return raw, record
 
     # -- callback hooks -------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Any) -> None:
-        self.out_dir = getattr(trainer, "out_dir", None)
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
+        self.out_dir = trainer.out_dir
 
-    def on_model_changed(self, trainer: Any) -> None:
-        self.out_dir = getattr(trainer, "out_dir", None)
+    def on_model_changed(self, trainer: TrainingLoop) -> None:
+        self.out_dir = trainer.out_dir
 
-    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
         self._last_metrics = dict(metrics)
 
-    def on_stage_start(self, trainer: Any, stage: Stage) -> None:
+    def on_stage_start(self, trainer: TrainingLoop, stage: Stage) -> None:
         if stage.kind != "retrain":
             return
         t = int(stage.info.get("iteration", len(self.records)))
@@ -331,8 +332,8 @@ class NetworkTrimming(PruningMethod):
         model = trainer.raw_model
         batches = self._apoz_batches(trainer)
         example = self._example_inputs(trainer)
-        device = getattr(trainer, "device", None)
-        amp = bool(getattr(trainer, "amp", False))
+        device = trainer.device
+        amp = trainer.amp
         if not self.records:
             self.records.append(self._snapshot(model, example, 0, trainer))
         model, rec = self.trim(model, batches, example, device=device, amp=amp)
@@ -348,7 +349,7 @@ class NetworkTrimming(PruningMethod):
         self.records.append(new)
         self._last_metrics = {}
 
-    def on_stage_end(self, trainer: Any, stage: Stage) -> None:
+    def on_stage_end(self, trainer: TrainingLoop, stage: Stage) -> None:
         top1 = self._last_metrics.get("val_top1")
         if stage.kind == "train":
             snap = self._snapshot(trainer.raw_model, self._example_inputs(trainer), 0, None)
@@ -361,14 +362,14 @@ class NetworkTrimming(PruningMethod):
             last["top1"] = top1
             last["train_loss"] = self._last_metrics.get("train_loss")
 
-    def on_fit_end(self, trainer: Any) -> None:
+    def on_fit_end(self, trainer: TrainingLoop) -> None:
         if not self.config.final_apoz or not self.records or "apoz" in self.records[-1]:
             return
         model = trainer.raw_model
         example = self._example_inputs(trainer)
         groups = self.groups(model, example)
-        apoz = self.measure(model, self._apoz_batches(trainer), groups, device=getattr(trainer, "device", None),
-                            amp=bool(getattr(trainer, "amp", False)))
+        apoz = self.measure(model, self._apoz_batches(trainer), groups, device=trainer.device,
+                            amp=trainer.amp)
         plan, thresholds = self.plan(apoz, groups)  # what one more iteration would remove (not applied)
         last = self.records[-1]
         last["apoz"] = {g: a.float() for g, a in apoz.items()}
@@ -376,8 +377,8 @@ class NetworkTrimming(PruningMethod):
         last["next_removed"] = {g: len(v) for g, v in plan.items()}
 
     # -- helpers --------------------------------------------------------------------------------
-    def _example_inputs(self, trainer: Any) -> torch.Tensor:
-        ex = getattr(trainer, "example_inputs", None)
+    def _example_inputs(self, trainer: TrainingLoop) -> torch.Tensor:
+        ex = trainer.example_inputs
         if isinstance(ex, torch.Tensor):
             return ex
         data = self.apoz_data
@@ -402,13 +403,13 @@ class NetworkTrimming(PruningMethod):
             return data()
         return data
 
-    def _apoz_batches(self, trainer: Any) -> Iterable[Any]:
+    def _apoz_batches(self, trainer: TrainingLoop) -> Iterable[Any]:
         from prunekit import data as pdata
 
         cfg = self.config
         ds = self.apoz_data
         if ds is None:
-            ds = getattr(trainer, "train_data" if cfg.apoz_data == "train" else "val_data", None)
+            ds = trainer.train_data if cfg.apoz_data == "train" else trainer.val_data
             if ds is None:
                 raise PrunekitError(f"trimming: no data to measure APoZ on ({cfg.apoz_data!r} split missing); "
                                     "pass apoz_data= to NetworkTrimming in your own loop")
@@ -416,24 +417,24 @@ class NetworkTrimming(PruningMethod):
             return self._resolve(ds)
         if cfg.apoz_samples:
             ds = ds.subset(cfg.apoz_samples)
-        tcfg = getattr(trainer, "cfg", None)
-        bs = cfg.apoz_batch_size or getattr(tcfg, "eval_batch_size", 512)
+        bs = cfg.apoz_batch_size or trainer.eval_batch_size
         # split="batch": under DDP the ranks' parts together are the whole data set, as in one process
-        return pdata.iterate(ds, bs, shuffle=False, augment=None, device=getattr(trainer, "device", "cpu"),
-                             rank=getattr(trainer, "rank", 0), world_size=getattr(trainer, "world_size", 1),
+        return pdata.iterate(ds, bs, shuffle=False, augment=None, device=trainer.device,
+                             rank=trainer.rank, world_size=trainer.world_size,
                              split="batch")
 
-    def _evaluate(self, trainer: Any) -> float | None:
-        val = getattr(trainer, "val_data", None)
+    def _evaluate(self, trainer: TrainingLoop) -> float | None:
+        val = trainer.val_data
         if val is None:
             return None
         from prunekit.engine.trainer import evaluate
 
-        ev = evaluate(trainer.raw_model, val, batch_size=trainer.cfg.eval_batch_size, device=trainer.device,
+        ev = evaluate(trainer.raw_model, val, batch_size=trainer.eval_batch_size, device=trainer.device,
                       rank=trainer.rank, world_size=trainer.world_size, amp=trainer.amp)
         return ev["top1"]
 
-    def _snapshot(self, model: nn.Module, example: torch.Tensor, iteration: int, trainer: Any) -> dict[str, Any]:
+    def _snapshot(self, model: nn.Module, example: torch.Tensor, iteration: int,
+                  trainer: TrainingLoop | None) -> dict[str, Any]:
         """Widths of every conv/linear layer, parameters and MACs of ``model`` (plus accuracy if known)."""
         from prunekit import metrics
 
