@@ -3,6 +3,8 @@ the TrainingLoop protocol, named checkpoint state."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -149,3 +151,45 @@ def test_checkpoint_state_is_named_per_callback_and_old_lists_still_resume(tmp_p
     Trainer(_lenet(), train, test, optim=OptimConfig(lr=0.01), config=cfg, callbacks=[again],
             out_dir=tmp_path).fit(1, resume=True)
     assert again.steps == 3
+
+
+# ------------------------------------------------------------------------------------------- own loop
+README = Path(__file__).resolve().parents[1] / "README.md"
+CONSTRUCTOR = 'method = methods.get("sght")(keep_ratio=0.5)'
+PAPER_METHODS = {
+    "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
+            "final_epochs": 1},
+    "trimming": {"iterations": 1, "initial_epochs": 1, "retrain_epochs": 1, "rule": "fraction", "fraction": 0.25},
+    "sss": {"gamma_channel": 2.0, "blocks": False},
+    "sght": {"keep_ratio": 0.5},
+}
+
+
+def own_loop_snippet() -> str:
+    """The README's own-loop block, verbatim."""
+    text = README.read_text()
+    block = text.split("<!-- own-loop -->\n```python\n", 1)[1].split("```", 1)[0]
+    assert CONSTRUCTOR in block
+    return block
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_METHODS))
+def test_each_paper_method_runs_through_the_readme_own_loop_snippet(name):
+    train, _ = _data(n=64)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(train.images.float() / 255, train.labels), batch_size=32)
+    model = _lenet()
+    dense = sum(p.numel() for p in model.parameters())
+    code = own_loop_snippet().replace(CONSTRUCTOR, f"method = methods.get({name!r})(**{PAPER_METHODS[name]!r})")
+    scope = {"model": model, "loader": loader, "epochs": 4}
+    exec(compile(code, str(README), "exec"), scope)  # the README's calls, unchanged but for the method
+    method, pruned, state = scope["method"], scope["pruned"], scope["state"]
+    assert state.step == sum(s.epochs for s in method.stages(4)) * 2
+    out = pruned(torch.zeros(3, 1, 8, 8))
+    assert out.shape == (3, 4) and torch.isfinite(out).all()
+    params = sum(p.numel() for p in pruned.parameters())
+    if method.ends_sparse:  # IHT: the same shapes, half of the thresholded weights exactly zero
+        nonzero = sum(int((p != 0).sum()) for p in pruned.parameters())
+        assert params == dense and nonzero < 0.6 * dense
+    else:
+        assert params < dense, name

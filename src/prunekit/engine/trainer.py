@@ -40,7 +40,7 @@ from prunekit.engine.callbacks import BatchSize, Callback, build_optimizers
 from prunekit.engine.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.engine.stages import OptimConfig, Stage, lr_factor
 from prunekit.errors import PrunekitError
-from prunekit.metrics.evaluation import topk_correct
+from prunekit.metrics.evaluation import OutputTransform, forward_logits, topk_correct
 
 
 def seed_everything(seed: int) -> None:
@@ -63,8 +63,12 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: pdata.Dataset, *, batch_size: int = 512,
              device: str | torch.device = "cpu", topk: Sequence[int] = (1, 5),
-             rank: int = 0, world_size: int = 1, amp: bool = False) -> dict[str, float]:
+             rank: int = 0, world_size: int = 1, amp: bool = False, input_key: str | None = "auto",
+             output_transform: OutputTransform | None = None) -> dict[str, float]:
     """Loss and top-k accuracy (percent) of ``model`` on ``dataset`` in eval mode.
+
+    The model may return a HF ``ModelOutput``, a dict or a tuple, and take its input by keyword
+    (:func:`prunekit.metrics.evaluation.forward_logits`).
 
     Under torch.distributed each rank evaluates its part of every batch (``batch_size`` is global) and the
     sums are all-reduced: every sample is counted exactly once, as in one process.
@@ -76,7 +80,7 @@ def evaluate(model: nn.Module, dataset: pdata.Dataset, *, batch_size: int = 512,
     for x, y in pdata.iterate(dataset, batch_size, shuffle=False, augment=None, device=device,
                               rank=rank, world_size=world_size, split="batch"):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
+            out = forward_logits(model, x, input_key=input_key, output_transform=output_transform)
         out = out.float()
         sums[0] += F.cross_entropy(out, y, reduction="sum")
         sums[1] += y.numel()
@@ -111,18 +115,27 @@ _FINITE_CHECK_EVERY = 32  # steps between NaN checks on an accelerator (each che
 
 
 class Trainer:
-    """Runs ``stages`` of training on ``model`` with ``callbacks`` (pruning methods) plugged in."""
+    """Runs ``stages`` of training on ``model`` with ``callbacks`` (pruning methods) plugged in.
+
+    ``input_key`` / ``output_transform``: how the model takes its input and where its logits are; by default
+    the Hugging Face convention is picked automatically (keyword ``main_input_name`` when the model has one,
+    ``.logits`` of a ``ModelOutput``, ``["logits"]`` of a dict, the first element of a tuple), so a HF
+    classifier trains unwrapped.
+    """
 
     def __init__(self, model: nn.Module, train_data: pdata.Dataset, val_data: pdata.Dataset | None = None,
                  *, optim: OptimConfig | None = None, config: TrainerConfig | None = None,
                  callbacks: Sequence[Callback] = (), out_dir: str | Path | None = None,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 input_key: str | None = "auto", output_transform: OutputTransform | None = None) -> None:
         self.optim_cfg = optim or OptimConfig()
         self.cfg = config or TrainerConfig()
         self.callbacks = list(callbacks)
         self.train_data, self.val_data = train_data, val_data
         self.out_dir = Path(out_dir) if out_dir else None
         self.loss_fn = loss_fn or F.cross_entropy
+        # a HF model (or any returning a ModelOutput / dict / tuple, or taking keyword inputs) trains unwrapped
+        self.input_key, self.output_transform = input_key, output_transform
         self.device = pick_device(self.cfg.device)
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if self.cfg.amp == "auto" else self.cfg.amp in ("on", "true", "bf16", True)
@@ -312,7 +325,8 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_batch_start(self, (x, y))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = self.model(x)
+                out = forward_logits(self.model, x, input_key=self.input_key,
+                                     output_transform=self.output_transform)
             loss = self.loss_fn(out.float(), y)
             if scale != 1.0:  # uneven split of the global batch: DDP's mean of rank means is the global mean
                 loss = loss * scale
@@ -361,7 +375,8 @@ class Trainer:
         last = self.stage_epoch + 1 == stage.epochs
         if self.val_data is not None and (last or (self.stage_epoch + 1) % max(self.cfg.eval_every, 1) == 0):
             ev = evaluate(self.raw_model, self.val_data, batch_size=self.cfg.eval_batch_size,
-                          device=self.device, rank=self.rank, world_size=self.world_size, amp=self.amp)
+                          device=self.device, rank=self.rank, world_size=self.world_size, amp=self.amp,
+                          input_key=self.input_key, output_transform=self.output_transform)
             metrics.update({"val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"]})
         for cb in self.callbacks:
             cb.on_epoch_end(self, metrics)

@@ -61,4 +61,5 @@ def get(name: str) -> type[PruningMethod]:
     return getattr(mod, cls)
 
 
-__all__ = ["FinalizeResult", "MethodConfig", "PruningMethod", "TrainingLoop", "get", "names", "register", "register_builtin"]
+__all__ = ["FinalizeResult", "MethodConfig", "PruningMethod", "TrainingLoop", "get", "names", "register",
+           "register_builtin"]
