@@ -42,7 +42,7 @@ from prunekit import data as pdata
 from prunekit import experiment, metrics, models
 from prunekit.config import load_config
 from prunekit.engine import OptimConfig, Stage, Trainer, TrainerConfig, evaluate, seed_everything
-from prunekit.methods.apg import APG
+from prunekit.methods.optim import APG
 from prunekit.methods.slimming import NetworkSlimming
 from prunekit.methods.sss import SparseStructureSelection, factor_parameters, insert_factors
 from prunekit.methods.tp_bnscale import TPBNScale

@@ -25,7 +25,8 @@ import torch
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods.api import MethodConfig, TrainingLoop
-from prunekit.methods.iht import PhasedHardThresholding, SparsityConfig, _check_epochs, _check_lr, _check_phase_lrs
+from prunekit.methods.checks import check_epochs, check_lr, check_phase_lrs
+from prunekit.methods.phased import PhasedHardThresholding, SparsityConfig
 
 
 @dataclass
@@ -43,10 +44,10 @@ class DSDConfig(SparsityConfig):
     def validate(self) -> None:
         super().validate()
         for key in ("dense_epochs", "sparse_epochs", "redense_epochs"):
-            _check_epochs(getattr(self, key), key, 1)
-        _check_phase_lrs(self, ("dense_lr", "sparse_lr"))
-        _check_lr(self.redense_lr, "redense_lr")
-        _check_lr(self.redense_lr_scale, "redense_lr_scale")
+            check_epochs(getattr(self, key), key, 1)
+        check_phase_lrs(self, ("dense_lr", "sparse_lr"))
+        check_lr(self.redense_lr, "redense_lr")
+        check_lr(self.redense_lr_scale, "redense_lr_scale")
 
 
 class DenseSparseDense(PhasedHardThresholding):

@@ -130,7 +130,7 @@ class OneShotFilterPruning(PruningMethod):
 
     def prune(self, model: nn.Module, example_inputs: Any) -> FinalizeResult:
         """Remove the lowest-norm filters of every group in place (one shot); the model and the surgery report."""
-        from prunekit.methods.sght import FilterThreshold
+        from prunekit.methods.filters import FilterThreshold
         from prunekit.surgery.structured import remove_channels
 
         groups, keep = self._groups_and_keep(model, example_inputs)

@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods.api import MethodConfig
-from prunekit.methods.iht import PhasedHardThresholding, SparsityConfig, _check_epochs, _check_phase_lrs
+from prunekit.methods.checks import check_epochs, check_phase_lrs
+from prunekit.methods.phased import PhasedHardThresholding, SparsityConfig
 
 
 @dataclass
@@ -33,9 +34,9 @@ class MagnitudeConfig(SparsityConfig):
 
     def validate(self) -> None:
         super().validate()
-        _check_epochs(self.dense_epochs, "dense_epochs", 0)
-        _check_epochs(self.sparse_epochs, "sparse_epochs", 1)
-        _check_phase_lrs(self, ("dense_lr", "sparse_lr"))
+        check_epochs(self.dense_epochs, "dense_epochs", 0)
+        check_epochs(self.sparse_epochs, "sparse_epochs", 1)
+        check_phase_lrs(self, ("dense_lr", "sparse_lr"))
 
 
 class OneShotMagnitude(PhasedHardThresholding):

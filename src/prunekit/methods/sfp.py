@@ -13,7 +13,7 @@ once per epoch instead of after every mini-batch, with plain momentum SGD and fi
 
 Where we follow the paper and where we chose:
 
-* Selection uses :class:`prunekit.methods.sght.FilterThreshold` with SFP's L2 norm; residual-coupled
+* Selection uses :class:`prunekit.methods.filters.FilterThreshold` with SFP's L2 norm; residual-coupled
   filters form one group (``coupled=True``, default) so every zeroed channel can be removed (SFP's code
   masks every conv separately and reports theoretical speed-ups).
 * SFP's code zeroes only the conv weights, and so do we by default (``zero_shift=False``): the BN after
@@ -85,7 +85,7 @@ class SoftFilterPruning(PruningMethod):
 
     def bind(self, model: nn.Module, example_inputs: Any) -> Any:
         """Find the filter groups, solve ``k`` per group, build the selector for ``model``."""
-        from prunekit.methods.sght import FilterThreshold
+        from prunekit.methods.filters import FilterThreshold
 
         c = self.config
         self._example = example_inputs
@@ -130,12 +130,12 @@ class SoftFilterPruning(PruningMethod):
     def finalize(self, model: nn.Module, example_inputs: Any) -> FinalizeResult:
         """Select once more (the final masks), then remove the zero filters for real (in place)."""
         from prunekit import metrics
-        from prunekit.methods.sght import remove_zero_filters
+        from prunekit.methods.filters import remove_zero_filters
 
         before = metrics.count(model, example_inputs)
         report: dict[str, Any] = {"method": self.name}
         if not self.done:
-            from prunekit.methods.sght import FilterThreshold
+            from prunekit.methods.filters import FilterThreshold
 
             self._ensure(model, example_inputs)
             # the last selection, zeroing the BN shift / running mean too so the channels can be removed

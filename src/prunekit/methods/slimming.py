@@ -30,7 +30,7 @@ from prunekit.errors import PrunekitError
 from prunekit.io import set_submodule
 from prunekit.methods.api import FinalizeResult, MethodConfig, TrainingLoop
 from prunekit.methods.base import PenaltyThenPrune
-from prunekit.methods.sss import _NORMS, ChannelScale, _layer_sites, factor_modules, fold_factors
+from prunekit.methods.factors import NORM_LAYERS, ChannelScale, factor_modules, fold_factors, layer_sites
 
 
 @dataclass
@@ -72,8 +72,8 @@ def scale_layers(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
         if isinstance(m, ChannelScale):
             wrapper = name.rpartition(".")[0]
             out[wrapper] = (name, m)
-    for s in _layer_sites(model, modules):
-        if s.kind == "channel" and isinstance(modules[s.target], _NORMS):
+    for s in layer_sites(model, modules):
+        if s.kind == "channel" and isinstance(modules[s.target], NORM_LAYERS):
             out[s.layer] = (s.target, modules[s.target])
     return out
 
@@ -113,8 +113,8 @@ class NetworkSlimming(PenaltyThenPrune):
         """Give BN-free prunable layers a channel scale (idempotent); BN layers use their own scale."""
         modules = dict(model.named_modules())
         if not factor_modules(model):
-            for s in _layer_sites(model, modules):
-                if s.kind == "channel" and not isinstance(modules[s.target], _NORMS):
+            for s in layer_sites(model, modules):
+                if s.kind == "channel" and not isinstance(modules[s.target], NORM_LAYERS):
                     set_submodule(model, s.target, nn.Sequential(modules[s.target], ChannelScale(s.channels)))
         if not scale_layers(model):
             raise PrunekitError("slimming: the model has no prunable channel with a BN scale")
@@ -127,7 +127,7 @@ class NetworkSlimming(PenaltyThenPrune):
             return
         s = self.config.sparsity
         for m in trainer.raw_model.modules():
-            p = m.weight if isinstance(m, _NORMS) and m.affine else m.factor if isinstance(m, ChannelScale) \
+            p = m.weight if isinstance(m, NORM_LAYERS) and m.affine else m.factor if isinstance(m, ChannelScale) \
                 else None
             if p is not None and p.grad is not None:
                 p.grad.add_(torch.sign(p), alpha=s)  # d/dgamma of s * |gamma|

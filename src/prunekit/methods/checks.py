@@ -1,0 +1,39 @@
+"""One-line checks of method options shared by several methods' ``Config.validate`` (each raises
+:class:`~prunekit.errors.PrunekitError` naming the option)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from prunekit.errors import PrunekitError
+
+
+def check_keep(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise PrunekitError(f"{what} must be a fraction in (0, 1], got {value!r}")
+
+
+def check_epochs(value: Any, what: str, minimum: int = 0, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PrunekitError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_phase_lrs(cfg: Any, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        check_lr(getattr(cfg, key), key)
+    if not cfg.reset_momentum and any(getattr(cfg, k) is not None for k in keys):
+        raise PrunekitError(f"{'/'.join(keys)} need reset_momentum: true (a phase's learning rate takes effect "
+                            "when the engine rebuilds the optimizer at the phase start)")
+
+
+def check_lr(value: Any, what: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (value > 0 and math.isfinite(value)):
+        raise PrunekitError(f"{what} must be a positive number or null, got {value!r}")
+
+
+__all__ = ["check_epochs", "check_keep", "check_lr", "check_phase_lrs"]
