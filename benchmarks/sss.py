@@ -43,9 +43,9 @@ from prunekit import experiment, metrics, models
 from prunekit.config import load_config
 from prunekit.engine import OptimConfig, Stage, Trainer, TrainerConfig, evaluate, seed_everything
 from prunekit.methods.optim import APG
-from prunekit.methods.slimming import NetworkSlimming
+from prunekit.methods.peers.slimming import NetworkSlimming
+from prunekit.methods.peers.tp_bnscale import TPBNScale
 from prunekit.methods.sss import SparseStructureSelection, factor_parameters, insert_factors
-from prunekit.methods.tp_bnscale import TPBNScale
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"

@@ -13,9 +13,9 @@ from prunekit import data as pdata
 from prunekit import io, methods, metrics, models
 from prunekit.engine import Callback, LoopState, OptimConfig, Trainer, TrainerConfig, seed_everything
 from prunekit.errors import PrunekitError
-from prunekit.methods.slimming import NetworkSlimming, global_plan, scale_layers
+from prunekit.methods.peers.slimming import NetworkSlimming, global_plan, scale_layers
+from prunekit.methods.peers.tp_bnscale import TPBNScale, output_layers
 from prunekit.methods.sss import ChannelScale, factor_modules
-from prunekit.methods.tp_bnscale import TPBNScale, output_layers
 
 torch.set_num_threads(1)
 

@@ -17,16 +17,16 @@ _BUILTIN: dict[str, str] = {
     "sss": "prunekit.methods.sss:SparseStructureSelection",
     "sght": "prunekit.methods.sght:SGHT",
     # peers
-    "magnitude": "prunekit.methods.magnitude:OneShotMagnitude",
-    "dsd": "prunekit.methods.dsd:DenseSparseDense",
-    "slimming": "prunekit.methods.slimming:NetworkSlimming",
-    "tp-bnscale": "prunekit.methods.tp_bnscale:TPBNScale",
-    "l1-filter": "prunekit.methods.l1_filter:L1FilterPruning",
-    "sfp": "prunekit.methods.sfp:SoftFilterPruning",
-    "tp-magnitude": "prunekit.methods.tp_magnitude:TPMagnitude",
+    "magnitude": "prunekit.methods.peers.magnitude:OneShotMagnitude",
+    "dsd": "prunekit.methods.peers.dsd:DenseSparseDense",
+    "slimming": "prunekit.methods.peers.slimming:NetworkSlimming",
+    "tp-bnscale": "prunekit.methods.peers.tp_bnscale:TPBNScale",
+    "l1-filter": "prunekit.methods.peers.l1_filter:L1FilterPruning",
+    "sfp": "prunekit.methods.peers.sfp:SoftFilterPruning",
+    "tp-magnitude": "prunekit.methods.peers.tp_magnitude:TPMagnitude",
     # controls every comparison needs
-    "random-filter": "prunekit.methods.random_filter:RandomFilterPruning",
-    "torch-global": "prunekit.methods.torch_global:TorchGlobalMagnitude",
+    "random-filter": "prunekit.methods.peers.random_filter:RandomFilterPruning",
+    "torch-global": "prunekit.methods.peers.torch_global:TorchGlobalMagnitude",
 }
 _REGISTERED: dict[str, type[PruningMethod]] = {}
 

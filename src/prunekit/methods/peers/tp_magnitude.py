@@ -14,7 +14,7 @@ width)``, or ``macs_budget`` / ``params_budget`` solved within 1%), handed to th
 ``pruning_ratio_dict``; which channels go is Torch-Pruning's own choice (its group magnitude importance:
 filter, BN scale and the next layers' input slices, mean-reduced), and so is the surgery. The layers it may
 prune are the producing layers of prunekit's filter groups (the classifier and, with ``coupled=False``,
-residual groups are ignored), so its scope matches SGHT's. Schedule as :class:`~prunekit.methods.l1_filter.
+residual groups are ignored), so its scope matches SGHT's. Schedule as :class:`~prunekit.methods.peers.l1_filter.
 L1FilterPruning`: ``dense_fraction`` of the epochs dense, prune, fine-tune the rest.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from prunekit.methods.api import FinalizeResult
-from prunekit.methods.l1_filter import FilterBudgetConfig, OneShotFilterPruning, _check_split
+from prunekit.methods.peers.l1_filter import FilterBudgetConfig, OneShotFilterPruning, check_dense_split
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TPMagnitudeConfig(FilterBudgetConfig):
 
     def validate(self) -> None:
         self._check_common("tp-magnitude")
-        _check_split("tp-magnitude", self.dense_fraction, self.finetune_lr)
+        check_dense_split("tp-magnitude", self.dense_fraction, self.finetune_lr)
 
 
 class TPMagnitude(OneShotFilterPruning):

@@ -82,10 +82,10 @@ class L1FilterConfig(FilterBudgetConfig):
 
     def validate(self) -> None:
         self._check_common("l1-filter")
-        _check_split("l1-filter", self.dense_fraction, self.finetune_lr)
+        check_dense_split("l1-filter", self.dense_fraction, self.finetune_lr)
 
 
-def _check_split(name: str, dense_fraction: Any, finetune_lr: Any) -> None:
+def check_dense_split(name: str, dense_fraction: Any, finetune_lr: Any) -> None:
     if isinstance(dense_fraction, bool) or not isinstance(dense_fraction, int | float) \
             or not 0 <= dense_fraction <= 1:
         raise PrunekitError(f"method {name!r}: dense_fraction must be in [0, 1], got {dense_fraction!r}")

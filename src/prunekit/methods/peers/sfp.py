@@ -41,7 +41,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.methods import budget as _budget
 from prunekit.methods.api import FinalizeResult, PruningMethod, TrainingLoop
-from prunekit.methods.l1_filter import FilterBudgetConfig
+from prunekit.methods.peers.l1_filter import FilterBudgetConfig
 
 
 @dataclass
