@@ -36,4 +36,14 @@ def check_lr(value: Any, what: str) -> None:
         raise PrunekitError(f"{what} must be a positive number or null, got {value!r}")
 
 
-__all__ = ["check_epochs", "check_keep", "check_lr", "check_phase_lrs"]
+def is_int(v: Any, minimum: int) -> bool:
+    """An int (not a bool) >= ``minimum``."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def is_num(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+__all__ = ["check_epochs", "check_keep", "check_lr", "check_phase_lrs", "is_int", "is_num"]

@@ -55,21 +55,15 @@ from torch import nn
 from prunekit.engine.distributed import check_same, is_main
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
+from prunekit.methods import trimming_records
 from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
 from prunekit.methods.apoz import activation_points
+from prunekit.methods.budget import round_up
+from prunekit.methods.checks import is_int, is_num
 
 RULES = ("paper", "threshold", "fraction")
 ORDERS = ("together", "highest_mean")
 APOZ_DATA = ("train", "val")
-HIST_BINS = 20
-
-
-def _is_int(v: Any, minimum: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -104,33 +98,33 @@ class TrimmingConfig(MethodConfig):
             if not ok:
                 raise PrunekitError(f"method 'trimming': {msg}")
 
-        need(_is_int(self.iterations, 1), f"iterations must be an integer >= 1, got {self.iterations!r}")
+        need(is_int(self.iterations, 1), f"iterations must be an integer >= 1, got {self.iterations!r}")
         for key in ("initial_epochs", "retrain_epochs"):
             v = getattr(self, key)
-            need(v is None or _is_int(v, 0), f"{key} must be an integer >= 0 or null, got {v!r}")
-        need(self.retrain_lr is None or (_is_num(self.retrain_lr) and self.retrain_lr > 0),
+            need(v is None or is_int(v, 0), f"{key} must be an integer >= 0 or null, got {v!r}")
+        need(self.retrain_lr is None or (is_num(self.retrain_lr) and self.retrain_lr > 0),
              f"retrain_lr must be a positive number or null, got {self.retrain_lr!r}")
         need(self.rule in RULES, f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
-        need(_is_num(self.k), f"k must be a number, got {self.k!r}")
-        need(_is_num(self.threshold) and 0 <= self.threshold < 1,
+        need(is_num(self.k), f"k must be a number, got {self.k!r}")
+        need(is_num(self.threshold) and 0 <= self.threshold < 1,
              f"threshold must be a number in [0, 1), got {self.threshold!r}")
-        need(_is_num(self.fraction) and 0 <= self.fraction < 1,
+        need(is_num(self.fraction) and 0 <= self.fraction < 1,
              f"fraction must be a number in [0, 1), got {self.fraction!r}")
         need(self.layers is None or (isinstance(self.layers, list) and self.layers
                                      and all(isinstance(s, str) and s for s in self.layers)),
              f"layers must be a non-empty list of layer names / patterns or null, got {self.layers!r}")
         need(self.order in ORDERS, f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        need(_is_int(self.layers_per_iteration, 1),
+        need(is_int(self.layers_per_iteration, 1),
              f"layers_per_iteration must be an integer >= 1, got {self.layers_per_iteration!r}")
-        need(_is_int(self.min_channels, 1), f"min_channels must be an integer >= 1, got {self.min_channels!r}")
-        need(_is_num(self.max_fraction) and 0 < self.max_fraction <= 1,
+        need(is_int(self.min_channels, 1), f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+        need(is_num(self.max_fraction) and 0 < self.max_fraction <= 1,
              f"max_fraction must be a number in (0, 1], got {self.max_fraction!r}")
-        need(_is_int(self.round_to, 1), f"round_to must be an integer >= 1, got {self.round_to!r}")
+        need(is_int(self.round_to, 1), f"round_to must be an integer >= 1, got {self.round_to!r}")
         need(self.apoz_data in APOZ_DATA, f"apoz_data must be one of {', '.join(APOZ_DATA)}, got {self.apoz_data!r}")
-        need(_is_int(self.apoz_samples, 0), f"apoz_samples must be an integer >= 0, got {self.apoz_samples!r}")
-        need(_is_int(self.apoz_batch_size, 0),
+        need(is_int(self.apoz_samples, 0), f"apoz_samples must be an integer >= 0, got {self.apoz_samples!r}")
+        need(is_int(self.apoz_batch_size, 0),
              f"apoz_batch_size must be an integer >= 0, got {self.apoz_batch_size!r}")
-        need(_is_int(self.apoz_threads, 0), f"apoz_threads must be an integer >= 0, got {self.apoz_threads!r}")
+        need(is_int(self.apoz_threads, 0), f"apoz_threads must be an integer >= 0, got {self.apoz_threads!r}")
         for key in ("evaluate_trims", "final_apoz", "progress"):
             need(isinstance(getattr(self, key), bool), f"{key} must be true or false")
         need(self.plot_path is None or (isinstance(self.plot_path, str) and self.plot_path),
@@ -159,14 +153,9 @@ def select_channels(apoz: torch.Tensor, cfg: TrimmingConfig) -> tuple[list[int],
     order = sorted(range(c), key=lambda i: (-float(a[i]), i))
     n = min(n_cand, c - cfg.min_channels, math.floor(cfg.max_fraction * c + 1e-9))
     n = max(n, 0)
-    if cfg.round_to > 1 and n > 0:
-        keep = int(math.ceil((c - n) / cfg.round_to) * cfg.round_to)
-        n = max(c - min(keep, c), 0)
+    if n > 0:
+        n = c - round_up(c - n, c, cfg.round_to)
     return sorted(order[:n]), thr
-
-
-def _hist(a: torch.Tensor) -> list[int]:
-    return torch.histc(a.double(), bins=HIST_BINS, min=0.0, max=1.0).long().tolist()
 
 
 # ------------------------------------------------------------------------------------------------ the method
@@ -210,7 +199,7 @@ class NetworkTrimming(PruningMethod):
         """[initial training] + ``iterations`` x [trim, retrain]; explicit epoch options win over ``epochs``."""
         cfg = self.config
         n = cfg.iterations
-        if not _is_int(epochs, 0):
+        if not is_int(epochs, 0):
             raise PrunekitError(f"trimming: epochs must be an integer >= 0, got {epochs!r}")
         initial, retrain = cfg.initial_epochs, cfg.retrain_epochs
         if initial is None and retrain is None:
@@ -451,82 +440,17 @@ class NetworkTrimming(PruningMethod):
     # -- report ---------------------------------------------------------------------------------
     def table_rows(self) -> list[dict[str, Any]]:
         """One row per network: iteration, widths of the trimmed layers, parameters, MACs, accuracy."""
-        layers: list[str] = []
-        for r in self.records[1:]:
-            layers += [g for g in r.get("removed_channels", {}) if g not in layers]
-        rows = []
-        for r in self.records:
-            row: dict[str, Any] = {"iteration": r["iteration"]}
-            for g in layers:
-                row[g] = r["widths"].get(g)
-            row.update({"params": r["params"], "macs": r["macs"], "top1_trimmed": r.get("top1_trimmed"),
-                        "top1": r.get("top1")})
-            rows.append(row)
-        return rows
+        return trimming_records.table_rows(self.records)
 
     def plot(self, path: str | Path) -> Path:
-        """Per-layer APoZ histograms of every iteration's network (matplotlib, Agg backend) saved to ``path``."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        from prunekit._atomic import atomic_path
-
-        names: list[str] = []
-        for r in self.records:
-            names += [g for g in r.get("apoz", {}) if g not in names]
-        chosen = [g for g in names if any(g in r.get("removed_channels", {}) for r in self.records)] or names
-        if not chosen:
-            raise PrunekitError("trimming: no APoZ measured yet, nothing to plot")
-        cols = min(3, len(chosen))
-        rows = math.ceil(len(chosen) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
-        colors = plt.get_cmap("viridis")
-        for ax, g in zip(axes.flat, chosen, strict=False):
-            n = max(len(self.records) - 1, 1)
-            for r in self.records:
-                a = r.get("apoz", {}).get(g)
-                if a is None:
-                    continue
-                col = colors(r["iteration"] / n)
-                ax.hist(a.double().numpy(), bins=HIST_BINS, range=(0, 1), histtype="step", color=col,
-                        label=f"net {r['iteration']} ({a.numel()} ch, mean {float(a.mean()):.2f})")
-                thr = r.get("thresholds", {}).get(g)
-                if thr is not None:
-                    ax.axvline(thr, color=col, linestyle="--", linewidth=0.8)
-            ax.set_title(g, fontsize=9)
-            ax.set_xlabel("APoZ")
-            ax.set_ylabel("channels")
-            ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(chosen):]:
-            ax.axis("off")
-        fig.suptitle("Network Trimming: APoZ per layer and iteration (dashed: removal threshold)", fontsize=10)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
-        plt.close(fig)
-        return path
+        """Per-layer APoZ histograms of every iteration's network saved to ``path``."""
+        return trimming_records.plot(self.records, path)
 
     def report(self, plot_path: str | Path | None = None) -> dict[str, Any]:
         """Iterations (widths, parameters, MACs, accuracy, APoZ summary per layer), a text table, the plot."""
-        from prunekit.metrics import format_table
-
-        iters = []
-        for r in self.records:
-            entry = {k: v for k, v in r.items() if k not in ("apoz", "removed_channels")}
-            apoz = r.get("apoz", {})
-            entry["apoz_mean"] = {g: round(float(a.mean()), 6) for g, a in apoz.items()}
-            entry["apoz_hist"] = {g: _hist(a) for g, a in apoz.items()}
-            iters.append(entry)
-        rows = self.table_rows()
-        out: dict[str, Any] = {"iterations": iters, "table": format_table(rows) if rows else "",
-                               "unscorable": list(self._unscorable)}
         target = plot_path or self.config.plot_path or (self.out_dir / "trimming_apoz.png" if self.out_dir else None)
-        if target is not None and any(r.get("apoz") for r in self.records) and is_main():  # one writer
-            out["plot"] = str(self.plot(target))
+        out = trimming_records.report(self.records, target if is_main() else None)  # one writer
+        out["unscorable"] = list(self._unscorable)
         return out
 
     def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
