@@ -193,3 +193,43 @@ def test_each_paper_method_runs_through_the_readme_own_loop_snippet(name):
         assert params == dense and nonzero < 0.6 * dense
     else:
         assert params < dense, name
+
+
+# ------------------------------------------------------------------------------------ unreachable targets
+UNREACHABLE = [
+    (["method.name=iht", "method.target=1000000x"],
+     "iht: keep=1e-06 (target 1e+06x) is unreachable: it leaves layer 'conv1'"),
+    (["method.name=iht", "method.keep=1e-7", "method.scope=global"],
+     "the 4 pooled layers (130500 weights) less than one weight"),
+    (["method.name=slimming", "method.target_macs=1e-9"], "slimming: target_macs=1e-09 is unreachable"),
+]
+
+
+@pytest.mark.parametrize("sets,message", UNREACHABLE, ids=[" ".join(s) for s, _ in UNREACHABLE])
+def test_unreachable_targets_stop_before_training_in_one_line(tmp_path, monkeypatch, capsys, sets, message):
+    from prunekit import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {name: lenet5}\ndata: {name: digits}\ntrain: {epochs: 6, batch_size: 64, device: cpu}\n")
+    monkeypatch.setattr(Trainer, "_run_epoch", lambda self: pytest.fail("training started"))
+    out = tmp_path / "run"
+    args = ["prune", str(cfg), "--out", str(out), "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    code = cli.main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert message in err, err
+    assert not (out / "checkpoint.safetensors").exists()
+
+
+def test_unreachable_targets_are_refused_in_a_users_loop_too():
+    """No on_fit_start (a loop that skips it): the threshold / the prune refuses instead of clamping."""
+    with pytest.raises(PrunekitError, match="unreachable"):
+        IHT(target="1000000x").threshold(_lenet())
+    net = _bnnet()
+    method = methods.get("slimming")(target_macs=1e-9)
+    with pytest.raises(PrunekitError, match="unreachable"):
+        method.prune(method.prepare(net), torch.zeros(1, 1, 8, 8))
+    small = methods.get("slimming")(target_macs=0.5)
+    assert small.prune(small.prepare(_bnnet()), torch.zeros(1, 1, 8, 8)).report["macs"]["after"] > 0

@@ -231,6 +231,25 @@ class PhasedHardThresholding(PruningMethod):
                                     f"{', '.join(chosen)}")
         return chosen
 
+    def check_reachable(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The thresholded layers of ``model``, after refusing (one line) a budget that ``O_k`` could only meet
+        by keeping nothing of some layer: every layer keeps at least one weight, so such a target would be
+        silently missed."""
+        layers = self.layers_of(model)
+        cfg = self.config
+        pooled = {n: m for n, m in layers.items() if cfg.scope == "global" and n not in cfg.layer_keep}
+        units = [(f"layer {n!r}", self.keep_of(n), m.weight.numel())
+                 for n, m in layers.items() if n not in pooled]
+        if pooled:
+            size = sum(m.weight.numel() for m in pooled.values())
+            units.append((f"the {len(pooled)} pooled layers", self.keep, size))
+        for where, keep, n in units:
+            if keep * n < 0.5:  # keep_count would round to 0 and clamp to 1
+                raise PrunekitError(f"{self.name}: keep={keep:.3g} (target {1 / keep:.3g}x) is unreachable: it leaves "
+                                    f"{where} ({n} weights) less than one weight; keep at least {1 / n:.3g} "
+                                    f"there (one weight: {n}x)")
+        return layers
+
     def keep_of(self, name: str) -> float:
         return float(self.config.layer_keep.get(name, self.keep))
 
@@ -238,7 +257,7 @@ class PhasedHardThresholding(PruningMethod):
     @torch.no_grad()
     def threshold(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
         """Phase I entry: W <- O_k(W), freeze the rest at 0 (weights and their optimizer state)."""
-        weights = {n: m.weight for n, m in self.layers_of(model).items()}
+        weights = {n: m.weight for n, m in self.check_reachable(model).items()}
         masks = hard_threshold_masks(weights, self.keep, self.config.scope, self.config.layer_keep)
         self.maskset, self._pending = MaskSet(model, masks), None
         self._attach(model)
@@ -289,7 +308,7 @@ class PhasedHardThresholding(PruningMethod):
 
     # -- callback hooks ---------------------------------------------------------------------------
     def on_fit_start(self, trainer: TrainingLoop) -> None:
-        self.layers_of(trainer.raw_model)  # fail early on bad layer names
+        self.check_reachable(trainer.raw_model)  # fail before training on bad layer names or budgets
 
     def on_model_changed(self, trainer: TrainingLoop) -> None:
         self._bind(trainer.raw_model)

@@ -133,6 +133,25 @@ class NetworkSlimming(PenaltyThenPrune):
                 p.grad.add_(torch.sign(p), alpha=s)  # d/dgamma of s * |gamma|
 
     # -- pruning ----------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
+        if self.config.target_macs is not None and trainer.example_inputs is not None:
+            self.check_reachable(trainer.raw_model, trainer.example_inputs)  # before any training
+
+    def check_reachable(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
+        """Refuse (one line) a ``target_macs`` below what removing every channel but one per layer leaves."""
+        from prunekit import metrics
+
+        model = getattr(model, "module", model)
+        trial = copy.deepcopy(model).eval()
+        base = metrics.count(trial, example_inputs).macs
+        self._apply(trial, sum(_scale_of(m).numel() for _, m in scale_layers(trial).values()), example_inputs)
+        least = metrics.count(trial, example_inputs).macs / max(base, 1)
+        target = self.config.target_macs
+        if target is not None and least > target:
+            raise PrunekitError(f"{self.name}: target_macs={target:g} is unreachable: removing every prunable "
+                                f"channel but one per layer still leaves {least:.4g} of the dense MACs; raise "
+                                f"target_macs to at least {least:.4g}")
+
     def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
         """Fold channel scales, remove the channels under the global threshold; in place, returns the result."""
         from prunekit import metrics
@@ -143,6 +162,7 @@ class NetworkSlimming(PenaltyThenPrune):
         base = metrics.count(model, example_inputs)
         total = sum(_scale_of(m).numel() for _, m in scale_layers(model).values())
         if self.config.target_macs is not None:
+            self.check_reachable(model, example_inputs)
             goal = self.config.target_macs * base.macs
 
             def macs_after(k: int) -> int:
