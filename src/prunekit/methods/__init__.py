@@ -37,6 +37,11 @@ def register(cls: type[PruningMethod]) -> type[PruningMethod]:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Forget a method registered with :func:`register` (built-ins stay)."""
+    _REGISTERED.pop(name, None)
+
+
 def register_builtin(name: str, target: str) -> None:
     """Add a lazily imported built-in (``"module:Class"``)."""
     _BUILTIN[name] = target
@@ -62,4 +67,4 @@ def get(name: str) -> type[PruningMethod]:
 
 
 __all__ = ["FinalizeResult", "MethodConfig", "PruningMethod", "TrainingLoop", "get", "names", "register",
-           "register_builtin"]
+           "register_builtin", "unregister"]
