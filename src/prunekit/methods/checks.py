@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prunekit.errors import PrunekitError
@@ -46,4 +47,35 @@ def is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-__all__ = ["check_epochs", "check_keep", "check_lr", "check_phase_lrs", "is_int", "is_num"]
+def is_bool(v: Any) -> bool:
+    """True or False (not 0 / 1)."""
+    return isinstance(v, bool)
+
+
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def int_at_least(lo: int) -> Rule:
+    """Rule: an integer >= ``lo``."""
+    return (lambda v: is_int(v, lo)), f"an integer >= {lo}"
+
+
+def one_of(choices: Sequence[str]) -> Rule:
+    """Rule: one of ``choices``."""
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+BOOL: Rule = (is_bool, "true or false")
+
+
+def check_options(method: str, cfg: Any, rules: Mapping[str, Rule]) -> None:
+    """Check every option named in ``rules`` (``{option: (predicate, what it must be)}``); the first that
+    fails is one line: ``method 'x': option must be <what>, got <value>``."""
+    for key, (ok, want) in rules.items():
+        v = getattr(cfg, key)
+        if not ok(v):
+            raise PrunekitError(f"method {method!r}: {key} must be {want}, got {v!r}")
+
+
+__all__ = ["BOOL", "Rule", "check_epochs", "check_keep", "check_lr", "check_options", "check_phase_lrs",
+           "int_at_least", "is_bool", "is_int", "is_num", "one_of"]

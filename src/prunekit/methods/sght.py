@@ -60,7 +60,6 @@ once, and foreach multiplications apply the masks; there is no Python loop over 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -71,8 +70,9 @@ from torch import nn
 from prunekit.engine.distributed import check_same
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
-from prunekit.methods import budget as _budget
+from prunekit.methods import budget
 from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
+from prunekit.methods.checks import BOOL, check_options, int_at_least, is_num, one_of
 from prunekit.methods.filters import NORMS, FilterThreshold, remove_zero_filters
 from prunekit.methods.optim import AHSGHT
 
@@ -124,28 +124,19 @@ class SGHTConfig(MethodConfig):
     finetune_lr: float = 0.01
 
     def validate(self) -> None:
-        name = "sght"
-        _budget.validate_budget_options(name, self.keep_ratio, self.layer_keep, self.macs_budget,
-                                        self.params_budget, self.budget_tol)
-        if self.norm not in NORMS:
-            raise PrunekitError(f"method {name!r}: norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if isinstance(self.nu, bool) or not isinstance(self.nu, int | float) or not 0 <= self.nu < 1:
-            raise PrunekitError(f"method {name!r}: nu (heavy-ball weight) must be in [0, 1), got {self.nu!r}")
-        for key, lo in (("batch_start", 1), ("batch_step", 0), ("batch_max", 1), ("min_keep", 1),
-                        ("round_to", 1), ("ramp_epochs", 0), ("finetune_epochs", 0)):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise PrunekitError(f"method {name!r}: {key} must be an integer >= {lo}, got {v!r}")
+        budget.validate_budget_options("sght", self.keep_ratio, self.layer_keep, self.macs_budget,
+                                       self.params_budget, self.budget_tol)
+        check_options("sght", self, {
+            "norm": one_of(NORMS), "nu": (lambda v: is_num(v) and 0 <= v < 1, "in [0, 1) (heavy-ball weight)"),
+            **{k: int_at_least(lo) for k, lo in (("batch_start", 1), ("batch_step", 0), ("batch_max", 1),
+                                                 ("min_keep", 1), ("round_to", 1), ("ramp_epochs", 0),
+                                                 ("finetune_epochs", 0))},
+            "finetune_lr": (lambda v: is_num(v) and v > 0, "a positive number"),
+            **dict.fromkeys(("hybrid_batch", "reset_momentum", "zero_shift", "zero_bn_scale", "include_linear",
+                             "coupled"), BOOL)})
         if self.hybrid_batch and self.batch_max < self.batch_start:
-            raise PrunekitError(f"method {name!r}: batch_max ({self.batch_max}) must be >= batch_start "
+            raise PrunekitError(f"method 'sght': batch_max ({self.batch_max}) must be >= batch_start "
                                 f"({self.batch_start})")
-        if isinstance(self.finetune_lr, bool) or not isinstance(self.finetune_lr, int | float) \
-                or not 0 < self.finetune_lr < math.inf:
-            raise PrunekitError(f"method {name!r}: finetune_lr must be a positive number, got {self.finetune_lr!r}")
-        for key in ("hybrid_batch", "reset_momentum", "zero_shift", "zero_bn_scale", "include_linear",
-                    "coupled"):
-            if not isinstance(getattr(self, key), bool):
-                raise PrunekitError(f"method {name!r}: {key} must be true or false, got {getattr(self, key)!r}")
 
 
 class SGHT(PruningMethod):
@@ -171,7 +162,7 @@ class SGHT(PruningMethod):
         self.phase = "sght"  # "sght" (thresholding), "finetune" (compact net, plain SGD)
         self.threshold: FilterThreshold | None = None
         self.groups: list[Any] = []
-        self.cost: _budget.CostModel | None = None
+        self.cost: budget.CostModel | None = None
         self.target_keep: list[int] = []
         self._model: nn.Module | None = None
         self._example: Any = None
@@ -211,7 +202,7 @@ class SGHT(PruningMethod):
         """Find the filter groups of ``model``, solve ``k`` per group and build ``H_k`` for it."""
         c = self.config
         self._example = example_inputs
-        self.groups, self.cost, self.target_keep = _budget.groups_and_keep(model, example_inputs, c, "SGHT")
+        self.groups, self.cost, self.target_keep = budget.groups_and_keep(model, example_inputs, c, "SGHT")
         self.threshold = FilterThreshold(model, self.groups, self.target_keep, norm=c.norm,
                                          zero_shift=c.zero_shift, zero_bn_scale=c.zero_bn_scale)
         self._model = model

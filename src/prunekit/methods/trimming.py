@@ -42,7 +42,6 @@ means and histograms, and a per-layer plot.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -57,9 +56,10 @@ from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods import trimming_records
 from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
-from prunekit.methods.apoz import activation_points
+from prunekit.methods.apoz import ScoredGroup, choose_groups, scored_groups
 from prunekit.methods.budget import round_up
-from prunekit.methods.checks import is_int, is_num
+from prunekit.methods.checks import BOOL, Rule, check_options, int_at_least, is_int, is_num, one_of
+from prunekit.methods.loopdata import batches_of, example_inputs_of, val_top1
 
 RULES = ("paper", "threshold", "fraction")
 ORDERS = ("together", "highest_mean")
@@ -94,41 +94,24 @@ class TrimmingConfig(MethodConfig):
     progress: bool = True
 
     def validate(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise PrunekitError(f"method 'trimming': {msg}")
+        def fraction(lo_open: bool, hi_open: bool) -> Rule:
+            return ((lambda v: is_num(v) and (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)),
+                    f"a number in {'(' if lo_open else '['}0, 1{')' if hi_open else ']'}")
 
-        need(is_int(self.iterations, 1), f"iterations must be an integer >= 1, got {self.iterations!r}")
-        for key in ("initial_epochs", "retrain_epochs"):
-            v = getattr(self, key)
-            need(v is None or is_int(v, 0), f"{key} must be an integer >= 0 or null, got {v!r}")
-        need(self.retrain_lr is None or (is_num(self.retrain_lr) and self.retrain_lr > 0),
-             f"retrain_lr must be a positive number or null, got {self.retrain_lr!r}")
-        need(self.rule in RULES, f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
-        need(is_num(self.k), f"k must be a number, got {self.k!r}")
-        need(is_num(self.threshold) and 0 <= self.threshold < 1,
-             f"threshold must be a number in [0, 1), got {self.threshold!r}")
-        need(is_num(self.fraction) and 0 <= self.fraction < 1,
-             f"fraction must be a number in [0, 1), got {self.fraction!r}")
-        need(self.layers is None or (isinstance(self.layers, list) and self.layers
-                                     and all(isinstance(s, str) and s for s in self.layers)),
-             f"layers must be a non-empty list of layer names / patterns or null, got {self.layers!r}")
-        need(self.order in ORDERS, f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        need(is_int(self.layers_per_iteration, 1),
-             f"layers_per_iteration must be an integer >= 1, got {self.layers_per_iteration!r}")
-        need(is_int(self.min_channels, 1), f"min_channels must be an integer >= 1, got {self.min_channels!r}")
-        need(is_num(self.max_fraction) and 0 < self.max_fraction <= 1,
-             f"max_fraction must be a number in (0, 1], got {self.max_fraction!r}")
-        need(is_int(self.round_to, 1), f"round_to must be an integer >= 1, got {self.round_to!r}")
-        need(self.apoz_data in APOZ_DATA, f"apoz_data must be one of {', '.join(APOZ_DATA)}, got {self.apoz_data!r}")
-        need(is_int(self.apoz_samples, 0), f"apoz_samples must be an integer >= 0, got {self.apoz_samples!r}")
-        need(is_int(self.apoz_batch_size, 0),
-             f"apoz_batch_size must be an integer >= 0, got {self.apoz_batch_size!r}")
-        need(is_int(self.apoz_threads, 0), f"apoz_threads must be an integer >= 0, got {self.apoz_threads!r}")
-        for key in ("evaluate_trims", "final_apoz", "progress"):
-            need(isinstance(getattr(self, key), bool), f"{key} must be true or false")
-        need(self.plot_path is None or (isinstance(self.plot_path, str) and self.plot_path),
-             f"plot_path must be a file path or null, got {self.plot_path!r}")
+        optional_int: Rule = (lambda v: v is None or is_int(v, 0), "an integer >= 0 or null")
+        check_options("trimming", self, {
+            "iterations": int_at_least(1), "initial_epochs": optional_int, "retrain_epochs": optional_int,
+            "retrain_lr": (lambda v: v is None or (is_num(v) and v > 0), "a positive number or null"),
+            "rule": one_of(RULES), "k": (is_num, "a number"), "threshold": fraction(False, True),
+            "fraction": fraction(False, True),
+            "layers": (lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(s, str) and s
+                                                                                   for s in v)),
+                       "a non-empty list of layer names / patterns or null"),
+            "order": one_of(ORDERS), "layers_per_iteration": int_at_least(1), "min_channels": int_at_least(1),
+            "max_fraction": fraction(True, False), "round_to": int_at_least(1), "apoz_data": one_of(APOZ_DATA),
+            "apoz_samples": int_at_least(0), "apoz_batch_size": int_at_least(0), "apoz_threads": int_at_least(0),
+            **dict.fromkeys(("evaluate_trims", "final_apoz", "progress"), BOOL),
+            "plot_path": (lambda v: v is None or (isinstance(v, str) and bool(v)), "a file path or null")})
 
 
 # ------------------------------------------------------------------------------------------------ selection
@@ -159,16 +142,6 @@ def select_channels(apoz: torch.Tensor, cfg: TrimmingConfig) -> tuple[list[int],
 
 
 # ------------------------------------------------------------------------------------------------ the method
-
-
-@dataclass
-class _Group:
-    """A scorable unit: a surgery channel group and the ReLU modules whose outputs carry its channels."""
-
-    name: str
-    layers: tuple[str, ...]
-    size: int
-    points: list[str]
 
 
 class NetworkTrimming(PruningMethod):
@@ -218,42 +191,16 @@ class NetworkTrimming(PruningMethod):
         return out
 
     # -- analysis -------------------------------------------------------------------------------
-    def groups(self, model: nn.Module, example_inputs: torch.Tensor) -> list[_Group]:
+    def groups(self, model: nn.Module, example_inputs: torch.Tensor) -> list[ScoredGroup]:
         """Every scorable channel group of ``model`` (in module order) with its measuring ReLUs."""
-        from prunekit import surgery
-
-        raw = getattr(model, "module", model)
-        points = activation_points(raw, example_inputs)
-        out, unscorable = [], []
-        for g in surgery.channel_groups(raw, example_inputs):
-            ident = tuple(range(g.size))
-            measured: list[str] = []
-            for layer in g.layers:
-                if layer in points and tuple(g.index.get(layer, ident)) == ident:
-                    measured += [p for p in points[layer] if p not in measured]
-            if measured:
-                out.append(_Group(g.name, tuple(g.layers), g.size, measured))
-            else:
-                unscorable.append(g.name)
-        self._unscorable = unscorable
+        out, self._unscorable = scored_groups(model, example_inputs)
         return out
 
-    def chosen(self, groups: list[_Group]) -> list[_Group]:
+    def chosen(self, groups: list[ScoredGroup]) -> list[ScoredGroup]:
         """The groups the ``layers`` option names (a group matches if any of its layers does)."""
-        pats = self.config.layers
-        if pats is None:
-            return list(groups)
-        out = [g for g in groups if any(fnmatch.fnmatchcase(layer, p) for layer in g.layers for p in pats)]
-        for p in pats:
-            if not any(fnmatch.fnmatchcase(layer, p) for g in groups for layer in g.layers):
-                names = ", ".join(g.name for g in groups)
-                extra = (f"; not scorable (no ReLU after them): {', '.join(self._unscorable)}"
-                         if self._unscorable else "")
-                raise PrunekitError(f"trimming: layers pattern {p!r} matches no scorable layer; scorable layers "
-                                    f"(first layer of each coupled group): {names}{extra}")
-        return out
+        return choose_groups(groups, self.config.layers, self._unscorable)
 
-    def measure(self, model: nn.Module, batches: Iterable[Any], groups: list[_Group], *,
+    def measure(self, model: nn.Module, batches: Iterable[Any], groups: list[ScoredGroup], *,
                 device: torch.device | None = None, amp: bool = False) -> dict[str, torch.Tensor]:
         """APoZ per channel of every group in one pass over ``batches`` (pooled over a group's ReLUs)."""
         from prunekit.methods.apoz import collect_apoz
@@ -261,7 +208,7 @@ class NetworkTrimming(PruningMethod):
         return collect_apoz(model, batches, {g.name: g.points for g in groups}, device=device,
                             progress=self.config.progress, amp=amp, threads=self.config.apoz_threads)
 
-    def plan(self, apoz: Mapping[str, torch.Tensor], groups: list[_Group]
+    def plan(self, apoz: Mapping[str, torch.Tensor], groups: list[ScoredGroup]
              ) -> tuple[dict[str, list[int]], dict[str, float | None]]:
         """The removal plan ``{group: channels}`` for one iteration and the thresholds used."""
         cfg = self.config
@@ -334,7 +281,7 @@ class NetworkTrimming(PruningMethod):
         new["removed"] = {g: len(v) for g, v in rec["removed"].items()}
         new["removed_channels"] = rec["removed"]
         if self.config.evaluate_trims:
-            new["top1_trimmed"] = self._evaluate(trainer)
+            new["top1_trimmed"] = val_top1(trainer)
         self.records.append(new)
         self._last_metrics = {}
 
@@ -367,34 +314,9 @@ class NetworkTrimming(PruningMethod):
 
     # -- helpers --------------------------------------------------------------------------------
     def _example_inputs(self, trainer: TrainingLoop) -> torch.Tensor:
-        ex = trainer.example_inputs
-        if isinstance(ex, torch.Tensor):
-            return ex
-        data = self.apoz_data
-        shape = getattr(data, "input_shape", None) or getattr(trainer.raw_model, "input_shape", None)
-        if shape is None:
-            if data is None:
-                raise PrunekitError("trimming: cannot make example inputs; give the model an input_shape "
-                                    "attribute or pass apoz_data= to NetworkTrimming")
-            first = next(iter(self._resolve(data)))
-            x = first[0] if isinstance(first, tuple | list) else first
-            shape = tuple(x.shape[1:])
-        p = next(trainer.raw_model.parameters(), None)
-        return torch.zeros((1, *shape), device=p.device if p is not None else "cpu")
-
-    @staticmethod
-    def _resolve(data: Any) -> Iterable[Any]:
-        from prunekit import data as pdata
-
-        if isinstance(data, pdata.Dataset):
-            return pdata.iterate(data, 512, shuffle=False, augment=None)
-        if callable(data):
-            return data()
-        return data
+        return example_inputs_of(trainer, self.apoz_data)
 
     def _apoz_batches(self, trainer: TrainingLoop) -> Iterable[Any]:
-        from prunekit import data as pdata
-
         cfg = self.config
         ds = self.apoz_data
         if ds is None:
@@ -402,39 +324,15 @@ class NetworkTrimming(PruningMethod):
             if ds is None:
                 raise PrunekitError(f"trimming: no data to measure APoZ on ({cfg.apoz_data!r} split missing); "
                                     "pass apoz_data= to NetworkTrimming in your own loop")
-        if not isinstance(ds, pdata.Dataset):
-            return self._resolve(ds)
-        if cfg.apoz_samples:
-            ds = ds.subset(cfg.apoz_samples)
-        bs = cfg.apoz_batch_size or trainer.eval_batch_size
-        # split="batch": under DDP the ranks' parts together are the whole data set, as in one process
-        return pdata.iterate(ds, bs, shuffle=False, augment=None, device=trainer.device,
-                             rank=trainer.rank, world_size=trainer.world_size,
-                             split="batch")
-
-    def _evaluate(self, trainer: TrainingLoop) -> float | None:
-        val = trainer.val_data
-        if val is None:
-            return None
-        from prunekit.engine.trainer import evaluate
-
-        ev = evaluate(trainer.raw_model, val, batch_size=trainer.eval_batch_size, device=trainer.device,
-                      rank=trainer.rank, world_size=trainer.world_size, amp=trainer.amp)
-        return ev["top1"]
+        return batches_of(ds, trainer, batch_size=cfg.apoz_batch_size, samples=cfg.apoz_samples)
 
     def _snapshot(self, model: nn.Module, example: torch.Tensor, iteration: int,
                   trainer: TrainingLoop | None) -> dict[str, Any]:
-        """Widths of every conv/linear layer, parameters and MACs of ``model`` (plus accuracy if known)."""
-        from prunekit import metrics
-
-        widths = {n: (m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
-                  for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)}
-        counts = metrics.count(model, example)
-        rec: dict[str, Any] = {"iteration": iteration, "widths": widths, "params": counts.params,
-                               "macs": counts.macs}
+        """:func:`trimming_records.snapshot` of ``model``, with its accuracy when ``trainer`` is given."""
+        rec = trimming_records.snapshot(model, example, iteration)
         if trainer is not None:
             top1 = self._last_metrics.get("val_top1")
-            rec["top1"] = top1 if top1 is not None else self._evaluate(trainer)
+            rec["top1"] = top1 if top1 is not None else val_top1(trainer)
         return rec
 
     # -- report ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from prunekit.errors import PrunekitError
 
@@ -17,6 +18,16 @@ HIST_BINS = 20
 def histogram(a: torch.Tensor) -> list[int]:
     """Counts of APoZ values in ``HIST_BINS`` equal bins over [0, 1]."""
     return torch.histc(a.double(), bins=HIST_BINS, min=0.0, max=1.0).long().tolist()
+
+
+def snapshot(model: nn.Module, example: torch.Tensor, iteration: int) -> dict[str, Any]:
+    """The record of one network: widths of every conv / linear layer, parameters and MACs."""
+    from prunekit import metrics
+
+    widths = {n: (m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
+              for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)}
+    counts = metrics.count(model, example)
+    return {"iteration": iteration, "widths": widths, "params": counts.params, "macs": counts.macs}
 
 
 def table_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -101,4 +112,4 @@ def report(records: list[dict[str, Any]], plot_path: str | Path | None) -> dict[
     return out
 
 
-__all__ = ["HIST_BINS", "histogram", "plot", "report", "table_rows"]
+__all__ = ["HIST_BINS", "histogram", "plot", "report", "snapshot", "table_rows"]
