@@ -156,6 +156,7 @@ def test_checkpoint_state_is_named_per_callback_and_old_lists_still_resume(tmp_p
 # ------------------------------------------------------------------------------------------- own loop
 README = Path(__file__).resolve().parents[1] / "README.md"
 CONSTRUCTOR = 'method = methods.get("sght")(keep_ratio=0.5)'
+EPOCHS = "method.stages(epochs=10)"
 PAPER_METHODS = {
     "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
             "final_epochs": 1},
@@ -166,11 +167,13 @@ PAPER_METHODS = {
 
 
 def own_loop_snippet() -> str:
-    """The README's own-loop block, verbatim."""
+    """The calls of the README's own-loop block, verbatim (the lines after its data-and-network setup)."""
     text = README.read_text()
     block = text.split("<!-- own-loop -->\n```python\n", 1)[1].split("```", 1)[0]
-    assert CONSTRUCTOR in block
-    return block
+    imports = block.split("\n\n", 1)[0]
+    calls = block.split("# ---- the same calls for every method ----\n", 1)[1]
+    assert calls.startswith(CONSTRUCTOR) and EPOCHS in calls
+    return imports + "\n" + calls
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_METHODS))
@@ -181,7 +184,8 @@ def test_each_paper_method_runs_through_the_readme_own_loop_snippet(name):
     model = _lenet()
     dense = sum(p.numel() for p in model.parameters())
     code = own_loop_snippet().replace(CONSTRUCTOR, f"method = methods.get({name!r})(**{PAPER_METHODS[name]!r})")
-    scope = {"model": model, "loader": loader, "epochs": 4}
+    code = code.replace(EPOCHS, "method.stages(epochs=4)")
+    scope = {"model": model, "loader": loader}
     exec(compile(code, str(README), "exec"), scope)  # the README's calls, unchanged but for the method
     method, pruned, state = scope["method"], scope["pruned"], scope["state"]
     assert state.step == sum(s.epochs for s in method.stages(4)) * 2

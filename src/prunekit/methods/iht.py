@@ -37,21 +37,9 @@ Where we chose (the paper gives no code and the numbers below are not verified, 
   a boolean ``masked_fill_`` (a frozen weight may then read ``-0.0`` during training; finalize writes
   ``+0.0`` so the sparse file stores none of them). No forward hooks: two elementwise passes per step.
 
-Works in the Trainer (phases are Stages of kind ``"dense"`` / ``"sparse"``) and in a user's own loop
-(call :meth:`stages` once; the method then switches phases in ``on_epoch_start`` from the epoch number)::
-
-    method = IHT(target="2x", cycles=2)
-    Trainer(model, train, test, callbacks=[method]).fit(method.stages(30))       # or, in your own loop:
-    plan = method.stages(30)                 # each Stage says its kind and learning rate (stage.lr)
-    state = LoopState(model, [optimizer])
-    for epoch in range(30):
-        state.epoch = epoch
-        method.on_epoch_start(state)         # thresholds / re-activates, resets momentum at a switch
-        for x, y in loader:
-            loss_fn(model(x), y).backward()
-            method.on_before_optimizer_step(state); optimizer.step(); method.on_after_optimizer_step(state)
-            optimizer.zero_grad()
-    sparse_model = method.finalize(model, example_inputs).model   # save with prunekit.surgery.save_sparse
+Works in the Trainer (phases are Stages of kind ``"dense"`` / ``"sparse"``) and in a user's own loop, through
+the one sequence of calls every method shares (README.md, "Library"; ``LoopState.begin_stage`` enters each
+phase). The final network is sparse: save it with :func:`prunekit.surgery.save_sparse`.
 """
 
 from __future__ import annotations

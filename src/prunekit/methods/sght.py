@@ -143,11 +143,9 @@ class SGHT(PruningMethod):
     """AHSG-HT filter hard thresholding, trained from scratch (see the module docstring).
 
     Trainer: ``Trainer(model, data, callbacks=[SGHT(keep_ratio=0.6)]).fit(method.stages(200))`` -- the
-    method supplies the :class:`AHSGHT` optimizer and the hybrid batch sizes. Own loop: build
-    ``AHSGHT(model.parameters(), ...)`` (or any optimizer), call ``method.bind(model, example_inputs)``
-    once, then the callback hooks as in :mod:`prunekit.engine.callbacks` (``on_after_optimizer_step``
-    applies ``H_k``); ``method.batch_size_schedule(state)`` gives the batch sizes. ``finalize`` removes
-    the zero filters.
+    method supplies the :class:`AHSGHT` optimizer and the hybrid batch sizes. A user's own loop drives it with
+    the sequence of calls every method shares (README.md, "Library"): ``on_after_optimizer_step`` applies
+    ``H_k``, ``finalize`` removes the zero filters.
     """
 
     name = "sght"
@@ -224,8 +222,8 @@ class SGHT(PruningMethod):
             example = trainer.example_inputs
             example = example if example is not None else self._example
             if example is None:
-                raise PrunekitError("SGHT: no example inputs to analyse the model; call "
-                                    "method.bind(model, example_inputs) before training in your own loop")
+                raise PrunekitError("SGHT: no example inputs to analyse the model; in your own loop set "
+                                    "LoopState(example_inputs=...) or call method.bind(model, example_inputs)")
             self.bind(model, example)
         assert self.threshold is not None
         epoch = trainer.epoch

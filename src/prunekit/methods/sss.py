@@ -108,13 +108,8 @@ class SparseStructureSelection(PruningMethod):
     """SSS as a plug-in: ``prepare`` inserts factors, ``configure_optimizers`` gives [SGD(W), APG(lambda)],
     ``finalize`` folds factors and removes the structures whose factor is zero.
 
-    In a user's own loop::
-
-        sss = SparseStructureSelection(gamma_block=0.01)
-        model = sss.prepare(model)
-        sgd, apg = sss.configure_optimizers(LoopState(model), lr=0.1)  # momentum / wd: LoopState.optim_cfg
-        ... loss.backward(); sgd.step(); apg.step(); zero both ...
-        result = sss.finalize(model, example_inputs)
+    A user's own loop drives it with the sequence of calls every method shares (README.md, "Library"):
+    ``LoopState.begin_stage`` asks it for its two optimizers.
     """
 
     name = "sss"

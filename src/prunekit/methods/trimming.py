@@ -147,10 +147,11 @@ def select_channels(apoz: torch.Tensor, cfg: TrimmingConfig) -> tuple[list[int],
 class NetworkTrimming(PruningMethod):
     """Network Trimming (Hu et al. 2016): iteratively remove the neurons with the highest APoZ, retrain.
 
-    In the Trainer, APoZ is measured on the Trainer's data (``apoz_data``); in a user's own loop pass
-    ``apoz_data=`` (a :class:`prunekit.data.Dataset`, an iterable of batches, or a callable returning one)
-    and call ``on_stage_start(state, stage)`` for each stage of :meth:`stages`, rebuilding the optimizer
-    afterwards (the model object changes). :meth:`trim` does one iteration on any model directly.
+    APoZ is measured on the loop's data (``apoz_data``: its train or val split; in a user's own loop, a
+    ``DataLoader`` given as ``LoopState(train_data=...)``, or ``apoz_data=`` here: a dataset, an iterable of
+    batches or a callable returning one). A user's loop drives it with the sequence of calls every method
+    shares (README.md, "Library"); ``state.replace_model`` rebuilds the optimizers after each trim.
+    :meth:`trim` does one iteration on any model directly.
     """
 
     name = "trimming"
