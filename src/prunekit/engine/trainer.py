@@ -257,7 +257,8 @@ class Trainer:
         else:
             model = self.raw_model
             for cb in self.callbacks:
-                model = cb.prepare(model)
+                prepared = cb.prepare(model)
+                model = model if prepared is None else prepared  # a prepare that works in place may return None
             self._set_model(model)
             self.stage_index, self.stage_epoch, self.batch_in_epoch = 0, 0, 0
             self.stage = self.stages[0]
