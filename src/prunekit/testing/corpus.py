@@ -302,7 +302,8 @@ def build(name: str, seed: int = 0, batch: int = 2) -> Network:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
                 m.running_mean.normal_(0, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
+                if m.running_var is not None:
+                    m.running_var.uniform_(0.5, 1.5, generator=gen)
     inputs = torch.randn(batch, 3, IMAGE, IMAGE, generator=gen)
     return Network(name, model.eval(), inputs, source)
 
