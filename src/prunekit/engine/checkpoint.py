@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from prunekit import io
+from prunekit._atomic import sweep_stale
 from prunekit.errors import PrunekitError
 
 FORMAT = "prunekit-checkpoint/1"
@@ -53,7 +54,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; a damaged file is one PrunekitError."""
+    """Read a checkpoint written by :func:`save_checkpoint`; a damaged file is one PrunekitError.
+
+    Reading a checkpoint means a run resumes in its folder: temporary files that a killed writer left there
+    (``.log.jsonl.<pid>-<random>.tmp`` and the like) are removed first.
+    """
+    sweep_stale(Path(path).parent, legacy=True)
     tensors, doc = io.read_safetensors(path)
     if doc.get("format") != FORMAT:
         raise PrunekitError(f"{path}: not a prunekit checkpoint (format {doc.get('format')!r})")
