@@ -153,3 +153,77 @@ def test_write_errors_name_the_target_not_the_temp_file(tmp_path: Path, model_fi
     with pytest.raises(PrunekitError) as e, atomic_path(blocker / "under" / "x"):
         pass
     assert str(blocker / "under" / "x") in str(e.value) and ".tmp" not in str(e.value)
+
+
+# ------------------------------------------------------------------ 19. strings from outside are escaped
+
+FORGED = "x\n\x1b[2K\rprunekit: error: \x1b[32mall good\u202e"
+
+
+def _assert_escaped(err: str) -> None:
+    assert len(err.strip().splitlines()) == 1, err
+    assert not any(c in err.strip() for c in "\x1b\r\u202e"), repr(err)
+
+
+def test_hostile_sparse_entry_key_cannot_forge_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A sparse file whose entry key holds a newline, a carriage return, ANSI and bidi codes."""
+    src = surgery.save_sparse(models.create("lenet5", input_size=8), tmp_path / "s.safetensors")
+    tensors, doc = io.read_safetensors(src)
+    doc["entries"][0].update(key=FORGED, dtype="nosuch")  # the error starts with the key: "<key>: unknown dtype"
+    bad = tmp_path / "bad.safetensors"
+    io.write_safetensors(bad, tensors, doc)
+    for argv in (["info", str(bad)], ["export", str(bad), "--to", "dense", "--out", str(tmp_path / "o")]):
+        code = cli.main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        _assert_escaped(err)
+        assert err.startswith("prunekit: error:") and "\\x1b" in err, err
+
+
+def test_hostile_path_names_cannot_forge_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / f"{FORGED}.safetensors"
+    assert cli.main(["info", str(missing)]) == 2
+    _assert_escaped(capsys.readouterr().err)
+    cfg = tmp_path / f"{FORGED}.yaml"
+    cfg.write_text("model: {name: nosuch}\n")
+    assert cli.main(["train", str(cfg)]) == 2
+    _assert_escaped(capsys.readouterr().err)
+    with pytest.raises(SystemExit) as e:  # argparse's own errors go through the same printer
+        cli.main(["info", "lenet5", "--input-shape", "1,2", "--nosuch" + FORGED])
+    assert e.value.code == 2
+    _assert_escaped(capsys.readouterr().err)
+
+
+def test_one_place_prints_the_error_line() -> None:
+    """``prunekit: error:`` is written by cli.fail only; every other module raises PrunekitError."""
+    pkg = Path(cli.__file__).parent
+    hits = [(str(p.relative_to(pkg)), line) for p in pkg.rglob("*.py")
+            for line in p.read_text().splitlines() if "prunekit: error:" in line and "print(" in line]
+    assert hits == [("cli.py", '    print(f"prunekit: error: {escape(str(message))}", file=sys.stderr)')], hits
+
+
+# ------------------------------------------------------------------------- 18. Ctrl-C in the first second
+
+# The console script's body (setuptools writes the same two lines), after a marker that says the interpreter
+# itself has started: the signal then lands in prunekit's own start-up (imports, parsing) or in main().
+_CONSOLE = ("import sys; sys.stderr.write('go\\n'); sys.stderr.flush()\n"
+            "from prunekit.cli import main\nsys.exit(main())\n")
+
+
+@pytest.mark.parametrize("delay", [0.25, 0.5, 0.8] + ([0.3 + 0.05 * i for i in range(30)] if SLOW else []))
+def test_ctrl_c_in_the_first_second_is_one_line(tmp_path: Path, delay: float) -> None:
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(TRAIN_YAML)
+    proc = subprocess.Popen([sys.executable, "-c", _CONSOLE, "train", str(cfg), "--out", str(tmp_path / "run"),
+                             "--quiet"], env=_env(tmp_path), stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    assert proc.stderr.readline() == "go\n"
+    import time
+
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert proc.returncode == 130, err
+    assert err.strip() == "prunekit: interrupted; rerun with --resume to continue from the last checkpoint", err

@@ -14,9 +14,23 @@ from typing import Any, NoReturn
 from prunekit.errors import PrunekitError
 
 
+def escape(text: str) -> str:
+    """``text`` with every non-printable character (newline, carriage return, ANSI escape, bidi control) written
+    as a Python escape such as ``\\n`` or ``\\x1b``, so a path or a string from a file cannot forge lines,
+    colours or a fake ``prunekit:`` line in what the command prints."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
+def fail(message: object) -> int:
+    """Print the one ``prunekit: error:`` line (the only place that prints it) and return exit code 2."""
+    print(f"prunekit: error: {escape(str(message))}", file=sys.stderr)
+    return 2
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
-        self.exit(2, f"prunekit: error: {message} (see: {self.prog} --help)\n")
+        sys.exit(fail(f"{message} (see: {self.prog} --help)"))
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -224,12 +238,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``prunekit`` command."""
-    args = build_parser().parse_args(argv)
-    from prunekit.engine import distributed
+    """Entry point of the ``prunekit`` command.
 
+    Everything, the heavy imports included, runs under one handler: bad input is one escaped line and exit 2,
+    Ctrl-C at any moment (even while torch is still being imported) is one line and exit 130.
+    """
+    command: str | None = None
+    shutdown: Any = None
     finished = False
     try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        from prunekit.engine import distributed
+
+        shutdown = distributed.shutdown
         if args.command in ("train", "prune", "compare"):
             distributed.init_from_env()  # under torchrun: join the process group (a no-op otherwise)
         if args.command in ("train", "prune"):
@@ -241,18 +263,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         finished = True
         return rc
     except PrunekitError as exc:
-        print(f"prunekit: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     except KeyboardInterrupt:
-        print("prunekit: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        hint = "; rerun with --resume to continue from the last checkpoint" if command in ("train", "prune") else ""
+        print(f"prunekit: interrupted{hint}", file=sys.stderr)
         return 130
     except OSError as exc:  # disk full, permission denied: the user's environment, not a bug
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"prunekit: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return fail(f"{where}{exc.strerror or exc}")
     finally:
-        distributed.shutdown(wait=finished)  # under torchrun: leave the group; a no-op in one process
-
+        if shutdown is not None:
+            shutdown(wait=finished)  # under torchrun: leave the group; a no-op in one process
 
 
 if __name__ == "__main__":
