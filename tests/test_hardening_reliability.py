@@ -227,3 +227,70 @@ def test_ctrl_c_in_the_first_second_is_one_line(tmp_path: Path, delay: float) ->
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert proc.returncode == 130, err
     assert err.strip() == "prunekit: interrupted; rerun with --resume to continue from the last checkpoint", err
+
+
+# -------------------------------------------------------------------------- 22. hints that point somewhere
+
+
+def test_the_download_hint_is_a_real_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The not-found message's CLI hint is an option the CLI and the config accept."""
+    import re
+    import shlex
+
+    from prunekit import config
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("model: {name: lenet5}\ndata: {name: mnist}\ntrain: {epochs: 1}\n")
+    err = _one_line(capsys, cli.main(["train", str(cfg), "--data-dir", str(empty), "--out", str(tmp_path / "r")]))
+    m = re.search(r"\(CLI: ([^)]*)\)", err)
+    assert m, err
+    hint = shlex.split(m.group(1))
+    args = cli.build_parser().parse_args(["train", str(cfg), *hint])
+    assert config.load_config(str(cfg), args.overrides)["data"]["download"] is True
+
+
+def _config_commands() -> list[tuple[Path, list[str]]]:
+    import re
+    import shlex
+
+    out = []
+    for f in sorted((REPO / "configs").rglob("*.yaml")):
+        for line in f.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            m = re.search(r"\bprunekit ([a-z]+ configs/.*)", line)
+            if m:
+                text = re.sub(r"<[^>]*>", "X", m.group(1).split("  (")[0].split(" (")[0])
+                out.append((f, shlex.split(text)))
+    return out
+
+
+def test_config_headers_name_real_commands() -> None:
+    """Every ``prunekit ...`` command in a config's header parses, and names a config file that exists."""
+    cmds = _config_commands()
+    assert len(cmds) >= 20
+    parser = cli.build_parser()
+    for f, argv in cmds:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{f.relative_to(REPO)}: header command does not parse: prunekit {' '.join(argv)}")
+        assert (REPO / args.config).is_file(), (f, argv)
+
+
+def test_demo_with_an_unknown_method_fails_before_training(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    err = _one_line(capsys, cli.main(["demo", "--methods", "sght,nosuch", "--out", str(out), "--epochs", "1"]))
+    assert "nosuch" in err, err
+    assert not out.exists()
+
+
+def test_info_on_a_device_or_folder_says_what_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for path, kind in (("/dev/zero", "a character device"), (str(tmp_path), "a folder")):
+        err = _one_line(capsys, cli.main(["info", path]))
+        assert f"{path}: is {kind}" in err and "no such file" not in err, err
+        err = _one_line(capsys, cli.main(["eval", path, "--data", "digits"]))
+        assert kind in err, err

@@ -57,7 +57,8 @@ class NotAFileError(PrunekitError, OSError):
         return f"{self.filename}: {self.strerror}; refusing to replace it, choose another path"
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages: "a character device", "a FIFO", "a folder", ..."""
     for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
         if test(mode):
@@ -72,7 +73,7 @@ def check_target(path: str | os.PathLike) -> None:
     except OSError:
         return  # missing (the usual case) or unreadable: the write itself reports it
     if not stat.S_ISREG(st.st_mode):
-        raise NotAFileError(errno.EEXIST, f"exists and is {_kind(st.st_mode)}, not a regular file", str(path))
+        raise NotAFileError(errno.EEXIST, f"exists and is {file_kind(st.st_mode)}, not a regular file", str(path))
 
 
 def _stem(name: str) -> str:

@@ -102,9 +102,19 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 
 def _load_any(spec: str) -> Any:
     """A model file (dense or sparse), or a zoo name."""
-    from prunekit import io, models
+    import stat
 
-    if Path(spec).suffix == ".safetensors" or Path(spec).exists():
+    from prunekit import io, models
+    from prunekit._atomic import file_kind
+
+    try:
+        mode = Path(spec).stat().st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise PrunekitError(f"{spec}: is {file_kind(mode)}, not a model file; pass a prunekit model file "
+                            "(.safetensors) or a zoo name")
+    if Path(spec).suffix == ".safetensors" or mode is not None:
         return io.load(spec)
     return models.create(spec)
 

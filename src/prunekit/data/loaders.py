@@ -110,7 +110,7 @@ def download_dir(name: str, root: str | os.PathLike | None) -> Path:
 
 
 def _not_found(name: str, split: str, dirs: list[Path], wanted: str) -> PrunekitError:
-    how = "pass download=True (CLI: --download) to fetch it, or " if name in RELEASES else ""
+    how = "pass download=True (CLI: --set data.download=true) to fetch it, or " if name in RELEASES else ""
     looked = ", ".join(str(d) for d in dirs)
     return PrunekitError(
         f"dataset {name!r} ({split}) not found: looked for {wanted} in {looked}; {how}put the files in "
