@@ -294,3 +294,96 @@ def test_info_on_a_device_or_folder_says_what_it_is(tmp_path: Path, capsys: pyte
         assert f"{path}: is {kind}" in err and "no such file" not in err, err
         err = _one_line(capsys, cli.main(["eval", path, "--data", "digits"]))
         assert kind in err, err
+
+
+# ------------------------------------------------------------- 17. hostile report.json and results.csv
+
+
+def _run_folder(root: Path, name: str, figures: object) -> Path:
+    import json
+
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "report.json").write_text(json.dumps({"figures": figures}))  # json writes inf/NaN as Infinity/NaN
+    return d
+
+
+HOSTILE_VALUES = ["12", float("inf"), float("nan"), -float("inf"), [1], {"a": 1}, True, 10**400, "x\n\x1b[31m"]
+
+
+@pytest.mark.parametrize("key", ["macs", "top1", "params", "nonzero_params", "file_bytes", "method"])
+def test_report_of_hostile_report_json_warns_and_never_crashes(tmp_path: Path, key: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    good = {"method": "dense", "params": 1000, "nonzero_params": 1000, "macs": 5000, "top1": 97.5,
+            "file_bytes": 4000, "latency_ms_b1": 0.5}
+    ref = _run_folder(tmp_path, "ref", good)
+    for i, value in enumerate(HOSTILE_VALUES):
+        if key == "method" and value == "12":
+            continue  # a fine name
+        bad = _run_folder(tmp_path, f"bad{i}", {**good, "method": "sght", key: value})
+        code = cli.main(["report", str(ref), str(bad), "--out", str(tmp_path / f"o{i}")])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert err.count("\n") == 1 and err.startswith(f"prunekit: warning: {bad / 'report.json'}: figures.{key}"), err
+        assert "\x1b" not in out + err
+        assert (tmp_path / f"o{i}" / "plot.png").is_file()
+    for doc in ("[1, 2]", '{"figures": "ab"}', '{"figures": [[1, 2]]}', "[" * 100_000):
+        d = tmp_path / f"doc{len(doc)}{doc[:3]}"
+        d.mkdir()
+        (d / "report.json").write_text(doc)
+        assert "not a prunekit report" in _one_line(capsys, cli.main(["report", str(d)]))
+
+
+def _compare_folder(tmp_path: Path) -> Path:
+    from prunekit import compare
+
+    rows = []
+    for seed in (0, 1):
+        for label, method, macs in (("dense", "dense", 5000), ("sght@macs=0.5", "sght", 2500)):
+            rows.append({"run": f"runs/{label}/seed{seed}", "label": label, "method": method, "seed": seed,
+                         "start": "dense", "target_kind": None if method == "dense" else "macs",
+                         "target": None if method == "dense" else 0.5, "matched": method != "dense",
+                         "train_epochs": 2, "params": 1000, "nonzero_params": 1000 - 500 * (method != "dense"),
+                         "macs": macs, "params_frac": 1.0, "nonzero_frac": 1.0, "macs_frac": macs / 5000,
+                         "top1": 97.0 + seed, "top5": 99.0, "test_loss": 0.1, "latency_ms_b1": 0.5,
+                         "latency_batch": 64, "latency_ms_batch": 5.0, "file_bytes": 4000, "sparse_file": False,
+                         "train_seconds": 1.0})
+    d = tmp_path / "cmp"
+    d.mkdir()
+    compare.write_results(rows, d)
+    return d
+
+
+def test_report_of_hostile_results_csv_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every column, and the required ones empty: a real compare folder's results.csv, one cell at a time."""
+    import csv
+
+    from prunekit import compare
+
+    d = _compare_folder(tmp_path)
+    assert cli.main(["report", str(d)]) == 0  # the genuine file reports
+    capsys.readouterr()
+    text = (d / "results.csv").read_text()
+    header = next(csv.reader([text.splitlines()[0]]))
+    values = ["abc", "inf", "-inf", "nan", "1e400", "", "x\x1b[31m", "9" * 400] if SLOW else ["abc", "inf", ""]
+    columns = header if SLOW else ["seed", "macs", "top1", "nonzero_params", "macs_frac", "matched"]
+    for col in columns:
+        for value in values:
+            rows = list(csv.DictReader(text.splitlines()))
+            rows[1][col] = value
+            with open(d / "results.csv", "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=header, lineterminator="\n")
+                w.writeheader()
+                w.writerows(rows)
+            code = cli.main(["report", str(d)])
+            err = capsys.readouterr().err
+            assert code in (0, 2), (col, value, err)
+            if code == 2:
+                assert len(err.strip().splitlines()) == 1 and err.startswith("prunekit: error:"), (col, value, err)
+                assert "\x1b" not in err
+            else:
+                required = ("label", "method", "seed", "macs", "top1", "nonzero_params")
+                numeric = compare._INT | compare._FLOAT | compare._BOOL
+                assert (value == "" and col not in required) or (value and value.isprintable() and col not in numeric
+                                                                 and len(value) < 1000), (col, value)
+    assert set(compare.CSV_COLUMNS) == set(header)

@@ -222,6 +222,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(args.runs) == 1 and (Path(args.runs[0]) / "results.csv").is_file():  # a compare folder
         from prunekit import compare
 
+        reports.check_results_csv(Path(args.runs[0]) / "results.csv", compare._INT, compare._FLOAT)
         written = compare.report(args.runs[0])
         print(compare.markdown(compare.summarize(compare.read_results(args.runs[0]))))
         print("wrote " + ", ".join(str(p) for p in written))
