@@ -387,3 +387,104 @@ def test_report_of_hostile_results_csv_is_one_line(tmp_path: Path, capsys: pytes
                 assert (value == "" and col not in required) or (value and value.isprintable() and col not in numeric
                                                                  and len(value) < 1000), (col, value)
     assert set(compare.CSV_COLUMNS) == set(header)
+
+
+# ------------------------------------------------------------------ 14. forged checkpoints on --resume
+
+
+def _forge(kind: str, s: dict) -> None:
+    o = s["optimizers"][0]
+    g = o["param_groups"][0]
+    buf = o["state"][0]["momentum_buffer"]
+    if kind == "momentum 'x'":
+        g["momentum"] = "x"
+    elif kind == "nesterov 'x'":
+        g["nesterov"] = "x"
+    elif kind == "lr 1e308":
+        g["lr"] = 1e308
+    elif kind == "base_lrs 1e308":
+        s["base_lrs"] = [[1e308] * len(b) for b in s["base_lrs"]]
+    elif kind == "momentum buffer of the wrong shape":
+        o["state"][0]["momentum_buffer"] = torch.zeros(3)
+    elif kind == "momentum buffer of integers":
+        o["state"][0]["momentum_buffer"] = buf.to(torch.int64)
+    elif kind == "momentum buffer of inf":
+        o["state"][0]["momentum_buffer"] = torch.full_like(buf, float("inf"))
+    elif kind == "state of a parameter no group holds":
+        o["state"][99] = {"momentum_buffer": buf.clone()}
+
+
+FORGERIES = ["momentum 'x'", "nesterov 'x'", "lr 1e308", "base_lrs 1e308", "momentum buffer of the wrong shape",
+             "momentum buffer of integers", "momentum buffer of inf", "state of a parameter no group holds"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A real 2-epoch CLI run whose checkpoint is then set back to the end of epoch 1 (so --resume trains)."""
+    from prunekit.engine import load_checkpoint
+
+    root = tmp_path_factory.mktemp("ckpt")
+    cfg = root / "t.yaml"
+    cfg.write_text(TRAIN_YAML.replace("epochs: 1", "epochs: 2"))
+    out = root / "run"
+    assert cli.main(["train", str(cfg), "--out", str(out), "--quiet", "--set", "train.max_steps_per_epoch=2"]) == 0
+    st = load_checkpoint(out / "checkpoint.safetensors")
+    st["position"].update(stage_index=0, stage_epoch=1, epoch=1, step=2, batch_in_epoch=0)
+    st["history"] = st["history"][:1]
+    return cfg, st
+
+
+@pytest.mark.parametrize("kind", FORGERIES)
+def test_forged_checkpoint_is_one_line_on_resume(tmp_path: Path, kind: str, finished_run: tuple[Path, dict],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import copy
+    import shutil
+
+    from prunekit.engine import save_checkpoint
+
+    cfg, good = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(cfg.parent / "run", out)
+    state = copy.deepcopy(good)
+    _forge(kind, state)
+    save_checkpoint(out / "checkpoint.safetensors", state)
+    capsys.readouterr()
+    err = _one_line(capsys, cli.main(["train", str(cfg), "--out", str(out), "--quiet", "--resume",
+                                      "--set", "train.max_steps_per_epoch=2"]))
+    assert "checkpoint" in err and "malformed" in err, err
+
+
+def test_unforged_checkpoint_resumes(tmp_path: Path, finished_run: tuple[Path, dict],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The baseline of the forgeries above: the same checkpoint, untouched, resumes and trains epoch 2."""
+    import shutil
+
+    from prunekit.engine import load_checkpoint, save_checkpoint
+
+    cfg, good = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(cfg.parent / "run", out)
+    save_checkpoint(out / "checkpoint.safetensors", good)
+    assert cli.main(["train", str(cfg), "--out", str(out), "--quiet", "--resume",
+                     "--set", "train.max_steps_per_epoch=2"]) == 0
+    assert load_checkpoint(out / "checkpoint.safetensors")["position"]["step"] == 4
+
+
+@pytest.mark.parametrize("kwargs", [{"input_size": 28, "num_classes": 10}, {"input_size": 8, "num_classes": 3}])
+def test_checkpoint_architecture_that_does_not_fit_the_data(tmp_path: Path, kwargs: dict) -> None:
+    """A forged architecture (weights and optimizer consistent with it) for 28x28 inputs or 3 classes, checked
+    against 8x8 digits with 10 classes on the meta device: one line, nothing computed."""
+    from prunekit.engine import load_checkpoint, save_checkpoint
+    from prunekit.engine.checkpoint import check_fits_data
+
+    forged = models.create("lenet5", **kwargs)
+    state = {"position": {"stage_index": 0, "stage_epoch": 0, "epoch": 0, "step": 0, "batch_in_epoch": 0},
+             "stages": [{"name": "train", "epochs": 1}], "architecture": io.architecture(forged),
+             "model": dict(forged.state_dict()), "optimizers": [], "rng": {"torch": torch.get_rng_state()}}
+    save_checkpoint(tmp_path / "c.safetensors", state)
+    st = load_checkpoint(tmp_path / "c.safetensors")
+    model = io.build_from_architecture(st["architecture"], device="meta")
+    with pytest.raises(PrunekitError, match="the checkpoint's network") as e:
+        check_fits_data(tmp_path / "c.safetensors", model, (1, 8, 8), 10)
+    assert "\n" not in str(e.value)
+    check_fits_data(tmp_path / "c.safetensors", models.create("lenet5", input_size=8), (1, 8, 8), 10)
