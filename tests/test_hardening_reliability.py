@@ -488,3 +488,59 @@ def test_checkpoint_architecture_that_does_not_fit_the_data(tmp_path: Path, kwar
         check_fits_data(tmp_path / "c.safetensors", model, (1, 8, 8), 10)
     assert "\n" not in str(e.value)
     check_fits_data(tmp_path / "c.safetensors", models.create("lenet5", input_size=8), (1, 8, 8), 10)
+
+
+# ------------------------------------------------------------- 7. bounded work from a hostile model file
+
+
+@pytest.fixture(scope="module")
+def padded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid 1.1 MB ResNet-20 file whose first convolution pads by 1500: 368 GMACs and a 147 M-value
+    activation per 32x32 image."""
+    m = models.create("resnet20")
+    m.conv1.padding = (1500, 1500)
+    return io.save(m, tmp_path_factory.mktemp("pad") / "padded.safetensors")
+
+
+def test_hostile_padding_is_refused_before_anything_runs(tmp_path: Path, padded_model: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """info in a real process with a 60 s budget, eval and export in this one: each is refused from the
+    architecture on the meta device, before any arithmetic."""
+    res = subprocess.run([sys.executable, "-m", "prunekit.cli", "info", str(padded_model)], env=_env(tmp_path),
+                         capture_output=True, text=True, timeout=60)
+    err = res.stderr.strip()
+    assert res.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "367,905,706,208 MACs per sample" in err and "--max-macs" in err, err
+    onnx = tmp_path / "m.onnx"
+    for argv in (["eval", str(padded_model), "--data", "synthetic"],
+                 ["export", str(padded_model), "--to", "onnx", "--out", str(onnx)]):
+        err = _one_line(capsys, cli.main(argv))
+        assert "367,905,706,208 MACs per sample" in err, err
+    assert not onnx.exists()
+
+
+def test_the_limit_can_be_raised_or_lowered(padded_model: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunekit.metrics.counting import check_bounds
+
+    b = check_bounds(io.load(padded_model), (3, 32, 32), max_macs=1e12, max_activation=2e8)
+    assert b is not None and b.macs == 367_905_706_208 and b.largest_activation == 16 * 3030 * 3030
+    with pytest.raises(PrunekitError, match="'conv1' outputs 146,894,400 values"):
+        check_bounds(io.load(padded_model), (3, 32, 32), max_macs=1e12)
+    assert "more than the limit of 100,000" in _one_line(capsys, cli.main(["info", "lenet5", "--max-macs", "1e5"]))
+    monkeypatch.setenv("PRUNEKIT_MAX_MACS", "1e5")
+    assert "PRUNEKIT_MAX_MACS" in _one_line(capsys, cli.main(["info", "lenet5"]))
+    assert cli.main(["info", "lenet5", "--max-macs", "1e7"]) == 0  # the flag overrides the environment
+    monkeypatch.setenv("PRUNEKIT_MAX_MACS", "lots")
+    assert "PRUNEKIT_MAX_MACS='lots'" in _one_line(capsys, cli.main(["info", "lenet5"]))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20", "vgg16", "nin"])
+def test_bounds_count_what_count_counts(name: str) -> None:
+    """The meta-device MACs are the real forward pass's MACs (metrics.count), for zoo networks."""
+    from prunekit import metrics
+    from prunekit.metrics.counting import check_bounds
+
+    m = models.create(name)
+    b = check_bounds(m, tuple(m.input_shape))
+    assert b is not None and b.macs == metrics.count(m, torch.zeros((1, *m.input_shape))).macs

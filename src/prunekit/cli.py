@@ -43,6 +43,19 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_max_macs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-macs", type=float, default=None, metavar="N",
+                   help="refuse a network costing more MACs per sample (default 2e10, or $PRUNEKIT_MAX_MACS); "
+                        "checked on the meta device before anything runs")
+
+
+def _check_bounds(model: Any, shape: tuple[int, ...], args: argparse.Namespace) -> None:
+    """Refuse a model whose cost per sample (MACs, largest layer output) is beyond the limits, before it runs."""
+    from prunekit.metrics.counting import check_bounds
+
+    check_bounds(model, shape, max_macs=args.max_macs, what=args.model)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prunekit", description="Turn big deep networks into skinny ones.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -56,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--batch-size", type=int, default=512)
+    _add_max_macs(p)
     p = sub.add_parser("info", help="per-layer table of a zoo model or a saved model")
     p.add_argument("model", help="a zoo name (e.g. resnet56) or a prunekit model file")
     p.add_argument("--input-shape", default=None, help="C,H,W (default: the model's usual input)")
+    _add_max_macs(p)
     p = sub.add_parser("export", help="export a saved model (onnx, or a sparse file that stores only non-zeros)")
     p.add_argument("model")
     p.add_argument("--to", choices=["onnx", "sparse", "dense"], required=True)
@@ -66,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", default=None, help="C,H,W for ONNX tracing")
     p.add_argument("--fold-bn", action="store_true",
                    help="fold every BatchNorm that follows a conv into that conv first (the deployed form)")
+    _add_max_macs(p)
     p = sub.add_parser("compare", help="run every listed method and peer at the same budgets, over seeds: "
                                        "results.csv, summary.md and plots")
     p.add_argument("config", help="comparison YAML (see configs/compare/)")
@@ -154,6 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = _load_any(args.model)
     ds = data.load(args.data, args.split, root=args.data_dir)
+    _check_bounds(model, tuple(ds.images.shape[1:]), args)
     res = engine.evaluate(model, ds, batch_size=args.batch_size, device=engine.pick_device("auto"))
     print(f"{args.model}: {args.data}/{args.split}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
           f"loss {res['loss']:.4f}  ({len(ds)} images)")
@@ -167,6 +184,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     model = _load_any(args.model).eval()
     shape = _shape(args.input_shape) or _default_shape(model)
+    _check_bounds(model, shape, args)
     x = torch.zeros((1, *shape))
     rows = metrics.layer_table(model, x)
     print(metrics.format_table(rows))
@@ -182,6 +200,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from prunekit._atomic import atomic_path
 
     model = _load_any(args.model).eval()
+    shape = _shape(args.input_shape) or getattr(model, "input_shape", None)
+    if shape is not None:
+        _check_bounds(model, tuple(shape), args)
     if args.fold_bn:
         pairs = surgery.fold_batchnorm(model)
         print(f"folded {len(pairs)} BatchNorm layer(s) into their convolutions")
