@@ -735,3 +735,154 @@ def test_zero_plan_skips_group_norm() -> None:
         remove_channels(model, {"0": [0]}, x)
     remove_channels(model, {"0": [0, 1]}, x)
     assert model[1].num_channels == 6 and model[1].weight.shape == (6,)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# removal equals masking (checked on every call)
+
+
+class Shuffle(nn.Module):
+    """Channel shuffle (ShuffleNet): regroups channels by a reshape the dependency graph maps one to one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def test_removal_is_verified_against_masking() -> None:
+    model = randomise(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                    nn.Conv2d(8, 6, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)))
+    x = torch.randn(*X16)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():  # live channels: the pruned model equals the one reading zeros there
+        masked[3].weight[:, [1, 5]] = 0
+        y_masked = masked(x)
+    report = remove_channels(model, {"0": [1, 5]}, x)
+    assert report.verified and report.max_diff <= 1e-5 and not report.approximate
+    with torch.no_grad():
+        assert float((model(x) - y_masked).abs().max()) <= 1e-5
+
+
+def test_wrong_surgery_is_caught_and_the_model_restored() -> None:
+    model = randomise(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), Shuffle(), nn.ReLU(),
+                                    nn.Conv2d(8, 4, 3)))
+    x = torch.randn(*X16)
+    before = widths(model)
+    with torch.no_grad():
+        y0 = model(x)
+    with pytest.raises(PrunekitError, match=r"group '0' does not equal masking them: .*model was restored") as e:
+        remove_channels(model, {"0": [1]}, x)
+    assert "\n" not in str(e.value)
+    assert widths(model) == before
+    with torch.no_grad():
+        assert torch.equal(model(x), y0)
+
+
+def test_layer_norm_groups_are_checked_against_norms_on_the_kept_channels() -> None:
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(4, 6)
+    report = remove_channels(model, {"0": [0, 3]}, x)
+    assert report.verified and "LayerNorm '1'" in report.approximate["0"]
+    assert model[1].normalized_shape == (6,)
+
+
+def test_model_outputs_of_any_structure_are_compared() -> None:
+    from prunekit.surgery.structured import compare_outputs
+
+    a = {"logits": torch.ones(2, 3), "hidden": (torch.zeros(2), torch.arange(3))}
+    assert compare_outputs(a, {"logits": torch.ones(2, 3) + 1e-7, "hidden": (torch.zeros(2), torch.arange(3))})[1] == ""
+    assert "logits" in compare_outputs(a, {"logits": torch.ones(2, 3) * 1.01, "hidden": a["hidden"]})[1]
+    assert "shape" in compare_outputs(a, {"logits": torch.ones(2, 2), "hidden": a["hidden"]})[1]
+
+
+def test_every_successful_change_is_recorded() -> None:
+    from prunekit.surgery.history import history
+
+    model = randomise(TinyResNet())
+    x = torch.randn(*X16)
+    remove_channels(model, {"stem.0": [0, 2]}, x)
+    (op,) = history(model)
+    assert op["op"] == "channels" and op["input_shapes"] == [list(X16)]
+    assert list(op["removed"].values()) == [[0, 2]]
+    with pytest.raises(PrunekitError):
+        remove_channels(model, {"stem.0": [99]}, x)
+    assert len(history(model)) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# attention heads
+
+
+def _dead(model: nn.Module, layers: list[str], rows: list[int]) -> None:
+    with torch.no_grad():
+        for n in layers:
+            m = model.get_submodule(n)
+            m.weight[rows] = 0
+            if m.bias is not None:
+                m.bias[rows] = 0
+
+
+def test_hf_vit_heads_are_never_regrouped() -> None:
+    """Dead q/k/v channels inside heads used to be removed and silently regroup the heads (outputs changed)."""
+    from prunekit.testing import corpus
+
+    net = corpus.build("hf-vit")
+    attn = "vit.layers.0.attention"
+    qkv = [f"{attn}.{p}_proj" for p in "qkv"]
+    (g,) = [g for g in channel_groups(net.model, net.inputs) if g.name == qkv[0]]
+    assert (g.heads, g.head_dim) == (4, 8)
+    _dead(net.model, qkv, [3, 12])
+    with torch.no_grad():
+        y0 = corpus.logits(net.model(net.inputs))
+    with pytest.raises(PrunekitError, match=r"attention heads of 8 channels.*whole heads only"):
+        remove_channels(net.model, {qkv[0]: [3, 12]}, net.inputs)
+    _dead(net.model, qkv, list(range(8, 16)))  # head 1 entirely
+    with torch.no_grad():
+        y1 = corpus.logits(net.model(net.inputs))
+    report = remove_channels(net.model, {qkv[0]: list(range(8, 16))}, net.inputs)
+    assert report.verified
+    a = net.model.get_submodule(attn)
+    assert a.num_attention_heads == 3 and a.q_proj.out_features == 24 and a.o_proj.in_features == 24
+    with torch.no_grad():
+        y2 = corpus.logits(net.model(net.inputs))
+    assert float((y2 - y1).abs().max()) <= 1e-5 * float(y1.abs().max()) + 1e-6
+    assert not torch.equal(y0, y1)
+
+
+def test_torch_multihead_attention_loses_whole_heads() -> None:
+    from prunekit.testing import corpus
+
+    net = corpus.build("mha-transformer")
+    (g,) = [g for g in channel_groups(net.model, net.inputs) if g.name == "patches.proj"]
+    assert (g.heads, g.head_dim) == (4, 8)
+    with pytest.raises(PrunekitError, match="whole heads"):
+        remove_channels(net.model, {"patches.proj": [0]}, net.inputs)
+    report = remove_channels(net.model, {"patches.proj": list(range(16, 24))}, net.inputs)
+    assert report.verified
+    mha = net.model.blocks[0].attn
+    assert (mha.embed_dim, mha.num_heads, mha.head_dim) == (24, 3, 8)
+    assert mha.in_proj_weight.shape == (72, 24) and mha.out_proj.weight.shape == (24, 24)
+
+
+class NoHeadAttrs(nn.Module):
+    """Attention reshaping with ``view(b, n, -1, 4)`` whose module holds no head-count attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (p(x).view(b, n, -1, 4).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+        return self.o((a @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+def test_heads_unknown_are_refused_or_declared_by_the_user() -> None:
+    model = nn.Sequential(nn.Linear(5, 8), NoHeadAttrs()).eval()
+    x = torch.randn(2, 3, 5)
+    with pytest.raises(PrunekitError, match=r"attention heads .* unknown; pass num_heads=\{'1': heads\}"):
+        remove_channels(model, {"1.q": [0, 1, 2, 3]}, x)
+    report = remove_channels(model, {"1.q": [4, 5, 6, 7]}, x, num_heads={"1": 2})
+    assert report.verified and model[1].q.out_features == 4
+    assert channel_groups(model, x, num_heads={model[1]: 1})[1].heads == 1
