@@ -546,7 +546,8 @@ def test_zero_channel_plan_running_stats_switch() -> None:
 def test_remove_blocks_is_exact_and_refuses_projections() -> None:
     model = randomise(TinyResNet())
     x = torch.randn(*X16)
-    assert removable_blocks(model) == ["layer1.0", "layer1.1", "layer2.1"]
+    assert removable_blocks(model, x) == ["layer1.0", "layer1.1", "layer2.1"]
+    assert removable_blocks(model) == removable_blocks(model, x)  # old call: each block checked on its own
     with torch.no_grad():
         for name in ("layer1.1", "layer2.1"):
             bn = model.get_submodule(name).branch[4]
@@ -554,16 +555,18 @@ def test_remove_blocks_is_exact_and_refuses_projections() -> None:
             bn.bias.zero_()
         y0 = model(x)
     before = widths(model)
-    with pytest.raises(PrunekitError, match="'layer2.0' has a projection shortcut"):
-        remove_blocks(model, ["layer1.1", "layer2.0"])
+    with pytest.raises(PrunekitError, match=r"'layer2.0' \(Block\) cannot be removed: its shortcut changes the shape"):
+        remove_blocks(model, ["layer1.1", "layer2.0"], x)
     with pytest.raises(PrunekitError, match="not a residual block"):
-        remove_blocks(model, ["stem"])
+        remove_blocks(model, ["stem"], x)
     with pytest.raises(PrunekitError, match="no module"):
-        remove_blocks(model, ["layer9.0"])
+        remove_blocks(model, ["layer9.0"], x)
+    with pytest.raises(PrunekitError, match=r"'layer2.0' \(Block\) cannot be removed: its shortcut changes"):
+        remove_blocks(model, ["layer2.0"])
     assert widths(model) == before
-    report = remove_blocks(model, ["layer1.1", "layer2.1"])
+    report = remove_blocks(model, ["layer1.1", "layer2.1"], x)
     assert isinstance(model.layer1[1], nn.ReLU) and not model.layer1[1].inplace
-    assert report.blocks == {"layer1.1": "ReLU", "layer2.1": "ReLU"}
+    assert report.blocks == {"layer1.1": "ReLU", "layer2.1": "ReLU"} and report.verified
     assert report.params_after < report.params_before
     with torch.no_grad():
         assert float((model(x) - y0).abs().max()) <= 1e-5
@@ -589,7 +592,7 @@ class BasicBlockLike(nn.Module):
 
 def test_remove_torchvision_style_block_and_train_after() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), BasicBlockLike(4), BasicBlockLike(4))
-    remove_blocks(model, ["2"])
+    remove_blocks(model, ["2"], torch.randn(2, 3, 8, 8), check=False)
     assert isinstance(model[2], nn.ReLU) and not model[2].inplace
     model(torch.randn(2, 3, 8, 8)).sum().backward()  # no in-place error in backward
 
@@ -886,3 +889,75 @@ def test_heads_unknown_are_refused_or_declared_by_the_user() -> None:
     report = remove_channels(model, {"1.q": [4, 5, 6, 7]}, x, num_heads={"1": 2})
     assert report.verified and model[1].q.out_features == 4
     assert channel_groups(model, x, num_heads={model[1]: 1})[1].heads == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# residual blocks found in the graph
+
+
+def _kill_branch(model: nn.Module, ends: list[str]) -> None:
+    """Make a block's branch output 0: zero the parameters of the modules ending it (or their output)."""
+    with torch.no_grad():
+        for n in ends:
+            m = model.get_submodule(n)
+            ps = list(m.parameters())
+            for p in ps:
+                p.zero_()
+            if not ps:
+                m.register_forward_hook(lambda mod, a, out: torch.zeros_like(out))
+
+
+@pytest.mark.parametrize(("name", "blocks", "replacement"), [
+    ("my-res-unit", ["1", "2", "5"], nn.ReLU),
+    ("preact", ["1", "2", "5"], nn.Identity),
+    ("no-post-act", ["1", "2", "5"], nn.Identity),
+    ("hf-resnet-basic", ["resnet.encoder.stages.0.layers.0", "resnet.encoder.stages.0.layers.1"], nn.ReLU),
+])
+def test_blocks_are_found_whatever_their_names(name: str, blocks: list[str], replacement: type) -> None:
+    from prunekit.surgery import residual_blocks
+    from prunekit.surgery.blocks import block_analysis
+    from prunekit.testing import corpus
+
+    net = corpus.build(name)
+    assert residual_blocks(net.model, net.inputs) == blocks
+    info = block_analysis(net.model, net.inputs)
+    _kill_branch(net.model, info[blocks[-1]].branch_ends)
+    with torch.no_grad():
+        y0 = corpus.logits(net.model(net.inputs))
+    report = remove_blocks(net.model, blocks[-1:], net.inputs)
+    assert report.verified and type(net.model.get_submodule(blocks[-1])) is replacement
+    with torch.no_grad():
+        assert float((corpus.logits(net.model(net.inputs)) - y0).abs().max()) <= 1e-5
+
+
+def test_pre_activation_block_named_like_torchvision_is_not_replaced_by_its_relu() -> None:
+    from prunekit.testing import corpus
+
+    net = corpus.build("preact")
+    assert removable_blocks(net.model, net.inputs) == ["1", "2", "5"]
+    old = copy.deepcopy(net.model)
+    remove_blocks(old, ["5"])  # the old call: the block's own graph says there is nothing after the sum
+    assert isinstance(old[5], nn.Identity)
+    # its branch's last layer is also used after the block: the reference (branch zeroed) and the removal
+    # differ, and the check says so instead of changing the outputs
+    net.model[2] = nn.Sequential(net.model[1].conv2, net.model[2])
+    with pytest.raises(PrunekitError, match=r"replacing block '1' does not equal zeroing its branch.*restored"):
+        remove_blocks(net.model, ["1"], net.inputs)
+    assert type(net.model[1]).__name__ == "PreActBlock"
+
+
+def test_blocks_called_with_extra_arguments_become_skips_and_projections_are_refused() -> None:
+    from prunekit.surgery.blocks import Skip
+    from prunekit.testing import corpus
+
+    net = corpus.build("hf-vit")
+    with torch.no_grad():
+        y0 = corpus.logits(net.model(net.inputs))
+    report = remove_blocks(net.model, ["vit.layers.1"], net.inputs)
+    assert isinstance(net.model.vit.layers[1], Skip) and report.verified
+    with torch.no_grad():
+        assert not torch.equal(corpus.logits(net.model(net.inputs)), y0)  # a live branch: output changes
+    net = corpus.build("hf-resnet-bottleneck")
+    with pytest.raises(PrunekitError, match=r"stages.0.layers.0' \(ResNetBottleNeckLayer\) cannot be removed: its "
+                                            r"shortcut changes the shape"):
+        remove_blocks(net.model, ["resnet.encoder.stages.0.layers.0"], net.inputs)
