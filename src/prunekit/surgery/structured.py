@@ -773,9 +773,9 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
                         break
             names = ", ".join(repr(c) for c in culprit[:4]) + (f" (+{len(culprit) - 4} more)" if len(culprit) > 4
                                                               else "")
+            groups = {g.name: g for g, _ in resolved}
             raise PrunekitError(f"remove_channels: removing channels of group {names} does not equal masking them: "
-                                f"{problem}; the model was restored (a layer reads these channels in a way prunekit "
-                                "cannot shrink exactly)")
+                                f"{problem}; the model was restored ({_suspect(model, [groups[c] for c in culprit])})")
         report.verified, report.max_diff = True, diff
     report.params_after = count_params(model)
     op: dict[str, Any] = {"op": "channels", "removed": dict(report.removed),
@@ -784,6 +784,18 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
         op["num_heads"] = {k if isinstance(k, str) else _name_of(model, k): int(v) for k, v in num_heads.items()}
     history.record(model, op)
     return report
+
+
+def _suspect(model: nn.Module, groups: list[_Group]) -> str:
+    """A hint at what reads the channels in a way removal cannot reproduce."""
+    for g in groups:
+        for m in g.members:
+            if isinstance(m.target, nn.Parameter):
+                owner = model.get_submodule(m.name.rpartition(".")[0]) if "." in m.name else model
+                if not type(owner).__module__.startswith("torch."):
+                    return (f"{m.name.rpartition('.')[0]!r} ({type(owner).__name__}) holds per-channel parameters "
+                            "of this group and may compute over all its channels")
+    return "a layer reads these channels in a way prunekit cannot shrink exactly, e.g. statistics over them"
 
 
 def _name_of(model: nn.Module, m: Any) -> str:
