@@ -95,4 +95,8 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> SurgeryReport:
         set_submodule(model, name, new)
         report.blocks[name] = type(new).__name__
     report.params_after = count_params(model)
+    if report.blocks:  # for replay on a fresh instance (prunekit.io.save with base=)
+        from prunekit.surgery.history import record
+
+        record(model, {"op": "blocks", "names": list(report.blocks), "input_shapes": []})
     return report

@@ -474,6 +474,10 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the model was "
                                 "restored. This plan touches a pattern prunekit does not support") from None
     report.params_after = count_params(model)
+    if report.removed:  # for replay on a fresh instance (prunekit.io.save with base=)
+        from prunekit.surgery.history import input_shapes, record
+
+        record(model, {"op": "channels", "removed": report.removed, "input_shapes": input_shapes(example_inputs)})
     return report
 
 
