@@ -5,7 +5,8 @@ loop, structural surgery that really removes channels and blocks, and honest met
 """
 
 from prunekit.errors import PrunekitError
+from prunekit.export import export
 from prunekit.io import load, save
 
 __version__ = "0.1.0"
-__all__ = ["PrunekitError", "__version__", "load", "save"]
+__all__ = ["PrunekitError", "__version__", "export", "load", "save"]

@@ -93,11 +93,15 @@ def ideal_bytes(t: torch.Tensor) -> int:
     return min(n * b, nnz * b + min(math.ceil(n / 8), nnz * _INDEX[_index_dtype(n)].itemsize))
 
 
-def save_sparse(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` storing only its non-zeros; :func:`load_sparse` rebuilds it (zoo models) or fills it."""
+def save_sparse(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+                base: nn.Module | None = None) -> Path:
+    """Save ``model`` storing only its non-zeros; :func:`load_sparse` rebuilds it (zoo models) or fills it.
+
+    ``base`` (a user's network as built) records the structural history, as :func:`prunekit.io.save` does.
+    """
     path = Path(path)
     model = getattr(model, "module", model)
-    arch = architecture(model)
+    arch = architecture(model, base=base)
     values: dict[str, list[torch.Tensor]] = {}
     bitmaps: list[torch.Tensor] = []
     index: dict[str, list[torch.Tensor]] = {}
