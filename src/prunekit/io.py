@@ -13,10 +13,11 @@ Only whitelisted module types can appear in a spec (torch's common layers plus c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -594,45 +595,68 @@ def prepare(arch: Any, where: str, model: nn.Module | None = None,
     return Prepared(structure, arch, where, model)
 
 
+class _Tracker:
+    """The modules being executed, outermost first (see :func:`layer_tracker`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.types = {n: type(m).__name__ for n, m in model.named_modules()}
+        self.stack: list[str] = []
+
+    @property
+    def failed(self) -> str | None:
+        """After an exception: the innermost named layer that was running (None: the top level)."""
+        inner = [n for n in self.stack if n]
+        return inner[-1] if inner else None
+
+    @property
+    def failed_type(self) -> str:
+        return self.types.get(self.failed or "", "?")
+
+
+@contextlib.contextmanager
+def layer_tracker(model: nn.Module) -> Iterator[_Tracker]:
+    """Track which layer of ``model`` is running, so an exception in a forward pass can name it."""
+    tr = _Tracker(model)
+
+    def pre(m: nn.Module, _args: Any) -> None:
+        tr.stack.append(tr.names.get(id(m), ""))
+
+    def post(m: nn.Module, _args: Any, _out: Any) -> None:
+        if tr.stack:
+            tr.stack.pop()
+
+    handles = []
+    for m in model.modules():
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        yield tr
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def shape_pass(model: nn.Module, shapes: list[tuple[int, ...]], where: str, strict: bool = True) -> None:
     """Run ``model`` (on the meta device) on empty inputs of ``shapes``: every layer must accept what the
     previous one produces. A failure is one PrunekitError naming the innermost layer that failed. With
     ``strict`` False an operation that has no meta implementation (data-dependent Python in a user's
     forward) makes the pass inconclusive rather than a refusal."""
-    stack: list[str] = []
-    failed: list[str] = []
-    names = {id(m): n for n, m in model.named_modules()}
-
-    def pre(m: nn.Module, _args: Any) -> None:
-        stack.append(names.get(id(m), "?"))
-
-    def post(m: nn.Module, _args: Any, _out: Any) -> None:
-        if stack:
-            stack.pop()
-
-    handles = []
-    for m in model.modules():
-        handles.append(m.register_forward_pre_hook(pre))
-        handles.append(m.register_forward_hook(post))
     xs = [torch.empty(s, device="meta") for s in shapes]
     modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
-            model(*xs)
-    except Exception as exc:
-        failed = list(stack)
-        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        if not strict and ("meta" in msg.lower() or isinstance(exc, NotImplementedError)):
-            return
-        layer = failed[-1] if failed and failed[-1] else "the top-level forward"
-        kind = type(model.get_submodule(layer)).__name__ if failed and failed[-1] else type(model).__name__
-        raise PrunekitError(f"{where}: the network does not run on inputs of shape "
-                            f"{', '.join(str(tuple(s)) for s in shapes)}: layer {_esc(layer)} ({kind}) fails: "
-                            f"{ascii(msg)[1:-1]}") from None
+        with layer_tracker(model) as tr, torch.no_grad():
+            model.eval()
+            try:
+                model(*xs)
+            except Exception as exc:
+                msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                if not strict and ("meta" in msg.lower() or isinstance(exc, NotImplementedError)):
+                    return
+                layer = f"layer {_esc(tr.failed)} ({tr.failed_type})" if tr.failed else "the top-level forward"
+                raise PrunekitError(f"{where}: the network does not run on inputs of shape "
+                                    f"{', '.join(str(tuple(s)) for s in shapes)}: {layer} fails: "
+                                    f"{ascii(msg)[1:-1]}") from None
     finally:
-        for h in handles:
-            h.remove()
         for m, t in modes:
             m.training = t
 
