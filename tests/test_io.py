@@ -284,3 +284,22 @@ def test_hostile_history_is_refused_in_one_line_and_changes_nothing(tmp_path, op
     assert "\n" not in str(info.value)
     after = fresh.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_network_that_cannot_be_copied_loads_plain_files_and_refuses_records_in_one_line(tmp_path):
+    import threading
+
+    def build() -> nn.Module:
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+        net.lock = threading.Lock()  # deepcopy cannot copy it
+        return net
+
+    net = build()
+    back = io.load(io.save(net, tmp_path / "plain.safetensors"), model=build())
+    torch.testing.assert_close(back(X8), net(X8), rtol=0, atol=0)
+    from prunekit.surgery import remove_channels
+
+    base = build()
+    remove_channels(net, {"0": [1]}, X8)
+    with pytest.raises(PrunekitError, match="cannot copy the base network"):
+        io.save(net, tmp_path / "pruned.safetensors", base=base)

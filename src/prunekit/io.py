@@ -233,7 +233,6 @@ def architecture(model: nn.Module, base: nn.Module | None = None) -> dict[str, A
             ref = models.create(factory["name"], **factory["kwargs"])
     else:
         from prunekit.surgery import history
-        from prunekit.surgery._graph import meta_twin
 
         assert base is not None
         ops, base_ops = history.history(model), history.history(base)
@@ -245,7 +244,7 @@ def architecture(model: nn.Module, base: nn.Module | None = None) -> dict[str, A
             if op.get("op") == "channels" and op.get("input_shapes") is None:
                 raise PrunekitError(f"structural change {i + 1} ({sorted(op.get('removed', {}))[:3]}) was made "
                                     "with example inputs that are not float tensors: it cannot be recorded")
-        ref = meta_twin(base)
+        ref = _twin(base, "base")
         history.replay(ref, ops)
     overrides = _overrides(model, ref)
     rec: dict[str, Any] = {"factory": factory, "overrides": overrides}
@@ -566,8 +565,6 @@ def prepare(arch: Any, where: str, model: nn.Module | None = None,
     ``input_shape``, else the shapes the last structural change was made with; with none known it is
     skipped.
     """
-    from prunekit.surgery._graph import meta_twin
-
     batch_shapes: list[tuple[int, ...]] | None = None
     if model is None:
         if arch is None:
@@ -578,7 +575,14 @@ def prepare(arch: Any, where: str, model: nn.Module | None = None,
                                 "factory); pass model= (a fresh instance of that network) to rebuild it")
         structure = build_from_architecture(arch, device="meta")
     else:
-        structure = meta_twin(model)
+        rebuilds = isinstance(arch, dict) and arch.get("factory") is None and bool(
+            arch.get("history") or arch.get("overrides"))
+        try:
+            structure = _twin(model, "model")
+        except PrunekitError:
+            if rebuilds:
+                raise
+            structure = model  # only its state-dict shapes are read below: nothing is changed or allocated
         if isinstance(arch, dict) and arch.get("factory") is None:
             _check_record(arch)
             structure = build_from_architecture(arch, device="meta", base=structure)
@@ -590,7 +594,7 @@ def prepare(arch: Any, where: str, model: nn.Module | None = None,
         input_shape = getattr(structure, "input_shape", None)
     if input_shape is not None:
         batch_shapes = [(1, *input_shape)]
-    if batch_shapes is not None:
+    if batch_shapes is not None and structure is not model:
         shape_pass(structure, batch_shapes, where, strict=model is None)
     return Prepared(structure, arch, where, model)
 
@@ -634,6 +638,18 @@ def layer_tracker(model: nn.Module) -> Iterator[_Tracker]:
     finally:
         for h in handles:
             h.remove()
+
+
+def _twin(model: nn.Module, what: str) -> nn.Module:
+    """A structural copy of ``model`` on the meta device (see :func:`prunekit.surgery._graph.meta_twin`)."""
+    from prunekit.surgery._graph import meta_twin
+
+    try:
+        return meta_twin(model)
+    except Exception as exc:  # an attribute deepcopy cannot copy (a lock, an open file, ...)
+        raise PrunekitError(f"cannot copy the {what} network to rebuild its pruned shapes safely "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''!a})"
+                            ) from None
 
 
 def shape_pass(model: nn.Module, shapes: list[tuple[int, ...]], where: str, strict: bool = True) -> None:

@@ -65,8 +65,8 @@ def _int(v: Any) -> bool:
 def _width(m: nn.Module) -> int | None:
     for attr in ("out_channels", "out_features", "num_features", "num_channels", "num_parameters"):
         v = getattr(m, attr, None)
-        if _int(v):
-            return int(v)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
     shape = getattr(m, "normalized_shape", None)
     if isinstance(m, nn.LayerNorm) and isinstance(shape, tuple) and len(shape) == 1:
         return int(shape[0])
