@@ -75,10 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", default=None, help="C,H,W (default: the model's usual input)")
     _add_max_macs(p)
     p = sub.add_parser("export", help="export a saved model (onnx, or a sparse file that stores only non-zeros)")
-    p.add_argument("model")
+    p.add_argument("model", help="a prunekit model file, or a zoo name")
     p.add_argument("--to", choices=["onnx", "sparse", "dense"], required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--input-shape", default=None, help="C,H,W for ONNX tracing")
+    p.add_argument("--input-shape", default=None,
+                   help="C,H,W for ONNX tracing (default: the zoo model's, or the shape it was pruned with)")
+    p.add_argument("--model", dest="factory", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                   help="your own network: FACTORY() builds a fresh instance that the file (saved with base=) is "
+                        "loaded into; the module is imported only when you pass this (the current folder is "
+                        "searched first)")
     p.add_argument("--fold-bn", action="store_true",
                    help="fold every BatchNorm that follows a conv into that conv first (the deployed form)")
     _add_max_macs(p)
@@ -193,33 +198,85 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_network(spec: str) -> Any:
+    """``package.module:factory`` -> a fresh instance of the user's network (their code, imported on request)."""
+    import importlib
+    import re
+
+    from torch import nn
+
+    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)", spec)
+    if m is None:
+        raise PrunekitError(f"--model {ascii(spec)[:200]}: expected package.module:factory, e.g. mynets:build")
+    mod_name, attr = m.groups()
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like python -m: the user's own folder
+    try:
+        mod = importlib.import_module(mod_name)
+    except BaseException as exc:  # the user's module may fail in any way (SyntaxError, SystemExit, ...)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise PrunekitError(f"--model {spec}: cannot import {mod_name} ({type(exc).__name__}: "
+                            f"{ascii(first)[1:-1]})") from None
+    factory = getattr(mod, attr, None)
+    if not callable(factory):
+        raise PrunekitError(f"--model {spec}: {mod_name} has no callable {attr!r}")
+    try:
+        net = factory()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise PrunekitError(f"--model {spec}: {attr}() failed ({type(exc).__name__}: {ascii(first)[1:-1]})"
+                            ) from None
+    if not isinstance(net, nn.Module):
+        raise PrunekitError(f"--model {spec}: {attr}() returned {type(net).__name__}, not a torch nn.Module")
+    return net
+
+
+def _export_shape(model: Any, text: str | None) -> tuple[int, ...]:
+    """--input-shape, else the zoo model's input shape, else the shape its last recorded surgery used."""
+    from prunekit.surgery import history
+
+    shape = _shape(text)
+    if shape is not None:
+        return shape
+    if getattr(model, "input_shape", None) is not None:
+        return _default_shape(model)
+    for op in reversed(history.history(model)):
+        shapes = op.get("input_shapes") if isinstance(op, dict) else None
+        if shapes and len(shapes) == 1 and len(shapes[0]) >= 2:
+            return tuple(shapes[0][1:])
+    raise PrunekitError("this model does not record its input shape; pass --input-shape C,H,W")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
+    import prunekit
     from prunekit import io, surgery
-    from prunekit._atomic import atomic_path
 
-    model = _load_any(args.model).eval()
+    base = None
+    if args.factory is not None:
+        model = io.load(args.model, model=_user_network(args.factory)).eval()
+        base = _user_network(args.factory) if args.to != "onnx" else None  # the file records changes since
+    else:
+        model = _load_any(args.model).eval()
     shape = _shape(args.input_shape) or getattr(model, "input_shape", None)
     if shape is not None:
         _check_bounds(model, tuple(shape), args)
     if args.fold_bn:
         pairs = surgery.fold_batchnorm(model)
         print(f"folded {len(pairs)} BatchNorm layer(s) into their convolutions")
-    if args.to == "sparse":
-        surgery.save_sparse(model, args.out)
-    elif args.to == "dense":
-        io.save(model, args.out)
-    else:
-        shape = _shape(args.input_shape) or _default_shape(model)
-        import warnings
-
-        with atomic_path(args.out) as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter needs no onnxscript
-            torch.onnx.export(model, (torch.zeros((1, *shape)),), str(tmp), dynamo=False,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    print(f"wrote {args.out}")
+    x = None
+    if args.to == "onnx":
+        shape = _export_shape(model, args.input_shape)
+        x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
+    res = prunekit.export(model, x, args.out, format=args.to, base=base)
+    note = f" (matches torch under onnxruntime: max abs diff {res.max_abs_diff:.2g})" \
+        if res.max_abs_diff is not None else ""
+    print(f"wrote {args.out}{note}")
     return 0
 
 
