@@ -262,6 +262,12 @@ def _check_fraction(name: str, v: Any, *, closed_zero: bool = False) -> float:
     return float(v)
 
 
+def round_up(k: int, size: int, round_to: int) -> int:
+    """``k`` channels rounded up to a multiple of ``round_to``, at most ``size`` (the full width): the one
+    rounding of kept widths every method uses (``round_to`` 8 / 16 suits GPU kernels; 1 leaves ``k``)."""
+    return min(size, math.ceil(k / round_to) * round_to) if round_to > 1 else min(k, size)
+
+
 def keep_from_ratio(groups: Sequence[Any], ratio: float, overrides: Mapping[str, float] | None = None,
                     *, min_keep: int = 1, round_to: int = 1) -> list[int]:
     """``floor(ratio * size)`` channels per group (the SGHT authors' ``int(HTrate * out_channels)``), at least
@@ -272,7 +278,7 @@ def keep_from_ratio(groups: Sequence[Any], ratio: float, overrides: Mapping[str,
         per[group_index(groups, name)] = _check_fraction(f"layer_keep[{name!r}]", r)
     # the small epsilon keeps 0.7 * 10 = 7.000000000000001 and 0.29 * 100 = 28.999999999999996 exact
     keep = [min(g.size, max(min_keep, math.floor(r * g.size + 1e-9))) for g, r in zip(groups, per, strict=True)]
-    return [min(g.size, math.ceil(k / round_to) * round_to) for g, k in zip(groups, keep, strict=True)]
+    return [round_up(k, g.size, round_to) for g, k in zip(groups, keep, strict=True)]
 
 
 class _Rounded:
@@ -452,5 +458,5 @@ def validate_budget_options(method: str, keep_ratio: float | None, layer_keep: A
         raise PrunekitError(f"method {method!r}: budget_tol must be in (0, 0.5], got {tol!r}")
 
 
-__all__ = ["CostModel", "filter_groups", "group_index", "keep_from_ratio", "resolve_keep", "solve_keep",
+__all__ = ["CostModel", "filter_groups", "group_index", "keep_from_ratio", "resolve_keep", "round_up", "solve_keep",
            "validate_budget_options"]

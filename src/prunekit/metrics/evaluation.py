@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,48 @@ def latency(model: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...], *,
     }
 
 
+#: a model's output -> its logits (``[batch, classes]``)
+OutputTransform = Callable[[Any], torch.Tensor]
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """The logits in a model's output, by the Hugging Face convention: a tensor as is, ``.logits`` of a
+    ``ModelOutput`` (or any object with that attribute), ``["logits"]`` of a mapping, else the first element
+    of a tuple / list / mapping. Anything else is refused in one line."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, Mapping):
+        first = out["logits"] if "logits" in out else next(iter(out.values()), None)
+    elif isinstance(out, tuple | list):
+        first = out[0] if out else None
+    else:
+        first = None
+    if isinstance(first, torch.Tensor):
+        return first
+    raise PrunekitError(f"the model returned a {type(out).__name__} without logits (a tensor, .logits, a "
+                        "'logits' key or a tensor first); pass output_transform= to say where they are")
+
+
+def input_key_of(model: nn.Module) -> str | None:
+    """The keyword a model takes its input by, by the Hugging Face convention (``main_input_name``, e.g.
+    ``pixel_values``); None: positional, as plain PyTorch modules take it."""
+    name = getattr(getattr(model, "module", model), "main_input_name", None)
+    return name if isinstance(name, str) else None
+
+
+def forward_logits(model: nn.Module, x: torch.Tensor, *, input_key: str | None = "auto",
+                   output_transform: OutputTransform | None = None) -> torch.Tensor:
+    """``model``'s logits for inputs ``x``: ``input_key="auto"`` passes ``x`` by the model's
+    :func:`input_key_of` (positionally when it has none), a name passes it by that keyword, None positionally;
+    the output goes through ``output_transform`` (default :func:`logits_of`)."""
+    key = input_key_of(model) if input_key == "auto" else input_key
+    out = model(**{key: x}) if key else model(x)
+    return (output_transform or logits_of)(out)
+
+
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, topk: Sequence[int]) -> torch.Tensor:
     """For each k, how many rows of ``logits`` rank their label among the k highest (a tensor, on the device;
     a k above the number of classes counts every row). Shared by :func:`accuracy` and the engine."""
@@ -76,8 +118,12 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, topk: Sequence[int]
 
 
 def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             topk: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+             topk: tuple[int, ...] = (1, 5), *, input_key: str | None = "auto",
+             output_transform: OutputTransform | None = None) -> dict[str, float]:
     """Top-k accuracy (fractions in [0, 1]) over ``(inputs, labels)`` batches, in eval mode without grad.
+
+    The model may return a HF ``ModelOutput``, a dict or a tuple and take its input by keyword (see
+    :func:`forward_logits` for ``input_key`` and ``output_transform``).
 
     Returns ``{"top1": ..., "top5": ..., "samples": n}``. A k above the number of classes counts every
     sample as correct. Each module's train/eval flag is restored afterwards.
@@ -89,7 +135,7 @@ def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     n = 0
     with eval_mode(model), torch.inference_mode():
         for x, y in batches:
-            logits = model(x.to(device))
+            logits = forward_logits(model, x.to(device), input_key=input_key, output_transform=output_transform)
             y = y.to(logits.device).reshape(-1)
             if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
                 raise PrunekitError(f"accuracy: model output has shape {tuple(logits.shape)} for "
