@@ -24,12 +24,10 @@ import copy
 import dataclasses
 import math
 import os
-import re
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from prunekit import configio
+from prunekit.configio import parse_value, short
 from prunekit.engine.trainer import OptimConfig, TrainerConfig
 from prunekit.errors import PrunekitError
 
@@ -51,24 +49,6 @@ DEFAULTS: dict[str, Any] = {
 _FREE_FORM = {("model", "kwargs")}  # validated by the model factory itself
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``5e-4`` as a float (YAML 1.1 wants ``5.0e-4``; people write ``5e-4``)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
-
-
 def _merge(base: dict[str, Any], new: dict[str, Any], path: str = "") -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in new.items():
@@ -77,28 +57,25 @@ def _merge(base: dict[str, Any], new: dict[str, Any], path: str = "") -> dict[st
             out[k] = v
             continue
         if k not in base:
-            raise PrunekitError(f"unknown config key {where!r}; valid keys here: {', '.join(sorted(base))}")
+            raise PrunekitError(f"unknown config key {short(where)}; valid keys here: {', '.join(sorted(base))}")
         if isinstance(base[k], dict):
             if not isinstance(v, dict):
-                raise PrunekitError(f"config key {where!r} must be a mapping, got {v!r}")
+                raise PrunekitError(f"config key {short(where)} must be a mapping, got {short(v)}")
             out[k] = _merge(base[k], v, where + ".")
         else:
             out[k] = v
     return out
 
 
-def parse_value(text: str) -> Any:
-    """A ``--set`` value is parsed as YAML (``0.05`` -> float, ``[30, 60]`` -> list, ``null`` -> None)."""
-    try:
-        return _yaml(text)
-    except yaml.YAMLError:
-        return text
+def complete(partial: dict[str, Any]) -> dict[str, Any]:
+    """``partial`` (a mapping of sections) filled in with the defaults; unknown keys are an error."""
+    return _merge(DEFAULTS, partial)
 
 
 def apply_override(cfg: dict[str, Any], assignment: str) -> None:
     """Apply one ``key.sub=value`` override in place."""
     if "=" not in assignment:
-        raise PrunekitError(f"--set {assignment!r}: expected key=value, e.g. --set optim.lr=0.05")
+        raise PrunekitError(f"--set {short(assignment)}: expected key=value, e.g. --set optim.lr=0.05")
     key, _, raw = assignment.partition("=")
     parts = key.strip().split(".")
     node = cfg
@@ -106,34 +83,22 @@ def apply_override(cfg: dict[str, Any], assignment: str) -> None:
         if p not in node or not isinstance(node[p], dict):
             here = ".".join(parts[: i + 1])
             if p in node:
-                raise PrunekitError(f"--set {key}: {here!r} is {node[p]!r}, not a section (a mapping of keys)")
-            raise PrunekitError(f"--set {key}: no section {here!r}; valid keys: {', '.join(sorted(map(str, node)))}")
+                raise PrunekitError(f"--set {short(key)}: {short(here)} is {short(node[p])}, not a section "
+                                    "(a mapping of keys)")
+            raise PrunekitError(f"--set {short(key)}: no section {short(here)}; valid keys: "
+                                f"{', '.join(sorted(map(str, node)))}")
         node = node[p]
     leaf = parts[-1]
     free = parts[0] == "method" or tuple(parts[:2]) in _FREE_FORM
     if leaf not in node and not free:
-        raise PrunekitError(f"--set {key}: unknown key {leaf!r}; valid keys here: {', '.join(sorted(node))}")
+        raise PrunekitError(f"--set {short(key)}: unknown key {short(leaf)}; valid keys here: "
+                            f"{', '.join(sorted(node))}")
     node[leaf] = parse_value(raw)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Read a YAML config (or the defaults), apply overrides, validate, and return the full config."""
-    user: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise PrunekitError(f"{p}: config file not found")
-        try:
-            user = _yaml(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-            raise PrunekitError(f"{p}: not valid YAML{where} ({problem})") from None
-        except UnicodeDecodeError:
-            raise PrunekitError(f"{p}: not a text file") from None
-        if not isinstance(user, dict):
-            raise PrunekitError(f"{p}: a config must be a YAML mapping of sections")
+    user = configio.read_yaml(path) if path is not None else {}
     cfg = _merge(DEFAULTS, user)
     for o in overrides or []:
         apply_override(cfg, o)
@@ -181,7 +146,7 @@ def validate(cfg: dict[str, Any]) -> None:
         if key in section:
             v = section[key]
             need(_is_int(v) and minimum <= v <= _MAX_INT,
-                 f"{where}.{key} must be an integer in [{minimum}, {_MAX_INT}], got {v!r}")
+                 f"{where}.{key} must be an integer in [{minimum}, {_MAX_INT}], got {short(v)}")
 
     def number(section: dict[str, Any], key: str, where: str, lo: float, hi: float | None = None,
                lo_open: bool = False, hi_open: bool = False) -> None:
@@ -190,16 +155,16 @@ def validate(cfg: dict[str, Any]) -> None:
         v = section[key]
         ok = _is_num(v) and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
         rng = f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}' + (')' if hi_open else ']')}"
-        need(ok, f"{where}.{key} must be a number in {rng}, got {v!r}")
+        need(ok, f"{where}.{key} must be a number in {rng}, got {short(v)}")
 
     need(isinstance(cfg, dict), "a config must be a mapping of sections")
     for sec in ("model", "data", "train", "optim", "method"):
-        need(isinstance(cfg.get(sec), dict), f"{sec} must be a mapping, got {cfg.get(sec)!r}")
+        need(isinstance(cfg.get(sec), dict), f"{sec} must be a mapping, got {short(cfg.get(sec))}")
     need(_is_int(cfg.get("seed")) and 0 <= cfg["seed"] < 2**63,
-         f"seed must be an integer in [0, 2**63), got {cfg.get('seed')!r}")
+         f"seed must be an integer in [0, 2**63), got {short(cfg.get('seed'))}")
     for key in ("out", "pretrained"):
         need(cfg.get(key) is None or (isinstance(cfg[key], str) and cfg[key].strip() != ""),
-             f"{key} must be a path (string) or null, got {cfg.get(key)!r}")
+             f"{key} must be a path (string) or null, got {short(cfg.get(key))}")
     t, o, m, d = cfg["train"], cfg["optim"], cfg["method"], cfg["data"]
     count(t, "epochs", 0, "train")
     need("epochs" in t, "train.epochs is missing")
@@ -210,9 +175,9 @@ def validate(cfg: dict[str, Any]) -> None:
     count(t, "max_steps_per_epoch", 0, "train")
     for key in ("amp", "channels_last"):
         if key in t:
-            need(t[key] in _TOGGLES, f"train.{key} must be one of {', '.join(_TOGGLES)}, got {t[key]!r}")
+            need(t[key] in _TOGGLES, f"train.{key} must be one of {', '.join(_TOGGLES)}, got {short(t[key])}")
     if "quiet" in t:
-        need(isinstance(t["quiet"], bool), f"train.quiet must be true or false, got {t['quiet']!r}")
+        need(isinstance(t["quiet"], bool), f"train.quiet must be true or false, got {short(t['quiet'])}")
     if "device" in t:
         dev = t["device"]
         ok = isinstance(dev, str) and dev.strip() != ""
@@ -223,7 +188,7 @@ def validate(cfg: dict[str, Any]) -> None:
                 torch.device(dev)
             except (RuntimeError, ValueError, TypeError):
                 ok = False
-        need(ok, f"train.device must be auto, cpu, cuda or cuda:N, got {dev!r}")
+        need(ok, f"train.device must be auto, cpu, cuda or cuda:N, got {short(dev)}")
     number(o, "lr", "optim", 0.0, None, lo_open=True)
     number(o, "momentum", "optim", 0.0, 1.0, hi_open=True)
     number(o, "weight_decay", "optim", 0.0)
@@ -232,16 +197,16 @@ def validate(cfg: dict[str, Any]) -> None:
     for key in ("lr", "momentum", "weight_decay", "schedule"):
         need(key in o, f"optim.{key} is missing")
     if "nesterov" in o:
-        need(isinstance(o["nesterov"], bool), f"optim.nesterov must be true or false, got {o['nesterov']!r}")
+        need(isinstance(o["nesterov"], bool), f"optim.nesterov must be true or false, got {short(o['nesterov'])}")
     from prunekit.engine.stages import SCHEDULES
 
     need(isinstance(o["schedule"], str) and o["schedule"] in SCHEDULES,
-         f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o['schedule']!r}")
+         f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {short(o['schedule'])}")
     ms = o.get("milestones")
     need(ms is None or (isinstance(ms, list) and all(_is_int(x) and 0 <= x <= _MAX_INT for x in ms)),
-         f"optim.milestones must be a list of epochs (integers >= 0), got {ms!r}")
+         f"optim.milestones must be a list of epochs (integers >= 0), got {short(ms)}")
     if isinstance(ms, list) and ms:
-        need(ms == sorted(set(ms)), f"optim.milestones must be increasing, got {ms!r}")
+        need(ms == sorted(set(ms)), f"optim.milestones must be increasing, got {short(ms)}")
     need(isinstance(cfg["model"].get("name"), str) and cfg["model"]["name"] != "", "model.name must be a string")
     need(isinstance(cfg["model"].get("kwargs", {}) or {}, dict), "model.kwargs must be a mapping")
     need(isinstance(d.get("name"), str) and d["name"] != "", "data.name must be a string")
@@ -249,28 +214,29 @@ def validate(cfg: dict[str, Any]) -> None:
     count(d, "test_subset", 0, "data")
     if "root" in d:
         need(d["root"] is None or (isinstance(d["root"], str) and d["root"] != ""),
-             f"data.root must be a folder (string) or null, got {d['root']!r}")
+             f"data.root must be a folder (string) or null, got {short(d['root'])}")
     if "download" in d:
-        need(isinstance(d["download"], bool), f"data.download must be true or false, got {d['download']!r}")
+        need(isinstance(d["download"], bool), f"data.download must be true or false, got {short(d['download'])}")
     if "augment" in d:
         from prunekit.data.pipeline import RECIPES
 
         need(d["augment"] is None or d["augment"] == "default" or d["augment"] in RECIPES,
-             f"data.augment must be default, null or one of {', '.join(RECIPES)}, got {d['augment']!r}")
+             f"data.augment must be default, null or one of {', '.join(RECIPES)}, got {short(d['augment'])}")
     need(isinstance(m.get("name"), str), "method.name must be a string")
     if m["name"] != "none":
         from prunekit import methods
 
         cls = methods.get(m["name"])
         options = {k: v for k, v in m.items() if k != "name"}
-        need(all(isinstance(k, str) for k in options), f"method option names must be strings, got {list(options)!r}")
+        need(all(isinstance(k, str) for k in options),
+             f"method option names must be strings, got {short(list(options))}")
         try:
             cls.config_from_dict(options)
         except PrunekitError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as exc:
             # a method's own range check tripped over a value of the wrong type
-            need(False, f"method {m['name']!r}: an option has a value of the wrong type ({exc}); "
+            need(False, f"method {short(m['name'])}: an option has a value of the wrong type ({exc}); "
                         f"valid options: {', '.join(cls.config_keys())}")
         _check_layer_names(cfg)
 
@@ -307,10 +273,8 @@ def _check_layer_names(cfg: dict[str, Any]) -> None:
         for pat in patterns:
             if isinstance(pat, str) and not any(fnmatch.fnmatchcase(n, pat) for n in names):
                 shown = ", ".join(n for n in names if "." not in n) if len(names) > 40 else ", ".join(names)
-                raise PrunekitError(f"config: method.{key}: {pat!r} matches no layer of {name}; "
+                raise PrunekitError(f"config: method.{key}: {short(pat)} matches no layer of {name}; "
                                     f"its layers are: {shown}")
 
 
-def dump(cfg: dict[str, Any]) -> str:
-    """The config as YAML (saved beside every run so it can be repeated)."""
-    return yaml.safe_dump(cfg, sort_keys=False)
+dump = configio.dump
