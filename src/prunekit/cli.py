@@ -1,4 +1,4 @@
-"""The ``prunekit`` command: train | prune | compare | eval | info | export | report | demo.
+"""The ``prunekit`` command: train | prune | compare | eval | info | export | report | demo | schema.
 
 Bad input of any kind exits with code 2 and one line on stderr that says what is wrong and how to fix it.
 """
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
     p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("schema", help="print the JSON Schema of a config (for editors: completion and checks)")
+    p.add_argument("kind", nargs="?", default="experiment", choices=["experiment", "compare"])
     return parser
 
 
@@ -223,6 +225,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    if args.kind == "compare":
+        from prunekit.compare_schema import schema
+    else:
+        from prunekit.config import schema
+    print(json.dumps(schema(), indent=1))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunekit`` command."""
     args = build_parser().parse_args(argv)
@@ -236,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = cmd_run(args, prune=args.command == "prune")
         else:
             handler = {"compare": cmd_compare, "eval": cmd_eval, "info": cmd_info, "export": cmd_export,
-                       "report": cmd_report, "demo": cmd_demo}[args.command]
+                       "report": cmd_report, "demo": cmd_demo, "schema": cmd_schema}[args.command]
             rc = handler(args)
         finished = True
         return rc

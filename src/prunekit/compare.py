@@ -191,6 +191,10 @@ def validate(cfg: dict[str, Any]) -> None:
     def is_int(v: Any, lo: int) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
+    from prunekit import compare_schema
+
+    compare_schema.check(cfg)  # keys, types and bounds (the typed schema); the method rules follow
+
     need(isinstance(cfg["seeds"], list) and cfg["seeds"] and all(is_int(s, 0) for s in cfg["seeds"])
          and len(set(cfg["seeds"])) == len(cfg["seeds"]), "seeds must be a non-empty list of distinct integers >= 0")
     need(is_int(cfg["dense_epochs"], 1), "dense_epochs must be an integer >= 1")

@@ -208,7 +208,7 @@ def parse_value(text: str) -> Any:
 def apply_override(tree: dict[str, Any], assignment: str) -> None:
     """Apply one ``--set key.sub=value`` to the mapping ``tree`` in place.
 
-    Missing sections are created; whether a key is valid is the schema's business (checked afterwards,
+    Missing sections are created (a section set to null is not a section); whether a key is valid is the schema's business (checked afterwards,
     with the list of valid keys). A key path through a value that is not a mapping is an error.
     """
     if len(assignment) > MAX_SET_CHARS:
@@ -221,10 +221,10 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         raise PrunekitError(f"--set {short(key)}: expected a key such as optim.lr (dot-separated names)")
     node: dict[str, Any] = tree
     for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
+        if part not in node:
+            node[part] = {}
+        child = node[part]
+        if not isinstance(child, dict):
             here = ".".join(parts[: i + 1])
             raise PrunekitError(f"--set {key}: {here!r} is {short(child)}, not a section (a mapping of keys)")
         node = child

@@ -19,8 +19,8 @@ from torch import nn
 from prunekit import data as pdata
 from prunekit import io, metrics, models
 from prunekit._atomic import write_text
-from prunekit.config import dump
-from prunekit.engine import OptimConfig, Stage, Trainer, TrainerConfig, distributed, evaluate, seed_everything
+from prunekit.config import dump, optim_config, trainer_config
+from prunekit.engine import Stage, Trainer, distributed, evaluate, seed_everything
 from prunekit.errors import PrunekitError
 from prunekit.methods import FinalizeResult, PruningMethod
 from prunekit.methods import get as get_method
@@ -126,11 +126,8 @@ def run(cfg: dict[str, Any], *, out: str | Path | None = None, resume: bool = Fa
         model = build_model(cfg, train)
     method = make_method(cfg)
     t = cfg["train"]
-    tcfg = TrainerConfig(batch_size=t["batch_size"], eval_batch_size=t["eval_batch_size"], device=t["device"],
-                         seed=cfg["seed"], amp=str(t["amp"]), channels_last=str(t["channels_last"]),
-                         checkpoint_every_steps=t["checkpoint_every_steps"], eval_every=t["eval_every"],
-                         quiet=t["quiet"], max_steps_per_epoch=t["max_steps_per_epoch"])
-    optim = OptimConfig(**cfg["optim"])
+    tcfg = trainer_config(cfg)  # every TrainerConfig field, from the validated config
+    optim = optim_config(cfg)
     stages = method.stages(t["epochs"]) if method is not None else [Stage("train", t["epochs"])]
     trainer = Trainer(model, train, test, optim=optim, config=tcfg,
                       callbacks=[method] if method is not None else [], out_dir=out_dir)
