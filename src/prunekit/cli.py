@@ -24,7 +24,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=0.05 (repeatable)")
     p.add_argument("--out", help="output folder (default: the config's out, else runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint (the config "
+                   "must be the saved one)")
+    p.add_argument("--allow-change", dest="allow_change", action="append", default=[], metavar="KEY",
+                   help="on --resume, accept a changed train.device, train.amp or train.channels_last (repeatable)")
     p.add_argument("--data-dir", help="where the dataset files are (sets data.root)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -120,7 +123,7 @@ def cmd_run(args: argparse.Namespace, prune: bool) -> int:
     elif cfg["method"]["name"] == "none":
         raise PrunekitError(f"{args.config}: no method.name; choose one, e.g. --set method.name=sght")
     out = args.out or cfg.get("out") or f"runs/{Path(args.config).stem}"
-    res = experiment.run(cfg, out=out, resume=args.resume)
+    res = experiment.run(cfg, out=out, resume=args.resume, allow_change=args.allow_change)
     if distributed.is_main():
         print(reports.table([dict(res.figures)], [*reports.COLUMNS, "train_seconds"]))
         print(f"saved: {Path(out) / 'model.safetensors'}")
@@ -132,6 +135,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = _load_any(args.model)
     ds = data.load(args.data, args.split, root=args.data_dir)
+    from prunekit.experiment import check_data, check_model_data
+
+    check_data(None, ds)
+    check_model_data(model, ds, args.model)
     res = engine.evaluate(model, ds, batch_size=args.batch_size, device=engine.pick_device("auto"))
     print(f"{args.model}: {args.data}/{args.split}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
           f"loss {res['loss']:.4f}  ({len(ds)} images)")
