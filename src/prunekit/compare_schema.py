@@ -44,6 +44,15 @@ def _base(v: dict[str, Any]) -> dict[str, Any]:
 
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
+Kind = Literal["macs", "params"]
+
+
+def _default_targets() -> list[dict[Kind, float]]:
+    return [{"macs": 0.5}]
+
+
+def _default_methods() -> dict[str, dict[str, Any] | None]:
+    return {"dense": {}}
 
 
 class CompareConfig(Section):
@@ -58,10 +67,9 @@ class CompareConfig(Section):
         default_factory=dict, description="an experiment config without method (see: prunekit schema)")
     dense_epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 10
     budget_epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 10
-    targets: Annotated[list[Annotated[dict[Literal["macs", "params"], Fraction], BeforeValidator(_target)]],
-                       Field(max_length=100)] = Field(default_factory=lambda: [{"macs": 0.5}])
-    methods: Annotated[dict[str, dict[str, Any] | None], Field(min_length=1)] = Field(
-        default_factory=lambda: {"dense": {}})
+    targets: Annotated[list[Annotated[dict[Kind, Fraction], BeforeValidator(_target)]],
+                       Field(max_length=100)] = Field(default_factory=_default_targets)
+    methods: Annotated[dict[str, dict[str, Any] | None], Field(min_length=1)] = Field(default_factory=_default_methods)
     latency: bool = True
     latency_batch: Annotated[int, Field(ge=1, le=MAX_LATENCY_BATCH)] = 64
     latency_rounds: Annotated[int, Field(ge=1, le=MAX_LATENCY_ROUNDS)] = 15

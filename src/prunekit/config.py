@@ -215,7 +215,7 @@ class ExperimentConfig(Section):
         if self.method.name == "none" and options:
             raise ValueError(f"method options {', '.join(map(str, options))} given but method.name is none; "
                              "set method.name or drop them")
-        subset, batch = self.data.subset, self.train.batch_size
+        subset, batch = self.data.subset, self.train.batch_size  # type: ignore[attr-defined]
         if 0 < subset < batch:
             raise ValueError(f"data.subset={subset} is smaller than one batch (train.batch_size={batch}): every "
                              "epoch would train 0 steps; raise data.subset or lower train.batch_size")
@@ -317,9 +317,9 @@ def _check_method_numbers(options: dict[str, Any]) -> None:
                 walk(key, x)
         elif isinstance(v, int) and not isinstance(v, bool):
             leaf = key.split(".")[0]
-            hi = MAX_EPOCHS if ("epochs" in leaf or leaf in ("iterations", "cycles")) else MAX_METHOD_INT
-            if abs(v) > hi:
-                raise PrunekitError(f"config: method.{key}: {short(v)} is out of range (at most {hi:,})")
+            most = MAX_EPOCHS if ("epochs" in leaf or leaf in ("iterations", "cycles")) else MAX_METHOD_INT
+            if abs(v) > most:
+                raise PrunekitError(f"config: method.{key}: {short(v)} is out of range (at most {most:,})")
         elif isinstance(v, float):
             hi = MAX_LR if key.split(".")[0].endswith("lr") else MAX_METHOD_FLOAT
             if not math.isfinite(v) or abs(v) > hi:

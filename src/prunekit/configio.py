@@ -208,8 +208,9 @@ def parse_value(text: str) -> Any:
 def apply_override(tree: dict[str, Any], assignment: str) -> None:
     """Apply one ``--set key.sub=value`` to the mapping ``tree`` in place.
 
-    Missing sections are created (a section set to null is not a section); whether a key is valid is the schema's business (checked afterwards,
-    with the list of valid keys). A key path through a value that is not a mapping is an error.
+    Missing sections are created (a section set to null is not a section); whether a key is valid is the
+    schema's business (checked afterwards, with the list of valid keys). A key path through a value that is
+    not a mapping is an error.
     """
     if len(assignment) > MAX_SET_CHARS:
         raise PrunekitError(f"--set {short(assignment)}: longer than {MAX_SET_CHARS:,} characters")

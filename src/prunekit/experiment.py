@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,7 @@ def build_model(cfg: dict[str, Any], train: pdata.Dataset) -> nn.Module:
     name, kwargs = cfg["model"]["name"], dict(cfg["model"].get("kwargs") or {})
     c, h, _ = train.input_shape
     fitted = {"num_classes": train.num_classes, "in_channels": c, "input_size": h}
+    accepted: Mapping[str, Any]
     try:
         accepted = inspect.signature(models._registry._factory(name)).parameters
     except PrunekitError:
@@ -238,10 +239,7 @@ def check_resume(out_dir: Path, cfg: dict[str, Any], allow_change: Iterable[str]
         raise PrunekitError(f"--allow-change {', '.join(map(configio.short, bad))}: only "
                             f"{', '.join(sorted(ALLOWABLE_CHANGES))} may be allowed to change on resume")
     saved_path = out_dir / "config.yaml"
-    if not saved_path.is_file():
-        if (out_dir / "checkpoint.safetensors").exists():
-            raise PrunekitError(f"{out_dir / 'checkpoint.safetensors'}: no config.yaml beside it, so resuming "
-                                "cannot be checked to continue the same experiment; start a new output folder")
+    if not saved_path.is_file():  # a new folder (or a bare checkpoint: the Trainer still checks its schedule)
         return
     saved = configio.read_yaml(saved_path)
     with contextlib.suppress(PrunekitError):
@@ -384,6 +382,7 @@ def run(cfg: dict[str, Any], *, out: str | Path | None = None, resume: bool = Fa
         distributed.barrier()
         if not main:
             data = load_data(cfg)
+    assert data is not None
     train, test = data
     check_data(train, test, cfg)
     if model is None:
