@@ -1,4 +1,4 @@
-"""The ``prunekit`` command: train | prune | compare | eval | info | export | report | demo.
+"""The ``prunekit`` command: train | prune | compare | eval | info | export | report | demo | schema.
 
 Bad input of any kind exits with code 2 and one line on stderr that says what is wrong and how to fix it.
 """
@@ -38,7 +38,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=0.05 (repeatable)")
     p.add_argument("--out", help="output folder (default: the config's out, else runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint (the config "
+                   "must be the saved one)")
+    p.add_argument("--allow-change", dest="allow_change", action="append", default=[], metavar="KEY",
+                   help="on --resume, accept a changed train.device, train.amp or train.channels_last (repeatable)")
     p.add_argument("--data-dir", help="where the dataset files are (sets data.root)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -106,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
     p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("schema", help="print the JSON Schema of a config (for editors: completion and checks)")
+    p.add_argument("kind", nargs="?", default="experiment", choices=["experiment", "compare"])
     return parser
 
 
@@ -163,7 +168,7 @@ def cmd_run(args: argparse.Namespace, prune: bool) -> int:
     elif cfg["method"]["name"] == "none":
         raise PrunekitError(f"{args.config}: no method.name; choose one, e.g. --set method.name=sght")
     out = args.out or cfg.get("out") or f"runs/{Path(args.config).stem}"
-    res = experiment.run(cfg, out=out, resume=args.resume)
+    res = experiment.run(cfg, out=out, resume=args.resume, allow_change=args.allow_change)
     if distributed.is_main():
         print(reports.table([dict(res.figures)], [*reports.COLUMNS, "train_seconds"]))
         print(f"saved: {Path(out) / 'model.safetensors'}")
@@ -176,6 +181,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = _load_any(args.model)
     ds = data.load(args.data, args.split, root=args.data_dir)
     _check_bounds(model, tuple(ds.images.shape[1:]), args)
+    from prunekit.experiment import check_data, check_model_data
+
+    check_data(None, ds)
+    check_model_data(model, ds, args.model)
     res = engine.evaluate(model, ds, batch_size=args.batch_size, device=engine.pick_device("auto"))
     print(f"{args.model}: {args.data}/{args.split}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
           f"loss {res['loss']:.4f}  ({len(ds)} images)")
@@ -326,6 +335,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    if args.kind == "compare":
+        from prunekit.compare_schema import schema
+    else:
+        from prunekit.config import schema
+    print(json.dumps(schema(), indent=1))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunekit`` command.
 
@@ -347,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = cmd_run(args, prune=args.command == "prune")
         else:
             handler = {"compare": cmd_compare, "eval": cmd_eval, "info": cmd_info, "export": cmd_export,
-                       "report": cmd_report, "demo": cmd_demo}[args.command]
+                       "report": cmd_report, "demo": cmd_demo, "schema": cmd_schema}[args.command]
             rc = handler(args)
         finished = True
         return rc
