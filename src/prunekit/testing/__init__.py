@@ -1,0 +1,1 @@
+"""Helpers for testing prunekit and your own pruning code against networks nobody here wrote."""

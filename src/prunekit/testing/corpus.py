@@ -1,0 +1,312 @@
+"""A corpus of real networks nobody here wrote, built from configuration objects (random weights, no download).
+
+It is the test bed of every capability: surgery, save/reload, export and every method run on each entry
+(``tests/`` and ``benchmarks/corpus.py``). HF ``transformers`` models are built from their ``*Config``
+classes at a small size; the hand-written ones cover patterns users write themselves: residual blocks with
+arbitrary child names, pre-activation blocks, blocks without a post-sum activation, a DenseNet-style
+concatenation, squeeze-excitation, depthwise-separable convolutions, an MLP, and attention both through
+``nn.MultiheadAttention`` and through ``view(b, n, heads, head_dim)``.
+
+>>> from prunekit.testing import corpus
+>>> net = corpus.build("preact")
+>>> tuple(net.model(net.inputs).shape)
+(2, 10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NUM_CLASSES = 10
+IMAGE = 32
+
+
+@dataclass
+class Network:
+    """One corpus entry: the model, an example input batch and where the model comes from."""
+
+    name: str
+    model: nn.Module
+    inputs: torch.Tensor
+    source: str
+    """``"transformers"`` or ``"hand-written"``."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# hand-written networks
+
+
+class MyResUnit(nn.Module):
+    """A residual unit whose children are named nothing like torchvision's (``body``, ``gate``)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.gate = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.body(x) + x)
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation residual block (He et al. 2016), children named like torchvision's on purpose."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.relu(self.bn1(x)))
+        out = self.conv2(self.relu(self.bn2(out)))
+        return out + x
+
+
+class NoActBlock(nn.Module):
+    """Inverted-residual style block: nothing after the sum."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(c, 2 * c, 1)
+        self.act = nn.SiLU()
+        self.project = nn.Conv2d(2 * c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(self.act(self.expand(x)))
+
+
+class _Stem(nn.Sequential):
+    def __init__(self, c: int) -> None:
+        super().__init__(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+
+
+class _Head(nn.Sequential):
+    def __init__(self, c: int) -> None:
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, NUM_CLASSES))
+
+
+def residual_net(block: Callable[[int], nn.Module], c: int = 16) -> nn.Module:
+    return nn.Sequential(_Stem(c), block(c), block(c), nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
+                         nn.ReLU(), block(2 * c), _Head(2 * c))
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin: int, growth: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, growth, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv(F.relu(self.norm(x)))], dim=1)
+
+
+class TinyDenseNet(nn.Module):
+    """DenseNet-style: every layer's output is concatenated to its input; a transition conv after."""
+
+    def __init__(self, c: int = 16, growth: int = 8) -> None:
+        super().__init__()
+        self.stem = _Stem(c)
+        self.dense = nn.Sequential(DenseLayer(c, growth), DenseLayer(c + growth, growth))
+        self.transition = nn.Sequential(nn.BatchNorm2d(c + 2 * growth), nn.ReLU(),
+                                        nn.Conv2d(c + 2 * growth, c, 1))
+        self.head = _Head(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.transition(self.dense(self.stem(x))))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int, r: int = 4) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(c, c // r, 1)
+        self.expand = nn.Conv2d(c // r, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.adaptive_avg_pool2d(x, 1)
+        return x * torch.sigmoid(self.expand(F.relu(self.reduce(s))))
+
+
+class SENet(nn.Module):
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = _Stem(c)
+        self.conv = nn.Sequential(nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU())
+        self.se = SqueezeExcite(2 * c)
+        self.head = _Head(2 * c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.se(self.conv(self.stem(x))))
+
+
+def depthwise_separable(c: int = 16) -> nn.Module:
+    def ds(cin: int, cout: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                             nn.ReLU6(), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6())
+
+    return nn.Sequential(_Stem(c), ds(c, 2 * c), ds(2 * c, 2 * c), _Head(2 * c))
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * IMAGE * IMAGE, 64), nn.ReLU(), nn.Linear(64, 32), nn.GELU(),
+                         nn.Linear(32, NUM_CLASSES))
+
+
+class _Patches(nn.Module):
+    def __init__(self, dim: int, patch: int = 8) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class MHABlock(nn.Module):
+    """Pre-norm transformer block around ``nn.MultiheadAttention``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class HeadsAttention(nn.Module):
+    """Self-attention written by hand: q/k/v projections reshaped with ``view(b, n, heads, head_dim)``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (p(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = torch.softmax(q @ k.transpose(-1, -2) / self.head_dim**0.5, dim=-1)
+        return self.out((a @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class ViewBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = HeadsAttention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, block: type[nn.Module], dim: int = 32, heads: int = 4, depth: int = 2) -> None:
+        super().__init__()
+        self.patches = _Patches(dim)
+        self.blocks = nn.Sequential(*[block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(self.blocks(self.patches(x))).mean(dim=1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HF transformers networks (configs only, random weights)
+
+
+def _hf(kind: str) -> nn.Module:
+    import transformers as t
+
+    common: dict[str, Any] = {"num_labels": NUM_CLASSES}
+    if kind == "hf-resnet-basic":
+        return t.ResNetForImageClassification(t.ResNetConfig(
+            embedding_size=16, hidden_sizes=[16, 32], depths=[2, 1], layer_type="basic", **common))
+    if kind == "hf-resnet-bottleneck":
+        return t.ResNetForImageClassification(t.ResNetConfig(
+            embedding_size=16, hidden_sizes=[32, 64], depths=[2, 1], layer_type="bottleneck", **common))
+    if kind == "hf-convnext":
+        return t.ConvNextForImageClassification(t.ConvNextConfig(
+            hidden_sizes=[16, 32], depths=[2, 1], num_stages=2, patch_size=2, **common))
+    if kind == "hf-convnextv2":
+        return t.ConvNextV2ForImageClassification(t.ConvNextV2Config(
+            hidden_sizes=[16, 32], depths=[2, 1], num_stages=2, patch_size=2, **common))
+    if kind == "hf-mobilenetv2":
+        return t.MobileNetV2ForImageClassification(t.MobileNetV2Config(
+            image_size=IMAGE, depth_multiplier=0.25, finegrained_output=False, **common))
+    if kind == "hf-efficientnet":
+        return t.EfficientNetForImageClassification(t.EfficientNetConfig(
+            image_size=IMAGE, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320, **common))
+    if kind == "hf-regnet":
+        return t.RegNetForImageClassification(t.RegNetConfig(
+            embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8, **common))
+    if kind == "hf-vit":
+        return t.ViTForImageClassification(t.ViTConfig(
+            image_size=IMAGE, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, **common))
+    if kind == "hf-swin":
+        return t.SwinForImageClassification(t.SwinConfig(
+            image_size=IMAGE, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4,
+            **common))
+    if kind == "hf-mobilevit":
+        return t.MobileViTForImageClassification(t.MobileViTConfig(
+            image_size=IMAGE, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48],
+            num_attention_heads=2, **common))
+    raise KeyError(kind)
+
+
+HF = ["hf-resnet-basic", "hf-resnet-bottleneck", "hf-convnext", "hf-convnextv2", "hf-mobilenetv2",
+      "hf-efficientnet", "hf-regnet", "hf-vit", "hf-swin", "hf-mobilevit"]
+
+HAND: dict[str, Callable[[], nn.Module]] = {
+    "my-res-unit": lambda: residual_net(MyResUnit),
+    "preact": lambda: residual_net(PreActBlock),
+    "no-post-act": lambda: residual_net(NoActBlock),
+    "densenet": TinyDenseNet,
+    "squeeze-excite": SENet,
+    "depthwise-separable": depthwise_separable,
+    "mlp": mlp,
+    "mha-transformer": lambda: TinyTransformer(MHABlock),
+    "view-transformer": lambda: TinyTransformer(ViewBlock),
+}
+
+NAMES = HF + list(HAND)
+"""Every corpus entry, HF networks first."""
+
+
+def build(name: str, seed: int = 0, batch: int = 2) -> Network:
+    """Build corpus entry ``name`` in eval mode with seeded random weights and a seeded input batch.
+
+    BatchNorm running statistics are randomised too, so a BN layer is not an identity on the example inputs.
+    """
+    gen = torch.manual_seed(seed)
+    if name in HAND:
+        model, source = HAND[name](), "hand-written"
+    elif name in HF:
+        model, source = _hf(name), "transformers"
+    else:
+        raise KeyError(f"no corpus network {name!r}; choose from {NAMES}")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.normal_(0, 0.1, generator=gen)
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
+    inputs = torch.randn(batch, 3, IMAGE, IMAGE, generator=gen)
+    return Network(name, model.eval(), inputs, source)
+
+
+def logits(output: Any) -> torch.Tensor:
+    """The class scores of any corpus model's output (a tensor, or a HF ``ModelOutput`` with ``logits``)."""
+    return output if isinstance(output, torch.Tensor) else output.logits
