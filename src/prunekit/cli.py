@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", default=None, metavar="DENSE_MODEL",
                    help="the dense network (zoo name or file): adds speed-up and speed-up / MACs reduction")
     p.add_argument("--input-shape", default=None, help="C,H,W (default: the model's usual input)")
+    p.add_argument("--clock", default="auto", choices=["auto", "wall", "thread"],
+                   help="wall clock, or the thread's CPU time (one thread: immune to other processes); "
+                        "auto = thread for --threads 1 on the CPU")
     p = sub.add_parser("demo", help="train LeNet-5 on the embedded digits and prune it with every method")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     p.add_argument("--out", default="runs/demo")
@@ -248,10 +251,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dense = _load_any(args.against).eval()
         named = {args.against: dense, **named}
         macs_ratio = metrics.count(dense, x).macs / max(1, metrics.count(model, x).macs)
-    rows = runtime.measure(named, x, runtimes=runtimes, batches=batches, threads=args.threads, rounds=args.rounds)
+    rows = runtime.measure(named, x, runtimes=runtimes, batches=batches, threads=args.threads, rounds=args.rounds,
+                           clock=args.clock)
     table = runtime.side_by_side(rows, model=args.model, dense=args.against, macs_ratio=macs_ratio)
     print(metrics.format_table(table))
-    print(f"median of {args.rounds} interleaved rounds, {args.threads} thread(s), input {shape}")
+    clocks = ", ".join(sorted({f"{r['runtime']}: {r['clock']}" for r in rows}))
+    print(f"median of {args.rounds} interleaved rounds, {args.threads} thread(s), input {shape}; clock {clocks}")
     return 0
 
 

@@ -15,7 +15,10 @@ will run. Runtimes:
 
 :func:`measure` times every (model, runtime, batch) interleaved round-robin, after warm-up, and reports
 medians, so machine load hits every row alike. Threads are fixed for every runtime (``torch.set_num_threads``
-and ORT's ``intra_op_num_threads``).
+and ORT's ``intra_op_num_threads``). The clock: ``wall``, or ``thread`` (the calling thread's CPU time; one
+thread on the CPU only, where both ONNX Runtime and PyTorch run every op on the calling thread): equal to the
+wall latency on an idle machine, but not inflated when other processes share the cores. ``auto`` (default)
+takes ``thread`` for one CPU thread and ``wall`` otherwise.
 """
 
 from __future__ import annotations
@@ -39,6 +42,20 @@ from prunekit.metrics.evaluation import latency
 
 RUNTIMES = ("eager", "deployed", "onnxruntime", "cuda")
 ONNX_EXTRA = "pip install prunekit[onnx]"
+
+
+CLOCKS = ("auto", "wall", "thread")
+
+
+def resolve_clock(clock: str, runtime: str, threads: int) -> str:
+    """``wall`` or ``thread`` for ``clock`` (``auto``: thread for one CPU thread)."""
+    if clock not in CLOCKS:
+        raise PrunekitError(f"unknown clock {clock!r}; choose from {', '.join(CLOCKS)}")
+    if clock == "auto":
+        return "thread" if threads == 1 and runtime != "cuda" else "wall"
+    if clock == "thread" and (threads != 1 or runtime == "cuda"):
+        raise PrunekitError("clock thread times one CPU thread: use --threads 1 and a CPU runtime")
+    return clock
 
 
 def require_onnxruntime() -> ModuleType:
@@ -104,13 +121,15 @@ class Prepared:
     time_ms: Callable[[int], list[float]]  # ``time_ms(n)``: n timed forwards, milliseconds each
 
 
-def prepare(model: nn.Module, runtime: str, example: torch.Tensor, *, threads: int = 1) -> Prepared:
+def prepare(model: nn.Module, runtime: str, example: torch.Tensor, *, threads: int = 1,
+            clock: str = "auto") -> Prepared:
     """Make a copy of ``model`` ready in ``runtime`` for inputs shaped like ``example`` (the model itself is
     not changed)."""
     if not isinstance(example, torch.Tensor):
         raise PrunekitError("runtime latency needs one input tensor (batch first)")
     if threads < 1:
         raise PrunekitError(f"threads must be >= 1, got {threads}")
+    clock = resolve_clock(clock, runtime, threads)
     x = example.detach().cpu()
     if runtime == "onnxruntime":
         sess = ort_session(onnx_bytes(copy.deepcopy(model).cpu(), x), threads)
@@ -123,12 +142,13 @@ def prepare(model: nn.Module, runtime: str, example: torch.Tensor, *, threads: i
         def ort_time(n: int) -> list[float]:
             old = torch.get_num_threads()
             out = []
+            timer = time.thread_time if clock == "thread" else time.perf_counter
             try:
                 torch.set_num_threads(threads)  # keeps torch's pool from competing while ORT runs
                 for _ in range(n):
-                    t0 = time.perf_counter()
+                    t0 = timer()
                     sess.run(None, feed)
-                    out.append((time.perf_counter() - t0) * 1000.0)
+                    out.append((timer() - t0) * 1000.0)
             finally:
                 torch.set_num_threads(old)
             return out
@@ -155,7 +175,7 @@ def prepare(model: nn.Module, runtime: str, example: torch.Tensor, *, threads: i
     def torch_time(n: int) -> list[float]:
         times = []
         for _ in range(n):  # one pass per call keeps every sample (latency() reports only their summary)
-            times.append(latency(m, x, repeats=1, warmup=0, threads=threads)["median_ms"])
+            times.append(latency(m, x, repeats=1, warmup=0, threads=threads, clock=clock)["median_ms"])
         return times
 
     return Prepared(runtime, torch_forward, torch_time)
@@ -163,13 +183,14 @@ def prepare(model: nn.Module, runtime: str, example: torch.Tensor, *, threads: i
 
 def measure(models: Mapping[str, nn.Module], example: Callable[[int], torch.Tensor] | torch.Tensor, *,
             runtimes: Sequence[str] = ("eager", "deployed", "onnxruntime"), batches: Sequence[int] = (1,),
-            threads: int = 1, rounds: int = 10, repeats: int = 3, warmup: int = 3) -> list[dict[str, Any]]:
+            threads: int = 1, rounds: int = 10, repeats: int = 3, warmup: int = 3,
+            clock: str = "auto") -> list[dict[str, Any]]:
     """Median latency of every model in every runtime at every batch, interleaved round-robin.
 
     ``example`` is a tensor of one sample's shape (batch first; it is repeated to each batch size) or a
     function ``batch -> input``. Each round times ``repeats`` forwards of every (model, runtime, batch) in
     turn; the median is over all rounds' samples. Rows: ``model``, ``runtime``, ``batch``, ``threads``,
-    ``median_ms``, ``p10_ms``, ``p90_ms``, ``samples``.
+    ``median_ms``, ``p10_ms``, ``p90_ms``, ``samples``, ``clock``.
     """
     runtimes = check_runtimes(runtimes)
     if rounds < 1 or repeats < 1 or warmup < 0:
@@ -188,7 +209,7 @@ def measure(models: Mapping[str, nn.Module], example: Callable[[int], torch.Tens
         x = make(b)
         for name, model in models.items():
             for rt in runtimes:
-                cells[(name, rt, b)] = prepare(model, rt, x, threads=threads)
+                cells[(name, rt, b)] = prepare(model, rt, x, threads=threads, clock=clock)
     for p in cells.values():
         p.time_ms(warmup)
     samples: dict[tuple[str, str, int], list[float]] = {k: [] for k in cells}
@@ -199,7 +220,8 @@ def measure(models: Mapping[str, nn.Module], example: Callable[[int], torch.Tens
     for (name, rt, b), s in samples.items():
         q = statistics.quantiles(s, n=10) if len(s) > 1 else [s[0]] * 9
         rows.append({"model": name, "runtime": rt, "batch": b, "threads": threads,
-                     "median_ms": statistics.median(s), "p10_ms": q[0], "p90_ms": q[-1], "samples": len(s)})
+                     "median_ms": statistics.median(s), "p10_ms": q[0], "p90_ms": q[-1], "samples": len(s),
+                     "clock": resolve_clock(clock, rt, threads)})
     return rows
 
 
@@ -224,5 +246,5 @@ def side_by_side(rows: Sequence[Mapping[str, Any]], *, model: str, dense: str | 
     return table
 
 
-__all__ = ["ONNX_EXTRA", "RUNTIMES", "Prepared", "check_runtimes", "measure", "onnx_bytes", "ort_session",
-           "prepare", "require_onnxruntime", "side_by_side"]
+__all__ = ["CLOCKS", "ONNX_EXTRA", "RUNTIMES", "Prepared", "check_runtimes", "measure", "onnx_bytes", "ort_session",
+           "prepare", "require_onnxruntime", "resolve_clock", "side_by_side"]

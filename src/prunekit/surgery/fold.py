@@ -114,6 +114,7 @@ def _faster_format(model: nn.Module, x: torch.Tensor, threads: int | None, round
         return "contiguous"
     from prunekit.metrics.evaluation import latency
 
+    clock = "thread" if threads == 1 and x.device.type == "cpu" else "wall"  # immune to other processes
     cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     xcl = x.contiguous(memory_format=torch.channels_last)
     xc = x.contiguous()
@@ -122,8 +123,8 @@ def _faster_format(model: nn.Module, x: torch.Tensor, threads: int | None, round
         latency(model, xc, repeats=1, warmup=2, threads=threads)
         latency(cl, xcl, repeats=1, warmup=2, threads=threads)
         for _ in range(max(1, rounds)):
-            times["contiguous"].append(latency(model, xc, repeats=2, warmup=0, threads=threads)["median_ms"])
-            times["channels_last"].append(latency(cl, xcl, repeats=2, warmup=0, threads=threads)["median_ms"])
+            for key, m, xin in (("contiguous", model, xc), ("channels_last", cl, xcl)):
+                times[key].append(latency(m, xin, repeats=2, warmup=0, threads=threads, clock=clock)["median_ms"])
     except Exception:  # a model that fails in one format keeps the other (contiguous is the safe default)
         return "contiguous"
     return "channels_last" if statistics.median(times["channels_last"]) < statistics.median(
