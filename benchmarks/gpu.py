@@ -32,6 +32,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -170,13 +171,15 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], lat: di
            status: dict[str, str]) -> str:
     rt = "CUDA" if args.device == "cuda" else "CPU deployed (smoke)"
     dense = results.get("dense", {}).get("figures", {})
-    lines = [f"ResNet-56 / CIFAR-10, {args.epochs} epochs one-cycle, batch {args.batch}, lr {args.lr}, seed "
+    model = {"resnet56": "ResNet-56", "resnet20": "ResNet-20"}.get(args.model, args.model)
+    data = "synthetic CIFAR-shaped data" if args.synthetic else "CIFAR-10" + (" (subset)" if args.subset else "")
+    lines = [f"{model} / {data}, {args.epochs} epoch(s) one-cycle, batch {args.batch}, lr {args.lr}, seed "
              f"{args.seed}; budget: {BUDGET} of the dense MACs (the SGHT paper's 63% fewer FLOPs). "
              f"Latency: {rt}, median of {args.latency_rounds} interleaved rounds.", "",
              "| run | status | top-1 % | params | MACs | MACs vs dense | latency b1 ms | "
              f"latency b{args.latency_batch} ms | paper top-1 % |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name in RUNS:
+    for name in args.names:
         f = results.get(name, {}).get("figures", {})
         lt = lat.get(name, {})
         rel = f"{f['macs'] / dense['macs']:.3f}" if f.get("macs") and dense.get("macs") else "-"
@@ -187,6 +190,36 @@ def _table(args: argparse.Namespace, results: dict[str, dict[str, Any]], lat: di
                      f"{lt.get(args.latency_batch, float('nan')):.3f} | {paper} |"
                      if f else f"| {name} | {status.get(name, '?')} | - | - | - | - | - | - | {paper} |")
     return "\n".join(lines)
+
+
+def fit_epochs(args: argparse.Namespace, time_left: float) -> tuple[int, str]:
+    """Epochs that fit the time left, from a short timed training run in this process (the dense network,
+    ``--probe-steps`` steps through the library's trainer), assuming, to be safe, that the parallel runs share
+    the GPU with no overlap at all; never more than ``--epochs``."""
+    from prunekit import experiment
+
+    train, test = _datasets(args)
+    if args.device == "cuda":
+        train.images, train.labels = train.images.cuda(), train.labels.cuda()
+    small_test = test.sample(min(len(test), 256))
+    for steps_now in (min(5, args.probe_steps), args.probe_steps):  # the first warms up (cuDNN autotuning)
+        probe = argparse.Namespace(**{**vars(args), "epochs": 1, "max_steps": steps_now})
+        with tempfile.TemporaryDirectory() as tmp:
+            res = experiment.run(_config("dense", probe, Path(tmp)), out=tmp, data=(train, small_test),
+                                 latency=False)
+    step_s = float(res.figures["train_seconds"]) / args.probe_steps
+    steps = min(len(train) // args.batch, args.max_steps or len(train))
+    n_runs = len(args.names)
+    epoch_s = step_s * steps * n_runs * 1.25  # all runs one after the other on the GPU; SGHT's extra steps
+    startup_s = 60.0 if args.device == "cuda" else 10.0  # process start, CUDA context, data, final evaluation
+    fit = int((time_left - startup_s) // max(epoch_s, 1e-9))
+    epochs = max(1, min(args.epochs, fit))
+    why = (f"probe: {step_s * 1000:.1f} ms per step at batch {args.batch}; {n_runs} runs x {steps} steps per "
+           f"epoch, no overlap assumed: {epoch_s:.1f} s per epoch of all runs; {time_left:.0f} s left -> "
+           f"{epochs} epoch(s)")
+    if epochs < args.epochs:
+        why += f" (asked {args.epochs}: reduced to fit the budget)"
+    return epochs, why
 
 
 def driver(args: argparse.Namespace, argv: list[str]) -> int:
@@ -209,7 +242,17 @@ def driver(args: argparse.Namespace, argv: list[str]) -> int:
             raise SetupError(f"cannot load CIFAR-10 from {args.data_root}: {str(exc).splitlines()[0]}") from None
         print(f"# data: {len(train)} train / {len(test)} test images from {args.data_root} "
               f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    names = [n for n in RUNS if not args.only or n in args.only.split(",")]
+    names = args.names
+    if args.fit:
+        try:
+            epochs, why = fit_epochs(args, deadline - time.perf_counter() - args.latency_reserve_s)
+        except Exception as exc:  # the probe is a guess: a failure here should not cost the whole run
+            epochs, why = args.epochs, f"probe failed ({type(exc).__name__}: {str(exc)[:200]}); keeping {args.epochs}"
+        print(f"# {why}", flush=True)
+        args.fit_note = why
+        if epochs != args.epochs:
+            args.epochs = epochs
+            argv = [*_drop_option(argv, "--epochs"), "--epochs", str(epochs)]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs = {}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
@@ -253,12 +296,29 @@ def driver(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"# latency measurement failed: {type(exc).__name__}: {exc}", flush=True)
     table = _table(args, results, lat, status)
     head = f"# python benchmarks/gpu.py {' '.join(argv)}  ({time.perf_counter() - t_start:.0f} s in all)"
+    if getattr(args, "fit_note", None):
+        head += f"\n# {args.fit_note}"
     print("\n" + head + "\n\n" + table, flush=True)
     (out / "summary.md").write_text(head + "\n\n" + table + "\n")
     (out / "summary.json").write_text(json.dumps({"args": vars(args), "status": status, "results": results,
                                                   "latency_ms": lat}, indent=1, default=str))
     print(f"\nwrote {out / 'summary.md'}")
     return 0 if all(status.get(n) == "done" for n in names) else 1
+
+
+def _drop_option(argv: list[str], opt: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == opt:
+            skip = True
+            continue
+        if a.startswith(opt + "="):
+            continue
+        out.append(a)
+    return out
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -274,6 +334,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--only", default=None, help="comma-separated subset of: " + ", ".join(RUNS))
     p.add_argument("--budget-minutes", type=float, default=8.0, help="stop runs still going after this")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--no-fit", dest="fit", action="store_false",
+                   help="keep --epochs even if a timed probe says the runs will not fit the time budget")
+    p.add_argument("--probe-steps", type=int, default=None, help="steps of the timing probe (default 30; smoke 2)")
     # internal (worker processes)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data-root-resolved", default=None, help=argparse.SUPPRESS)
@@ -291,9 +354,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     a.latency_rounds = 2 if a.smoke else 20
     a.latency_reserve_s = 0 if a.smoke else 45
     a.data_root = a.data_root_resolved or None
-    for key in ("epochs", "batch", "parallel"):
+    a.probe_steps = a.probe_steps if a.probe_steps is not None else (2 if a.smoke else 30)
+    a.names = [n for n in RUNS if not a.only or n in a.only.split(",")]
+    for key in ("epochs", "batch", "parallel", "probe_steps"):
         if getattr(a, key) < 1:
-            p.error(f"--{key} must be >= 1")
+            p.error(f"--{key.replace('_', '-')} must be >= 1")
     if a.only and not set(a.only.split(",")) <= set(RUNS):
         p.error(f"--only takes names from: {', '.join(RUNS)}")
     return a

@@ -3,6 +3,7 @@ processes, training through the library, latency, the summary), and set-up probl
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -37,6 +38,19 @@ def test_smoke_run_trains_every_method_and_writes_the_summary(tmp_path: Path) ->
     assert set(summary["latency_ms"]) == set(figs) and all(len(v) == 2 for v in summary["latency_ms"].values())
     md = (tmp_path / "summary.md").read_text()
     assert "92.40" in md and md.count("| done |") == 5
+
+
+def test_the_epochs_shrink_to_fit_the_time_budget() -> None:
+    """The timed probe (a few real training steps in-process) caps the epochs so the runs end in time."""
+    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    args = gpu.parse(["--smoke", "--epochs", "50", "--only", "dense,sght"])
+    epochs, why = gpu.fit_epochs(args, time_left=12.0)
+    assert 1 <= epochs < 50 and "reduced to fit the budget" in why
+    epochs, why = gpu.fit_epochs(args, time_left=1e7)
+    assert epochs == 50 and "reduced" not in why
 
 
 def test_setup_problems_are_one_line_and_exit_2(tmp_path: Path) -> None:
