@@ -306,11 +306,18 @@ def thinned(model: nn.Module, example: torch.Tensor, groups: Sequence[Any], keep
     return m
 
 
-def measured_ratio(dense: nn.Module, thin: nn.Module, example: torch.Tensor, target: LatencyTarget
-                   ) -> tuple[float, float, float]:
+def check_rounds(target: LatencyTarget, dense_ms: float) -> int:
+    """Timing rounds for a check: ``target.rounds``, more for fast networks (about 0.3 s of dense forwards
+    per check, at most 200 rounds), since short timings are the noisiest."""
+    return max(target.rounds, min(200, int(np.ceil(300.0 / (3 * max(dense_ms, 1e-3))))))
+
+
+def measured_ratio(dense: nn.Module, thin: nn.Module, example: torch.Tensor, target: LatencyTarget,
+                   rounds: int | None = None) -> tuple[float, float, float]:
     """``(thin ms, dense ms, thin / dense)`` in the target's runtime, interleaved medians."""
     rows = _rt.measure({"dense": dense, "thin": thin}, example[:1], runtimes=[target.runtime],
-                       batches=[target.batch], threads=target.threads, rounds=target.rounds, repeats=3, warmup=3,
+                       batches=[target.batch], threads=target.threads, rounds=rounds or target.rounds, repeats=3,
+                       warmup=3,
                        clock=target.clock)
     ms = {r["model"]: r["median_ms"] for r in rows}
     return ms["thin"], ms["dense"], ms["thin"] / ms["dense"]
@@ -345,7 +352,7 @@ def solve_latency(model: nn.Module, example: torch.Tensor, groups: Sequence[Any]
             break
         seen.add(tuple(keep))
         thin = thinned(dense, x1, groups, keep)
-        thin_ms, ref_ms, ratio = measured_ratio(dense, thin, x1, t)
+        thin_ms, ref_ms, ratio = measured_ratio(dense, thin, x1, t, check_rounds(t, dense_ms))
         entry = {"step": step, "aim": aim, "predicted": lm.cost(keep) / lm.dense_ms, "measured": ratio,
                  "thin_ms": thin_ms, "dense_ms": ref_ms, "keep": keep}
         history.append(entry)
