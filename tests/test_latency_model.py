@@ -12,7 +12,7 @@ import torch
 
 from prunekit import methods, metrics, models
 from prunekit.errors import PrunekitError
-from prunekit.methods.budget import filter_groups, keep_hook, solve_keep
+from prunekit.methods.budget import filter_groups, groups_and_keep, keep_hook, solve_keep
 from prunekit.metrics import latency_model as L
 
 X = torch.randn(1, 1, 28, 28)
@@ -100,3 +100,21 @@ def test_bad_targets_are_one_line_errors() -> None:
             L.LatencyTarget.parse(spec)
     assert L.LatencyTarget.parse({"latency": 0.5}).snap == L.PREFERRED_MULTIPLE["onnxruntime"]
     assert L.LatencyTarget.parse({"latency": 0.5, "round_to": 1}).snap == 1
+
+
+def test_a_second_bind_reuses_the_solved_widths(cache: Path) -> None:
+    """A method binding again (resume, surgery) must not re-measure and get other widths mid-training."""
+    model = models.create("lenet5")  # in training mode, as a trainer holds it
+    config = methods.get("sght")().config
+    with L.latency_target(_target(cache, tol=0.5)) as report:
+        try:
+            _, _, first = groups_and_keep(model, X, config, "SGHT")
+        except PrunekitError as exc:  # a loaded machine may make even a loose target unreachable
+            assert "latency target" in str(exc)
+            return
+        measured = list(report["history"])
+        _, _, again = groups_and_keep(model, X, config, "SGHT")
+    assert again == first and report["history"] == measured
+    assert model.training  # the model handed in is not changed
+    _, _, plain = groups_and_keep(model, X, config, "SGHT")  # outside the block: the method's own ratio
+    assert plain == [int(0.6 * g.size) for g in filter_groups(model, X)]

@@ -331,8 +331,9 @@ def solve_latency(model: nn.Module, example: torch.Tensor, groups: Sequence[Any]
 
     t = LatencyTarget.parse(target)
     _rt.check_runtimes([t.runtime])
-    dense = copy.deepcopy(model).eval()
-    x1 = example[:1].detach().cpu() if t.runtime != "cuda" else example[:1].detach()
+    device = "cuda" if t.runtime == "cuda" else "cpu"  # a training model may sit on another device
+    dense = copy.deepcopy(model).to(device).eval()
+    x1 = example[:1].detach().to(device)
     dense_ms = _rt.measure({"dense": dense}, x1, runtimes=[t.runtime], batches=[t.batch], threads=t.threads,
                            rounds=t.rounds, repeats=3, warmup=3, clock=t.clock)[0]["median_ms"]
     lm = LatencyModel.build(dense, x1, groups, t, dense_ms=dense_ms)
@@ -400,12 +401,16 @@ def latency_target(spec: Mapping[str, Any] | LatencyTarget) -> Iterator[dict[str
     t = LatencyTarget.parse(spec)
     _rt.check_runtimes([t.runtime])
     report: dict[str, Any] = {}
+    solved: dict[tuple[tuple[str, int], ...], list[int]] = {}
 
     def hook(model: nn.Module, example_inputs: Any, groups: Sequence[Any]) -> list[int]:
         x = example_inputs[0] if isinstance(example_inputs, tuple | list) else example_inputs
         if not isinstance(x, torch.Tensor):
             raise PrunekitError("a latency target needs a model with one input tensor")
-        return solve_latency(model, x, groups, t, report=report)
+        key = tuple((str(g.name), int(g.size)) for g in groups)
+        if key not in solved:  # a method that binds again (e.g. after surgery) keeps the widths it was given
+            solved[key] = solve_latency(model, x, groups, t, report=report)
+        return list(solved[key])
 
     with keep_hook(hook):
         yield report
