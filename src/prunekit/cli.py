@@ -1,4 +1,4 @@
-"""The ``prunekit`` command: train | prune | compare | eval | info | export | report | demo | schema.
+"""The ``prunekit`` command: train | prune | compare | eval | info | export | report | bench | demo | schema.
 
 Bad input of any kind exits with code 2 and one line on stderr that says what is wrong and how to fix it.
 """
@@ -104,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="compare finished runs (a table and a plot), or rebuild a compare folder")
     p.add_argument("runs", nargs="+", help="run folders holding report.json, or one prunekit compare folder")
     p.add_argument("--out", help="folder for report.md and plot.png")
+    p = sub.add_parser("bench", help="latency of a model in each runtime (eager, deployed, onnxruntime, cuda), "
+                                     "side by side, optionally against its dense network")
+    p.add_argument("model", help="a zoo name (e.g. resnet56) or a prunekit model file")
+    p.add_argument("--runtime", default="eager,deployed,onnxruntime",
+                   help="comma-separated: eager, deployed, onnxruntime, cuda (default: the three CPU ones)")
+    p.add_argument("--batch", default="1,64", help="comma-separated batch sizes (default 1,64)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for every runtime (default 1)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds (median over them)")
+    p.add_argument("--against", default=None, metavar="DENSE_MODEL",
+                   help="the dense network (zoo name or file): adds speed-up and speed-up / MACs reduction")
+    p.add_argument("--input-shape", default=None, help="C,H,W (default: the model's usual input)")
+    p.add_argument("--clock", default="auto", choices=["auto", "wall", "thread"],
+                   help="wall clock, or the thread's CPU time (one thread: immune to other processes); "
+                        "auto = thread for --threads 1 on the CPU")
     p = sub.add_parser("demo", help="train LeNet-5 on the embedded digits and prune it with every method")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     p.add_argument("--out", default="runs/demo")
@@ -327,6 +341,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from prunekit import metrics
+    from prunekit.metrics import runtime
+
+    runtimes = runtime.check_runtimes(args.runtime.split(","))
+    try:
+        batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    except ValueError:
+        raise PrunekitError(f"--batch {args.batch!r}: expected comma-separated integers such as 1,64") from None
+    if not batches or min(batches) < 1 or args.threads < 1 or args.rounds < 1:
+        raise PrunekitError("--batch, --threads and --rounds must be positive")
+    model = _load_any(args.model).eval()
+    shape = _shape(args.input_shape) or _default_shape(model)
+    x = torch.randn((1, *shape))
+    named = {args.model: model}
+    macs_ratio = None
+    if args.against:
+        dense = _load_any(args.against).eval()
+        named = {args.against: dense, **named}
+        macs_ratio = metrics.count(dense, x).macs / max(1, metrics.count(model, x).macs)
+    rows = runtime.measure(named, x, runtimes=runtimes, batches=batches, threads=args.threads, rounds=args.rounds,
+                           clock=args.clock)
+    table = runtime.side_by_side(rows, model=args.model, dense=args.against, macs_ratio=macs_ratio)
+    print(metrics.format_table(table))
+    clocks = ", ".join(sorted({f"{r['runtime']}: {r['clock']}" for r in rows}))
+    print(f"median of {args.rounds} interleaved rounds, {args.threads} thread(s), input {shape}; clock {clocks}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from prunekit import demo
 
@@ -367,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = cmd_run(args, prune=args.command == "prune")
         else:
             handler = {"compare": cmd_compare, "eval": cmd_eval, "info": cmd_info, "export": cmd_export,
-                       "report": cmd_report, "demo": cmd_demo, "schema": cmd_schema}[args.command]
+                       "report": cmd_report, "demo": cmd_demo, "schema": cmd_schema, "bench": cmd_bench}[args.command]
             rc = handler(args)
         finished = True
         return rc
