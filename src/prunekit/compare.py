@@ -66,6 +66,7 @@ import yaml
 from torch import nn
 
 from prunekit import config as pconfig
+from prunekit import configio
 from prunekit._atomic import atomic_path, write_text
 from prunekit.errors import PrunekitError
 
@@ -110,34 +111,18 @@ class Row:
 def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read and validate a comparison config (``--set key=value`` overrides as for experiment configs)."""
     p = Path(path)
-    if not p.is_file():
-        raise PrunekitError(f"{p}: comparison config not found")
-    try:
-        user = pconfig._yaml(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise PrunekitError(f"{p}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    except UnicodeDecodeError:
-        raise PrunekitError(f"{p}: not a text file") from None
-    if not isinstance(user, dict):
-        raise PrunekitError(f"{p}: a comparison config must be a YAML mapping")
+    user = configio.read_yaml(p, "comparison config")
     unknown = sorted(set(user) - set(DEFAULTS))
     if unknown:
         raise PrunekitError(f"{p}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(DEFAULTS)}")
     cfg = {**copy.deepcopy(DEFAULTS), **user}
     cfg["name"] = cfg["name"] or p.stem
     for o in overrides:
-        key, sep, raw = o.partition("=")
-        if not sep:
-            raise PrunekitError(f"--set {o!r}: expected key=value")
-        parts = key.strip().split(".")
-        if parts[0] not in DEFAULTS:
-            raise PrunekitError(f"--set {key}: unknown key {parts[0]!r}; valid keys: {', '.join(DEFAULTS)}")
-        node = cfg
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise PrunekitError(f"--set {key}: {part!r} is not a section")
-        node[parts[-1]] = pconfig.parse_value(raw)
+        head = o.partition("=")[0].strip().split(".")[0]
+        if "=" in o and head not in DEFAULTS:
+            raise PrunekitError(f"--set {configio.short(o.partition('=')[0])}: unknown key {configio.short(head)}; "
+                                f"valid keys: {', '.join(DEFAULTS)}")
+        configio.apply_override(cfg, o)
     validate(cfg)
     return cfg
 
@@ -150,6 +135,10 @@ def validate(cfg: dict[str, Any]) -> None:
 
     def is_int(v: Any, lo: int) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+    from prunekit import compare_schema
+
+    compare_schema.check(cfg)  # keys, types and bounds (the typed schema); the method rules follow
 
     need(isinstance(cfg["seeds"], list) and cfg["seeds"] and all(is_int(s, 0) for s in cfg["seeds"])
          and len(set(cfg["seeds"])) == len(cfg["seeds"]), "seeds must be a non-empty list of distinct integers >= 0")
@@ -193,7 +182,7 @@ def validate(cfg: dict[str, Any]) -> None:
 
 def _base(cfg: dict[str, Any]) -> dict[str, Any]:
     """The shared experiment config (prunekit.config defaults + ``base``), validated."""
-    base = pconfig._merge(pconfig.DEFAULTS, cfg["base"])
+    base = pconfig.complete(cfg["base"])
     base["method"] = {"name": "none"}
     pconfig.validate(base)
     return base
