@@ -303,3 +303,26 @@ def test_network_that_cannot_be_copied_loads_plain_files_and_refuses_records_in_
     remove_channels(net, {"0": [1]}, X8)
     with pytest.raises(PrunekitError, match="cannot copy the base network"):
         io.save(net, tmp_path / "pruned.safetensors", base=base)
+
+
+def test_history_that_cannot_be_replayed_falls_back_to_overrides(tmp_path):
+    """Surgery driven by dict inputs records no input shapes: plain-layer changes are saved as overrides."""
+    import copy
+
+    from prunekit.surgery import remove_channels
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 2))
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.body(image)
+
+    net = Net().eval()
+    base = copy.deepcopy(net)
+    remove_channels(net, {"body.0": [0, 2]}, {"image": X8})
+    arch = io.architecture(net, base=base)
+    assert arch["history"] == [] and set(arch["overrides"]) == {"body.0", "body.3"}
+    back = io.load(io.save(net, tmp_path / "d.safetensors", base=base), model=Net())
+    torch.testing.assert_close(back(X8), net(X8), rtol=0, atol=0)
