@@ -305,8 +305,7 @@ def test_network_that_cannot_be_copied_loads_plain_files_and_refuses_records_in_
         io.save(net, tmp_path / "pruned.safetensors", base=base)
 
 
-def test_history_that_cannot_be_replayed_falls_back_to_overrides(tmp_path):
-    """Surgery driven by dict inputs records no input shapes: plain-layer changes are saved as overrides."""
+def test_keyword_inputs_are_replayed_too(tmp_path):
     import copy
 
     from prunekit.surgery import remove_channels
@@ -323,6 +322,24 @@ def test_history_that_cannot_be_replayed_falls_back_to_overrides(tmp_path):
     base = copy.deepcopy(net)
     remove_channels(net, {"body.0": [0, 2]}, {"image": X8})
     arch = io.architecture(net, base=base)
-    assert arch["history"] == [] and set(arch["overrides"]) == {"body.0", "body.3"}
+    assert arch["history"][0]["input_shapes"] == {"image": [2, 3, 8, 8]} and arch["overrides"] == {}
     back = io.load(io.save(net, tmp_path / "d.safetensors", base=base), model=Net())
     torch.testing.assert_close(back(X8), net(X8), rtol=0, atol=0)
+
+
+def test_history_that_cannot_be_replayed_falls_back_to_overrides(tmp_path):
+    """Token ids are not random floats: the replay fails at save time, and plain-layer changes are saved as
+    overrides instead (checked by the reload)."""
+    import copy
+
+    from prunekit.surgery import remove_channels
+
+    net = nn.Sequential(nn.Embedding(20, 8), nn.Flatten(), nn.Linear(8 * 5, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    base = copy.deepcopy(net)
+    tokens = torch.randint(0, 20, (2, 5))
+    remove_channels(net, {"2": [1, 4]}, tokens)
+    arch = io.architecture(net, base=base)
+    assert arch["history"] == [] and set(arch["overrides"]) == {"2", "4"}
+    fresh = nn.Sequential(nn.Embedding(20, 8), nn.Flatten(), nn.Linear(8 * 5, 6), nn.ReLU(), nn.Linear(6, 2))
+    back = io.load(io.save(net, tmp_path / "t.safetensors", base=base), model=fresh)
+    torch.testing.assert_close(back(tokens), net(tokens), rtol=0, atol=0)

@@ -242,7 +242,7 @@ def architecture(model: nn.Module, base: nn.Module | None = None) -> dict[str, A
             why = "base= is not an earlier state of this model (its structural history differs)"
         ops = ops[len(base_ops):]
         for i, op in enumerate(ops):
-            if not why and op.get("op") == "channels" and op.get("input_shapes") is None:
+            if not why and op.get("op") == "channels" and not op.get("input_shapes"):
                 why = (f"structural change {i + 1} was made with example inputs that are not float tensors, so it "
                        "cannot be replayed")
         ref = _twin(base, "base")
@@ -598,7 +598,8 @@ def prepare(arch: Any, where: str, model: nn.Module | None = None,
             structure = build_from_architecture(arch, device="meta", base=structure)
             for op in reversed(arch.get("history") or []):  # validated by the replay just done
                 if isinstance(op, dict) and op.get("input_shapes"):
-                    batch_shapes = [tuple(s) for s in op["input_shapes"]]
+                    if isinstance(op["input_shapes"], list):  # positional inputs (keyword ones: no pass)
+                        batch_shapes = [tuple(s) for s in op["input_shapes"]]
                     break
     if input_shape is None:
         input_shape = getattr(structure, "input_shape", None)
