@@ -144,7 +144,7 @@ def test_grid_runs_skips_finished_resumes_and_reports(tmp_path, capsys):
     assert by["trimming"]["matched"] is False  # no target knob: its own point
     assert by["torch-global@params=0.25"]["sparse_file"] is True
     # the figures are the saved models' own: recount one from its file
-    sght_model = compare._load_model(out / by["sght@macs=0.4"]["run"] / "model.safetensors")
+    sght_model = compare.load_model(out / by["sght@macs=0.4"]["run"] / "model.safetensors")
     assert metrics.count(sght_model, torch.zeros(1, 1, 8, 8)).macs == by["sght@macs=0.4"]["macs"]
     assert all(r["latency_ms_b1"] > 0 and r["latency_ms_batch"] > 0 and r["latency_batch"] == 8 for r in rows)
     for stem in ("accuracy_vs_macs", "accuracy_vs_params", "latency_vs_macs", "layers"):

@@ -383,7 +383,7 @@ def test_report_of_hostile_results_csv_is_one_line(tmp_path: Path, capsys: pytes
                 assert "\x1b" not in err
             else:
                 required = ("label", "method", "seed", "macs", "top1", "nonzero_params")
-                numeric = compare._INT | compare._FLOAT | compare._BOOL
+                numeric = compare.INT_COLUMNS | compare.FLOAT_COLUMNS | compare.BOOL_COLUMNS
                 assert (value == "" and col not in required) or (value and value.isprintable() and col not in numeric
                                                                  and len(value) < 1000), (col, value)
     assert set(compare.CSV_COLUMNS) == set(header)

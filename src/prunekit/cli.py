@@ -324,7 +324,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(args.runs) == 1 and (Path(args.runs[0]) / "results.csv").is_file():  # a compare folder
         from prunekit import compare
 
-        reports.check_results_csv(Path(args.runs[0]) / "results.csv", compare._INT, compare._FLOAT)
+        reports.check_results_csv(Path(args.runs[0]) / "results.csv", compare.INT_COLUMNS, compare.FLOAT_COLUMNS)
         written = compare.report(args.runs[0])
         print(compare.markdown(compare.summarize(compare.read_results(args.runs[0]))))
         print("wrote " + ", ".join(str(p) for p in written))
@@ -385,7 +385,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     import json
 
     if args.kind == "compare":
-        from prunekit.compare_schema import schema
+        from prunekit.compare.config import schema
     else:
         from prunekit.config import schema
     print(json.dumps(schema(), indent=1))

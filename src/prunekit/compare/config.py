@@ -1,20 +1,24 @@
-"""The typed schema of a comparison config (``prunekit compare``): keys, types and bounds, one-line errors.
-
-The method-specific rules (which target kinds a method supports, its own options) are checked by the
-harness with the methods themselves; this schema is what an editor can complete (``prunekit schema compare``).
-"""
+"""Comparison configs: the typed schema (keys, types, bounds; ``prunekit schema compare``), the
+method rules checked with the methods themselves, and the one YAML + ``--set`` loader."""
 
 from __future__ import annotations
 
+import copy
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError
 
+from prunekit import config as pconfig
+from prunekit import configio
 from prunekit.config import MAX_EPOCHS, ExperimentConfig, Section, error_line, normalize
 from prunekit.configio import short
 from prunekit.errors import PrunekitError
 
 KINDS = ("macs", "params")
+RESERVED = ("kinds", "start", "sweep")  # keys of a method's entry that are not its options
 MAX_SEEDS = 100
 MAX_LATENCY_BATCH = 4096
 MAX_LATENCY_ROUNDS = 10_000
@@ -99,3 +103,61 @@ def schema() -> dict[str, Any]:
     out["properties"]["base"] = {"$ref": "#/$defs/ExperimentBase", "description": "an experiment config without "
                                                                                   "method"}
     return out
+
+
+DEFAULTS: dict[str, Any] = CompareConfig().model_dump()  # every key with its default
+
+
+def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read and validate a comparison config (``--set key=value`` overrides as for experiment configs)."""
+    p = Path(path)
+    user = configio.read_yaml(p, "comparison config")
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        raise PrunekitError(f"{p}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(DEFAULTS)}")
+    cfg = {**copy.deepcopy(DEFAULTS), **user}
+    cfg["name"] = cfg["name"] or p.stem
+    for o in overrides:
+        head = o.partition("=")[0].strip().split(".")[0]
+        if "=" in o and head not in DEFAULTS:
+            raise PrunekitError(f"--set {configio.short(o.partition('=')[0])}: unknown key {configio.short(head)}; "
+                                f"valid keys: {', '.join(DEFAULTS)}")
+        configio.apply_override(cfg, o)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Check a comparison config: the typed schema, then each method's entry (known name, target kinds it
+    supports, start, sweep), with one line per mistake."""
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise PrunekitError(f"compare config: {msg}")
+
+    check(cfg)  # keys, types and bounds (the typed schema); the rules of each method's entry follow
+    from prunekit import methods as pmethods
+
+    for name, opts in cfg["methods"].items():
+        need(opts is None or isinstance(opts, dict), f"methods.{name}: options must be a mapping")
+        opts = opts or {}
+        knobs = pmethods.get(name).budget_knobs if name != "dense" else {}  # an unknown name fails here
+        kinds = opts.get("kinds")
+        need(kinds is None or (isinstance(kinds, list) and all(k in KINDS for k in kinds)),
+             f"methods.{name}.kinds must be a list drawn from {list(KINDS)}")
+        for k in kinds or []:
+            need(k in knobs, f"methods.{name}: cannot be set to a {k} target (it supports "
+                             f"{sorted(knobs) or 'none: use sweep'})")
+        need(opts.get("start", "auto") in ("auto", "dense", "scratch"),
+             f"methods.{name}.start must be auto, dense or scratch")
+        sweep = opts.get("sweep")
+        need(sweep is None or (isinstance(sweep, dict) and bool(sweep) and all(isinstance(v, list) and v
+                                                                                for v in sweep.values())),
+             f"methods.{name}.sweep must map option names to non-empty lists of values")
+
+
+def base_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The shared experiment config (prunekit.config defaults + ``base``), validated."""
+    base = pconfig.complete(cfg["base"])
+    base["method"] = {"name": "none"}
+    pconfig.validate(base)
+    return base
