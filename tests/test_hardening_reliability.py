@@ -210,13 +210,19 @@ _CONSOLE = ("import sys; sys.stderr.write('go\\n'); sys.stderr.flush()\n"
             "from prunekit.cli import main\nsys.exit(main())\n")
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C reaches a command run in a terminal; a test runner started in the background (``cmd &``) would
+    hand its children SIGINT ignored, so restore the default as a shell's foreground job has it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("delay", [0.25, 0.5, 0.8] + ([0.3 + 0.05 * i for i in range(30)] if SLOW else []))
 def test_ctrl_c_in_the_first_second_is_one_line(tmp_path: Path, delay: float) -> None:
     cfg = tmp_path / "t.yaml"
     cfg.write_text(TRAIN_YAML.replace("epochs: 1,", "epochs: 1000,"))  # still running whenever the signal lands
     proc = subprocess.Popen([sys.executable, "-c", _CONSOLE, "train", str(cfg), "--out", str(tmp_path / "run"),
                              "--quiet"], env=_env(tmp_path), stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_as_in_a_terminal)
     assert proc.stderr is not None
     assert proc.stderr.readline() == "go\n"
     import time
