@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.surgery import MaskSet, load_sparse, save_sparse
+from prunekit.surgery import MaskSet, keep_count, load_sparse, save_sparse, topk_mask
 from prunekit.surgery.sparse import decode_file, ideal_bytes
 
 
@@ -56,6 +56,19 @@ def test_from_topk_keeps_exactly_k_per_layer() -> None:
     assert sp["kept"] == {"0": 10, "6": 32}
     assert sp["layers"]["6"] == pytest.approx(0.5)
     assert sp["global"] == pytest.approx(1 - 42 / 280)
+
+
+def test_one_rounding_rule_for_every_topk() -> None:
+    """A keep fraction rounds half up (not Python's half-to-even) in MaskSet, IHT and torch-global alike."""
+    assert [keep_count(0.5, n) for n in (1, 3, 5, 7)] == [1, 2, 3, 4]  # round(2.5) would give 2
+    assert keep_count(0.01, 10) == 1 and keep_count(1.0, 10) == 10  # never empty, never more than n
+    model = nn.Sequential(nn.Linear(5, 2), nn.Linear(2, 1))  # 10 and 2 weights
+    ms = MaskSet.from_topk(model, 0.25)
+    assert ms.sparsity()["kept"] == {"0": 3, "1": 1}  # 2.5 -> 3, 0.5 -> 1
+    assert int(MaskSet.from_topk(model, 0.25, scope="global").sparsity()["global"] * 12 + 0.5) == 9  # keeps 3
+    w = torch.tensor([[0.1, -3.0, 2.0], [-0.5, 0.0, 1.0]])
+    assert topk_mask(w, 2).tolist() == [[False, True, True], [False, False, False]]  # by |w|, shaped like w
+    assert int(topk_mask(w, 99).sum()) == 6 and int(topk_mask(w, 0).sum()) == 0
 
 
 def test_global_scope_uses_one_threshold() -> None:

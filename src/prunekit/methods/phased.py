@@ -26,27 +26,14 @@ from prunekit.engine.stages import SCHEDULES, Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
 from prunekit.methods.checks import check_keep
-from prunekit.surgery import MaskSet
+from prunekit.surgery import MaskSet, keep_count, topk_mask
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 SCOPES = ("layer", "global")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the hard-thresholding operator O_k
-
-
-def keep_count(keep: float, n: int) -> int:
-    """k for a layer of ``n`` weights at keep ratio ``keep``: round half up, at least 1."""
-    return max(1, min(n, math.floor(keep * n + 0.5)))
-
-
-def topk_mask(w: torch.Tensor, k: int) -> torch.Tensor:
-    """supp(W, k): a bool mask with exactly ``k`` True entries at the largest |w|."""
-    mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
-    if k > 0:
-        mask[w.detach().abs().reshape(-1).topk(k, sorted=False).indices] = True
-    return mask.view(w.shape)
+# the hard-thresholding operator O_k (keep_count: round half up, at least 1; topk_mask: exactly k by |w|)
 
 
 def hard_threshold_masks(weights: dict[str, torch.Tensor], keep: float, scope: str = "layer",

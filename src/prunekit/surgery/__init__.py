@@ -20,7 +20,7 @@ Unstructured: :class:`MaskSet` (masks kept through optimizer steps) and :func:`s
 from prunekit.surgery._graph import ChannelGroup, channel_groups
 from prunekit.surgery.blocks import Skip, block_analysis, removable_blocks, remove_blocks, residual_blocks
 from prunekit.surgery.fold import deployed, fold_batchnorm
-from prunekit.surgery.masks import MaskSet
+from prunekit.surgery.masks import MaskSet, keep_count, topk_mask
 from prunekit.surgery.sparse import load_sparse, save_sparse
 from prunekit.surgery.structured import (
     LayerChange,
@@ -46,6 +46,7 @@ __all__ = [
     "count_params",
     "deployed",
     "fold_batchnorm",
+    "keep_count",
     "load_sparse",
     "normalise_plan",
     "removable_blocks",
@@ -53,5 +54,6 @@ __all__ = [
     "remove_channels",
     "residual_blocks",
     "save_sparse",
+    "topk_mask",
     "zero_channel_plan",
 ]

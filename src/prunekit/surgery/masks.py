@@ -9,6 +9,7 @@ loops that also want the gradients / momentum of frozen weights to be zero.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,13 +27,35 @@ def default_layers(model: nn.Module) -> list[str]:
             if isinstance(m, nn.modules.conv._ConvNd | nn.Linear) and isinstance(m.weight, nn.Parameter)]
 
 
+def keep_count(keep: float, n: int) -> int:
+    """How many of ``n`` weights a keep fraction leaves: ``floor(keep * n + 0.5)``, clamped to ``[1, n]``.
+
+    The one rounding rule of every top-k in prunekit (IHT, its peers, :meth:`MaskSet.from_topk`): round half
+    *up* (0.5 of 5 weights keeps 3, where Python's banker's ``round(2.5)`` gives 2), and
+    never fewer than one weight, so a layer is never cut off entirely.
+    """
+    return max(1, min(n, math.floor(keep * n + 0.5)))
+
+
+def topk_mask(w: torch.Tensor, k: int) -> torch.Tensor:
+    """supp(w, k): a bool mask shaped like ``w`` with exactly ``min(k, w.numel())`` True entries at the largest
+    ``|w|`` (ties at the threshold broken by ``torch.topk``, so the count is exact)."""
+    mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+    if k >= w.numel():
+        mask.fill_(True)
+    elif k > 0:
+        mask[w.detach().abs().reshape(-1).topk(k, sorted=False).indices] = True
+    return mask.view(w.shape)
+
+
 def _count(keep: float | int, n: int, where: str) -> int:
+    """A validated keep: an int is an exact count, a float a fraction rounded by :func:`keep_count`."""
     if isinstance(keep, bool) or not isinstance(keep, int | float):
         raise PrunekitError(f"{where}: keep must be a fraction (float) or a count (int), got {keep!r}")
     if isinstance(keep, float):
         if not 0.0 < keep <= 1.0:
             raise PrunekitError(f"{where}: keep fraction must be in (0, 1], got {keep}")
-        return max(1, min(n, round(keep * n)))
+        return keep_count(keep, n)
     if not 0 <= keep <= n:
         raise PrunekitError(f"{where}: cannot keep {keep} of {n} weights")
     return keep
@@ -51,11 +74,12 @@ class MaskSet:
     # -- construction -------------------------------------------------------------------------------------
     def _set(self, masks: Mapping[str, torch.Tensor]) -> None:
         modules = dict(self._model.named_modules())
-        new_modules, new_masks = {}, {}
+        new_modules: dict[str, nn.Module] = {}
+        new_masks: dict[str, torch.Tensor] = {}
         for name, mask in masks.items():
             m = modules.get(name) if isinstance(name, str) and name else None
             w = getattr(m, "weight", None)
-            if not isinstance(w, torch.Tensor):
+            if m is None or not isinstance(w, torch.Tensor):
                 raise PrunekitError(f"MaskSet: the model has no layer {name!r} with a weight")
             if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
                 raise PrunekitError(f"MaskSet: mask for {name!r} must be a bool tensor")
@@ -71,7 +95,7 @@ class MaskSet:
     def from_topk(cls, model: nn.Module, keep: Keep, *, layers: Iterable[str] | None = None,
                   scope: str = "layer") -> MaskSet:
         """Keep the ``keep`` largest-magnitude weights and mask the rest (exactly that many, ties broken
-        arbitrarily).
+        arbitrarily; a fraction is rounded by :func:`keep_count`, half up).
 
         ``keep`` is a fraction (float in (0, 1]) or a count (int); with ``scope="layer"`` it applies to each
         layer (or give a ``{layer: keep}`` mapping), with ``scope="global"`` to all chosen layers together
@@ -90,6 +114,7 @@ class MaskSet:
         else:
             names = default_layers(model) if layers is None else list(layers)
             per = dict.fromkeys(names, keep)
+            pooled: float | int = keep
         modules = dict(model.named_modules())
         weights: dict[str, torch.Tensor] = {}
         for n in names:
@@ -103,11 +128,11 @@ class MaskSet:
         if scope == "layer":
             for n, w in weights.items():
                 k = _count(per[n], w.numel(), f"MaskSet.from_topk[{n}]")
-                masks[n] = _topk_mask(w.abs().flatten(), k).view_as(w)
+                masks[n] = topk_mask(w, k)
         else:
             flat = torch.cat([w.abs().flatten().to(torch.float32) for w in weights.values()])
-            k = _count(keep, flat.numel(), "MaskSet.from_topk")  # type: ignore[arg-type]
-            allm = _topk_mask(flat, k)
+            k = _count(pooled, flat.numel(), "MaskSet.from_topk")
+            allm = topk_mask(flat, k)
             off = 0
             for n, w in weights.items():
                 masks[n] = allm[off:off + w.numel()].view_as(w)
@@ -125,6 +150,8 @@ class MaskSet:
 
     def _weight(self, name: str) -> torch.Tensor:
         w = self._modules[name].weight
+        if not isinstance(w, torch.Tensor):
+            raise PrunekitError(f"MaskSet: layer {name!r} no longer has a weight tensor (build a new MaskSet)")
         z = self._zero[name]
         if w.shape != z.shape:
             raise PrunekitError(f"MaskSet: layer {name!r} now has weight shape {tuple(w.shape)}, the mask "
@@ -179,11 +206,3 @@ class MaskSet:
             raise PrunekitError("MaskSet.load_state_dict: expected a mapping of layer -> bool mask")
         self._set(state)
 
-
-def _topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    if k >= flat.numel():
-        mask.fill_(True)
-    elif k > 0:
-        mask[torch.topk(flat, k, sorted=False).indices] = True
-    return mask

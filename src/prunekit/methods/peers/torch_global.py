@@ -27,7 +27,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.methods.api import MethodConfig
 from prunekit.methods.peers.magnitude import MagnitudeConfig, OneShotMagnitude
-from prunekit.surgery import MaskSet
+from prunekit.surgery import MaskSet, keep_count
 
 
 @dataclass
@@ -54,7 +54,7 @@ class TorchGlobalMagnitude(OneShotMagnitude):
         layers = self.layers_of(model)
         pool = [(m, "weight") for m in layers.values()]
         total = sum(m.weight.numel() for m in layers.values())
-        amount = total - max(1, min(total, int(self.keep * total + 0.5)))  # weights to zero, as an exact count
+        amount = total - keep_count(self.keep, total)  # weights to zero, as an exact count
         orders = {name: list(m._parameters) for name, m in layers.items()}  # PyTorch re-registers "weight" last
         torch_prune.global_unstructured(pool, pruning_method=torch_prune.L1Unstructured, amount=amount)
         masks = {}
