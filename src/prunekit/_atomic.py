@@ -66,7 +66,7 @@ def file_kind(mode: int) -> str:
     return "a special file"
 
 
-def check_target(path: str | os.PathLike) -> None:
+def check_target(path: str | os.PathLike[str]) -> None:
     """Raise :class:`NotAFileError` when ``path`` exists (through symlinks) and is not a regular file."""
     try:
         st = os.stat(path)
@@ -95,7 +95,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale(folder: str | os.PathLike, name: str | None = None, *, legacy: bool = False) -> list[Path]:
+def sweep_stale(folder: str | os.PathLike[str], name: str | None = None, *, legacy: bool = False) -> list[Path]:
     """Remove temporary files in ``folder`` left by writers that no longer run (killed with -9).
 
     Only prunekit's own pattern ``.<target>.<pid>-<random>.tmp`` whose pid is not a live process is removed
@@ -150,7 +150,7 @@ _FILE_MODE = 0o666 & ~_umask()  # read once at import: os.umask() can only be re
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path; on success it is renamed to ``path``, on error it is removed.
 
     A reader never sees a half-written file, and a run killed mid-write leaves the old file intact. A target
@@ -185,13 +185,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink(missing_ok=True)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
+def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Atomically write a text file."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Atomically write a binary file."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -122,7 +122,7 @@ _OPTIM_TYPES: dict[str, Any] = {
     "lr": Annotated[float, Field(gt=0, le=MAX_LR)],
     "momentum": Annotated[float, Field(ge=0, lt=1)],
     "weight_decay": Annotated[float, Field(ge=0, le=1)],
-    "schedule": Literal[SCHEDULES],  # type: ignore[valid-type]
+    "schedule": Literal[SCHEDULES],
     "milestones": Annotated[list[Annotated[int, Field(ge=0, le=MAX_EPOCHS)]] | None,
                             Field(max_length=1000), BeforeValidator(_epochs_list)],
     "gamma": Annotated[float, Field(gt=0, le=1)],
@@ -144,7 +144,7 @@ def _section_from(dc: type, name: str, types: dict[str, Any], skip: tuple[str, .
             fields[f.name] = (typ, f.default)
         else:
             fields[f.name] = (typ, Field(default_factory=f.default_factory))  # type: ignore[arg-type]
-    return create_model(name, __base__=Section, __doc__=dc.__doc__, **fields)  # type: ignore[call-overload,no-any-return]
+    return create_model(name, __base__=Section, __doc__=dc.__doc__, **fields)
 
 
 TrainSection = _section_from(

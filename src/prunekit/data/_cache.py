@@ -19,6 +19,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,7 +129,9 @@ def store(path: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
     """Write a cache entry atomically; failure to write only warns (the cache is an optimisation)."""
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays, **{_KEY: np.array(key)})
+            # Any: numpy's stub would match the ** entries against savez's ``allow_pickle: bool``
+            entries: dict[str, Any] = {**arrays, _KEY: np.array(key)}
+            np.savez(fh, **entries)
     except OSError as exc:
         warnings.warn(f"prunekit: could not write the data cache {path}: {exc}", stacklevel=3)
 

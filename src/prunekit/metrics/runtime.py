@@ -61,7 +61,7 @@ def resolve_clock(clock: str, runtime: str, threads: int) -> str:
 def require_onnxruntime() -> ModuleType:
     """The ``onnxruntime`` module, or one clear error naming the extra that installs it."""
     try:
-        import onnxruntime  # type: ignore[import-untyped]
+        import onnxruntime
     except ImportError:
         raise PrunekitError(f"runtime onnxruntime needs the onnxruntime package: {ONNX_EXTRA}") from None
     return onnxruntime

@@ -75,7 +75,7 @@ def _check_shapes(where: str, shapes: Any) -> list[tuple[int, ...]] | dict[str, 
     if isinstance(shapes, dict):
         if not 1 <= len(shapes) <= MAX_INPUTS or not all(isinstance(k, str) and k.isidentifier() for k in shapes):
             raise PrunekitError(f"{where}: input_shapes must name 1 to {MAX_INPUTS} keyword inputs")
-        return dict(zip(shapes, _check_shapes(where, list(shapes.values())), strict=True))  # type: ignore[arg-type]
+        return dict(zip(shapes, _check_shapes(where, list(shapes.values())), strict=True))
     if not isinstance(shapes, list) or not 1 <= len(shapes) <= MAX_INPUTS:
         raise PrunekitError(f"{where}: input_shapes must be a list of 1 to {MAX_INPUTS} shapes")
     out, total = [], 0
