@@ -98,7 +98,10 @@ class _Group:
         return self.heads[0][1] if self.heads else 0
 
     def public(self) -> ChannelGroup:
-        layers, norms, consumers, index = [], [], [], {}
+        layers: list[str] = []
+        norms: list[str] = []
+        consumers: list[str] = []
+        index: dict[str, tuple[int, ...]] = {}
         for m in self.members:
             if m.side == IN:
                 if m.name not in consumers:

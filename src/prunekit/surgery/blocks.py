@@ -17,7 +17,7 @@ import contextlib
 import copy
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -96,7 +96,7 @@ def _fresh_act(act: nn.Module) -> nn.Module:
     """A copy of the block's activation that never works in place (the block input may be saved for backward)."""
     new = copy.deepcopy(act)
     if hasattr(new, "inplace"):
-        new.inplace = False
+        cast(Any, new).inplace = False  # a plain flag; Module's stubs type unknown attributes Tensor | Module
     return new
 
 
@@ -144,7 +144,10 @@ class _Tracer:
             return None  # no output computed inside (an identity, a container returning its input)
         node, post = y.grad_fn, None
         if type(node).__name__ in _POST_ACTS:
-            post, node = node, node.next_functions[0][0]
+            inner = node.next_functions[0][0]
+            if inner is None:
+                return None
+            post, node = node, inner
         if type(node).__name__ != "AddBackward0" or _seq(node) <= start:
             return None
         found_x, operands, stack = 0, [], [node]
@@ -392,11 +395,11 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Any = 
                                 "is not its input plus a branch (or it does not run on example_inputs)")
         if not info.removable:
             raise PrunekitError(f"remove_blocks: block {name!r} ({type(m).__name__}) cannot be removed: {info.reason}")
-        new: nn.Module = (Skip(info.act) if info.extra_inputs else
-                          info.act if info.act is not None else nn.Identity())
+        new = (Skip(info.act) if info.extra_inputs else
+               info.act if info.act is not None else nn.Identity())
         todo.append((name, m, new))
         ends += info.branch_ends
-    ref: Any = None
+    ref = None
     if check and example_inputs is not None and todo:
         with _branches_zeroed(model, ends):
             ref = _run(model, example_inputs)

@@ -17,7 +17,7 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -263,7 +263,7 @@ def _take(t: torch.Tensor, dim: int, keep: list[int]) -> torch.Tensor:
     return t.detach().index_select(dim, torch.tensor(keep, dtype=torch.long, device=t.device))
 
 
-def _as_param(old: nn.Parameter, new: torch.Tensor) -> nn.Parameter:
+def _as_param(old: torch.Tensor, new: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(new, requires_grad=old.requires_grad)
 
 
@@ -506,18 +506,20 @@ def _norm_on_kept(m: nn.Module, x: torch.Tensor, out: torch.Tensor, idx: list[in
     if isinstance(m, nn.GroupNorm):
         n, dim = m.num_channels, 1
     else:
-        n = m.normalized_shape[0]
+        # a LayerNorm or a LayerNorm-like norm (ConvNeXt's channels_first one) with LayerNorm's attributes
+        n = cast(nn.LayerNorm, m).normalized_shape[0]
         dim = 1 if getattr(m, "data_format", "channels_last") == "channels_first" else -1
     keep = torch.tensor(_keep(n, set(idx)), dtype=torch.long, device=x.device)
     if x.shape[dim] != n or out.shape != x.shape:
         return out.index_fill(dim, torch.tensor(idx, device=out.device), 0)
-    w = m.weight.index_select(0, keep) if getattr(m, "weight", None) is not None else None
-    b = m.bias.index_select(0, keep) if getattr(m, "bias", None) is not None else None
+    weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+    w = weight.index_select(0, keep) if weight is not None else None
+    b = bias.index_select(0, keep) if bias is not None else None
     xs = x.index_select(dim, keep)
     if isinstance(m, nn.GroupNorm):
         ys = F.group_norm(xs, m.num_groups, w, b, m.eps)
     else:
-        ys = F.layer_norm(xs.movedim(dim, -1), (len(keep),), w, b, m.eps).movedim(-1, dim)
+        ys = F.layer_norm(xs.movedim(dim, -1), (len(keep),), w, b, cast(nn.LayerNorm, m).eps).movedim(-1, dim)
     return torch.zeros_like(out).index_copy(dim, keep, ys.to(out.dtype))
 
 
@@ -578,8 +580,8 @@ def _masked(modules: Mapping[str, nn.Module], rout: Mapping[str, set[int]], rin:
         for h in handles:
             h.remove()
         with torch.no_grad():
-            for t, rows, old in saved:
-                t[rows] = old
+            for tensor, rows, old in saved:
+                tensor[rows] = old
 
 
 def _approximate(g: _Group) -> str:
@@ -628,8 +630,7 @@ def _plan_edits(model: nn.Module, modules: Mapping[str, nn.Module], resolved: li
                 hd = g.head_dim()
                 if hd and m.target.shape[dim] == g.size // hd != g.size:  # a per-head parameter (bias table)
                     sel = {r // hd for r in rset}
-                p = params.setdefault(m.name, (m.target, dim, set()))
-                p[2].update(sel)
+                params.setdefault(m.name, (m.target, dim, set()))[2].update(sel)
             elif m.side == OUT:
                 rout.setdefault(m.name, set()).update(sel)
             else:
@@ -647,22 +648,22 @@ def _plan_edits(model: nn.Module, modules: Mapping[str, nn.Module], resolved: li
 
     edits: list[_Edit] = []
     for name in [n for n in modules if n in rout or n in rin]:
-        m = modules[name]
-        if nn.utils.parametrize.is_parametrized(m):
+        module = modules[name]
+        if nn.utils.parametrize.is_parametrized(module):
             raise PrunekitError(f"remove_channels: layer {name!r} has parametrizations (e.g. weight norm); "
                                 "remove them before surgery")
-        before = _widths(m)
-        made = _edit_module(name, m, rout.get(name, set()), rin.get(name, set()))
+        before = _widths(module)
+        made = _edit_module(name, module, rout.get(name, set()), rin.get(name, set()))
         made = made if isinstance(made, list) else [made]
         edits += [e for e in made if e.attrs or e.tensors]
-        after = _after_widths(m, made[0], before)
-        report.layers[name] = LayerChange(name, type(m).__name__, before[0], after[0], before[1], after[1],
+        after = _after_widths(module, made[0], before)
+        report.layers[name] = LayerChange(name, type(module).__name__, before[0], after[0], before[1], after[1],
                                           before[2], after[2])
     for pname, (p, dim, sel) in params.items():
         owner_name, _, leaf = pname.rpartition(".")
-        owner = model.get_submodule(owner_name) if owner_name else model
+        holder = model.get_submodule(owner_name) if owner_name else model
         keep = _keep(p.shape[dim], sel)
-        edits.append(_Edit(owner, tensors={leaf: _as_param(p, _take(p, dim, keep))}))
+        edits.append(_Edit(holder, tensors={leaf: _as_param(p, _take(p, dim, keep))}))
         report.layers[pname] = LayerChange(pname, "Parameter", p.shape[dim], len(keep), p.shape[dim], len(keep))
     for owner, gone in owners.items():
         mod = modules[owner]
@@ -850,7 +851,7 @@ def zero_channel_plan(model: nn.Module, example_inputs: Any, *, layers: Iterable
         prod_zero: dict[str, torch.Tensor] = {}
         for m in g.members:
             t = m.target
-            if m.side != OUT or not isinstance(t, nn.Module) or not _is_producer(t):
+            if m.side != OUT or not isinstance(t, nn.modules.conv._ConvNd | nn.Linear):  # not _is_producer(t)
                 continue
             z = torch.ones(g.size, dtype=torch.bool)
             root = torch.tensor(m.root, dtype=torch.long)
@@ -859,7 +860,7 @@ def zero_channel_plan(model: nn.Module, example_inputs: Any, *, layers: Iterable
             else:
                 zm = _zero_rows(t.weight, m.idxs, atol) if not isinstance(t, nn.modules.conv._ConvNd) or \
                     not t.transposed else _zero_rows(t.weight.transpose(0, 1), m.idxs, atol)
-            if getattr(t, "bias", None) is not None:
+            if t.bias is not None:
                 zm &= _zero_rows(t.bias, m.idxs, atol)
             z[root] = zm
             prod_zero[m.name] = z
@@ -873,7 +874,7 @@ def zero_channel_plan(model: nn.Module, example_inputs: Any, *, layers: Iterable
             beta = t.bias.detach()[idx].cpu() if t.bias is not None else torch.zeros(len(idx))
             killed = (gamma.abs() <= atol) & (beta.abs() <= atol)
             shift = beta
-            if running_stats and t.track_running_stats and t.running_mean is not None:
+            if running_stats and t.track_running_stats and t.running_mean is not None and t.running_var is not None:
                 rm = t.running_mean.detach()[idx].cpu().to(beta.dtype)
                 rv = t.running_var.detach()[idx].cpu().to(beta.dtype)
                 shift = beta - gamma * rm / torch.sqrt(rv + t.eps)
