@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ _MAX_STATE_DEPTH = 200  # nesting of a checkpoint's JSON state
 # module specs
 
 
-def _conv_cfg(m: nn.Module) -> dict[str, Any]:
+def _conv_cfg(m: nn.modules.conv._ConvNd) -> dict[str, Any]:
     return {
         "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
         "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
@@ -47,7 +47,7 @@ def _conv_cfg(m: nn.Module) -> dict[str, Any]:
     }
 
 
-def _bn_cfg(m: nn.Module) -> dict[str, Any]:
+def _bn_cfg(m: nn.modules.batchnorm._NormBase) -> dict[str, Any]:
     return {"num_features": m.num_features, "eps": m.eps, "momentum": m.momentum, "affine": m.affine,
             "track_running_stats": m.track_running_stats}
 
@@ -57,7 +57,8 @@ def _pool_cfg(m: nn.Module) -> dict[str, Any]:
     return {k: getattr(m, k) for k in keys if hasattr(m, k)}
 
 
-_TORCH_TYPES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict[str, Any]]]] = {
+# each config function takes its own class (hence Any: a Callable over nn.Module would not accept _conv_cfg)
+_TORCH_TYPES: dict[str, tuple[type[nn.Module], Callable[[Any], dict[str, Any]]]] = {
     "Conv1d": (nn.Conv1d, _conv_cfg),
     "Conv2d": (nn.Conv2d, _conv_cfg),
     "Conv3d": (nn.Conv3d, _conv_cfg),
@@ -79,6 +80,17 @@ _TORCH_TYPES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict[str, A
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, _pool_cfg),
     "Sequential": (nn.Sequential, lambda m: {}),
 }
+
+
+
+class Configurable(Protocol):
+    """What :func:`register_module` requires of a class besides being an ``nn.Module``."""
+
+    def to_config(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> nn.Module: ...
+
 
 _CUSTOM_TYPES: dict[str, type[nn.Module]] = {}
 
@@ -103,7 +115,7 @@ def module_spec(m: nn.Module) -> dict[str, Any] | None:
             break
     else:
         if type(m).__qualname__ in _CUSTOM_TYPES and type(m) is _CUSTOM_TYPES[type(m).__qualname__]:
-            spec = {"type": type(m).__qualname__, "config": m.to_config()}
+            spec = {"type": type(m).__qualname__, "config": cast(Configurable, m).to_config()}  # registered
         else:
             return None
     if isinstance(m, nn.Sequential) or spec["type"] in _CUSTOM_TYPES:
@@ -172,7 +184,7 @@ def build_module(spec: Any, where: str = "module", _budget: list[int] | None = N
         elif kind in _TORCH_TYPES:
             m = _TORCH_TYPES[kind][0](**cfg)
         else:
-            m = _CUSTOM_TYPES[kind].from_config(cfg)
+            m = cast(type[Configurable], _CUSTOM_TYPES[kind]).from_config(cfg)  # register_module checked it
     except PrunekitError:
         raise
     except Exception as exc:  # hostile values reach torch's constructors: any failure is bad input

@@ -523,9 +523,10 @@ def _load_synthetic(
     """
     if not (isinstance(n, int) and n >= 0 and isinstance(num_classes, int) and num_classes >= 1):
         raise PrunekitError(f"synthetic: n={n!r} and num_classes={num_classes!r} must be ints >= 0 and >= 1")
-    shape = tuple(int(v) for v in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise PrunekitError(f"synthetic: shape={shape!r} must be (C, H, W) of positive ints")
+    dims = tuple(int(v) for v in shape)  # a YAML list, checked here
+    if len(dims) != 3 or min(dims) < 1:
+        raise PrunekitError(f"synthetic: shape={dims!r} must be (C, H, W) of positive ints")
+    shape = (dims[0], dims[1], dims[2])
     protos = np.random.default_rng([seed, 0]).uniform(48, 208, size=(num_classes, *shape))
     rng = np.random.default_rng([seed, 1 + SPLITS.index(split)])
     labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)

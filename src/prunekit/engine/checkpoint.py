@@ -35,7 +35,7 @@ def _nonfinite_tensor(state: dict[str, Any]) -> str | None:
     return None
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Write ``state`` (nested dicts/lists of JSON values and tensors) atomically to ``path``.
 
     Refuses (PrunekitError naming the step) when ``state["model"]`` holds NaN or inf, so a diverged run never
@@ -43,7 +43,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """
     bad = _nonfinite_tensor(state)
     if bad is not None:
-        pos = state.get("position") if isinstance(state.get("position"), dict) else {}
+        pos: dict[str, Any] = state["position"] if isinstance(state.get("position"), dict) else {}
         raise PrunekitError(
             f"weights became NaN/inf ({bad}) at epoch {pos.get('epoch', '?')} step {pos.get('step', '?')}: "
             f"not writing the checkpoint, the last good one ({path}) is intact; lower the learning rate "
@@ -54,7 +54,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; a damaged file is one PrunekitError.
 
     Reading a checkpoint means a run resumes in its folder: temporary files that a killed writer left there
@@ -133,19 +133,20 @@ def _state_problem(o: dict[str, Any], shapes: set[tuple[int, ...]]) -> str | Non
     return None
 
 
-def check_trainer_state(path: str | os.PathLike, st: dict[str, Any]) -> None:
+def check_trainer_state(path: str | os.PathLike[str], st: dict[str, Any]) -> None:
     """Check the parts of a :class:`~prunekit.engine.Trainer` checkpoint that a resume relies on."""
     def need(cond: bool, what: str) -> None:
         if not cond:
             raise PrunekitError(f"{path}: checkpoint is malformed ({what}); it was not written by this prunekit "
                                 "or is damaged: start a new output folder")
 
-    pos = st.get("position")
+    # untrusted values: Any, each checked by need() before it is used
+    pos: Any = st.get("position")
     need(isinstance(pos, dict) and all(type(pos.get(k)) is int and 0 <= pos[k] < 2**53 for k in _POSITION_KEYS),
          "position")
     need(isinstance(st.get("stages"), list) and all(isinstance(s, dict) for s in st["stages"]), "stages")
     need(pos["stage_index"] <= len(st["stages"]), "position beyond the schedule")
-    model = st.get("model")
+    model: Any = st.get("model")
     need(isinstance(model, dict) and all(isinstance(v, torch.Tensor) for v in model.values()), "model weights")
     need(st.get("architecture") is None or isinstance(st["architecture"], dict), "architecture")
     if pos["stage_index"] < len(st["stages"]):
@@ -174,7 +175,7 @@ def check_trainer_state(path: str | os.PathLike, st: dict[str, Any]) -> None:
     need(isinstance(st.get("callbacks", []), list) and all(isinstance(c, dict) for c in st.get("callbacks", [])),
          "callback states")
     need(isinstance(st.get("history", []), list), "history")
-    rng = st.get("rng")
+    rng: Any = st.get("rng")
     ref = torch.get_rng_state()
     need(isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)
          and rng["torch"].dtype == ref.dtype and rng["torch"].shape == ref.shape, "RNG state")
@@ -183,7 +184,7 @@ def check_trainer_state(path: str | os.PathLike, st: dict[str, Any]) -> None:
                                                         and t.dim() == 1 for t in cuda)), "CUDA RNG state")
 
 
-def check_fits_data(path: str | os.PathLike, model: torch.nn.Module, input_shape: tuple[int, ...],
+def check_fits_data(path: str | os.PathLike[str], model: torch.nn.Module, input_shape: tuple[int, ...],
                     num_classes: int) -> None:
     """Refuse (one PrunekitError) a model restored from a checkpoint that cannot take the run's data.
 

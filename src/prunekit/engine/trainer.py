@@ -194,7 +194,7 @@ class Trainer:
     def _set_model(self, model: nn.Module) -> None:
         model = getattr(model, "module", model).to(self.device)
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack it
         if self.world_size > 1:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)

@@ -32,7 +32,7 @@ same tensors. The momentum buffers stay per parameter (``state[p]["momentum_buff
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -140,7 +140,7 @@ def _cat(ts: list[Tensor], one_d: bool) -> Tensor:
     return torch.cat(ts if one_d else [t.reshape(-1) for t in ts])
 
 
-def _split(flat: Tensor, sizes: list[int], like: list[Tensor], one_d: bool) -> Sequence[Tensor]:
+def _split(flat: Tensor, sizes: list[int], like: list[Tensor], one_d: bool) -> tuple[Tensor, ...] | list[Tensor]:
     parts = torch.split_with_sizes(flat, sizes)
     return parts if one_d else [t.view_as(x) for t, x in zip(parts, like, strict=True)]
 

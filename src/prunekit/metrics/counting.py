@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -95,7 +95,7 @@ def module_macs(m: nn.Module, inputs: tuple[Any, ...], output: Any) -> int | Non
         return out.numel()
     for cls, dims in _POOL_DIMS:
         if isinstance(m, cls):
-            ks = m.kernel_size
+            ks: Any = m.kernel_size  # an int or a tuple; the pooling classes share no typed base
             area = math.prod(ks) if isinstance(ks, tuple | list) else ks**dims
             return out.numel() * area
     if isinstance(m, _ADAPTIVE) and inp is not None:
@@ -120,10 +120,10 @@ def _as_args(example_inputs: Any) -> tuple[Any, ...]:
 
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter or buffer (CPU for a stateless model)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 
@@ -302,14 +302,14 @@ def check_bounds(model: nn.Module, input_shape: tuple[int, ...], *, max_macs: fl
         raise PrunekitError(f"{what}: an input of {','.join(map(str, shape))} holds {math.prod(shape):,} values per "
                             f"sample, more than the limit of {act_limit:,}; raise it with {ACTIVATION_ENV}=N if "
                             "this is intended")
-    totals = {"macs": 0, "act": 0, "layer": ""}
+    bounds = Bounds(0, 0, "")  # summed / maxed over the hooks of one meta forward
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         def record(m: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            totals["macs"] += module_macs(m, inputs, output) or 0
+            bounds.macs += module_macs(m, inputs, output) or 0
             out = _first_tensor(output)
-            if out is not None and out.numel() > totals["act"]:
-                totals["act"], totals["layer"] = out.numel(), name or "(model)"
+            if out is not None and out.numel() > bounds.largest_activation:
+                bounds.largest_activation, bounds.largest_layer = out.numel(), name or "(model)"
         return record
 
     named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
@@ -323,7 +323,6 @@ def check_bounds(model: nn.Module, input_shape: tuple[int, ...], *, max_macs: fl
     finally:
         for h in handles:
             h.remove()
-    bounds = Bounds(int(totals["macs"]), int(totals["act"]), str(totals["layer"]))
     if bounds.macs > mac_limit:
         raise PrunekitError(f"{what}: {bounds.macs:,} MACs per sample {where}, more than the limit of {mac_limit:,}; "
                             f"raise it with --max-macs N or {MACS_ENV}=N if this network really is that large")
