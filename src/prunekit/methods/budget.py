@@ -220,7 +220,7 @@ class CostModel:
                 own = [p for p in mod.parameters(recurse=False) if id(p) not in seen_params]
                 for p in own:
                     seen_params.add(id(p))
-                if is_prod:
+                if isinstance(mod, nn.modules.conv._ConvNd | nn.Linear):  # is_prod, narrowed for the type checker
                     i_side = _FULL if name in depthwise else side_from([(g, 1.0) for g in in_of.get(name, [])])
                     bias = mod.bias
                     w = float(mod.weight.numel()) if mod.weight is not None else 0.0
@@ -363,8 +363,8 @@ def solve_keep(cost: CostModel, fraction: float, kind: str = "macs", *, tol: flo
         # and take, among those within 0.9 tol, the one nearest the uniform ratio
         grids = np.meshgrid(*[np.arange(lo_keep[i], sizes[i] + 1) for i in free_idx], indexing="ij")
         cand = np.repeat(np.where(frozen_mask, sizes, 0)[None, :], grids[0].size, axis=0)
-        for i, gr in zip(free_idx, grids, strict=True):
-            cand[:, i] = gr.reshape(-1)
+        for col, gr in zip(free_idx, grids, strict=True):
+            cand[:, col] = gr.reshape(-1)
         rel = np.abs(cost.batch_cost(cand, kind) - target) / target
         dev = ((cand[:, free_idx] / sizes[free_idx] - 0.5 * (lo + hi)) ** 2).sum(axis=1)
         ok = rel <= 0.9 * tol
@@ -378,10 +378,10 @@ def solve_keep(cost: CostModel, fraction: float, kind: str = "macs", *, tol: flo
     # groups (LeNet-5: 20 and 50 channels) needs the swaps to land within 1%
     steps = [eye, -eye]
     if n > 1:
-        i, j = np.where(~np.eye(n, dtype=bool))
-        swap = np.zeros((len(i), n), dtype=np.int64)
-        swap[np.arange(len(i)), i] = 1
-        swap[np.arange(len(i)), j] = -1
+        up, down = np.where(~np.eye(n, dtype=bool))
+        swap = np.zeros((len(up), n), dtype=np.int64)
+        swap[np.arange(len(up)), up] = 1
+        swap[np.arange(len(up)), down] = -1
         steps.append(swap)
     deltas = np.concatenate(steps)
     deltas = deltas[~(deltas[:, frozen_mask] != 0).any(axis=1)]
@@ -409,10 +409,11 @@ def resolve_keep(groups: Sequence[Any], cost: CostModel | None, *, keep_ratio: f
     else from ``keep_ratio`` with ``layer_keep`` overrides. Frozen groups keep every channel; ``round_to``
     keeps thinned widths multiples of it."""
     frozen = list(frozen)
-    if macs_budget is not None or params_budget is not None:
+    for kind, frac in (("macs", macs_budget), ("params", params_budget)):  # a MACs budget first
+        if frac is None:
+            continue
         if cost is None:
             raise PrunekitError("a MACs / params budget needs a cost model of the network")
-        kind, frac = ("macs", macs_budget) if macs_budget is not None else ("params", params_budget)
         return solve_keep(cost, frac, kind, tol=tol, min_keep=min_keep, frozen=frozen, round_to=round_to)
     if keep_ratio is None:
         raise PrunekitError("give keep_ratio, macs_budget or params_budget")

@@ -29,11 +29,20 @@ from prunekit.methods.checks import check_keep
 from prunekit.surgery import MaskSet, keep_count, topk_mask
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+PrunableLayer = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear  # a layer whose ``weight`` is thresholded
 SCOPES = ("layer", "global")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the hard-thresholding operator O_k (keep_count: round half up, at least 1; topk_mask: exactly k by |w|)
+
+
+def _weight(m: nn.Module, name: str) -> torch.Tensor:
+    """``m.weight``, refused (one line) when a masked layer lost its weight tensor."""
+    w = m.weight
+    if not isinstance(w, torch.Tensor):
+        raise PrunekitError(f"{name}: the masked layer has no weight tensor any more")
+    return w
 
 
 def hard_threshold_masks(weights: dict[str, torch.Tensor], keep: float, scope: str = "layer",
@@ -129,13 +138,14 @@ class SparsityConfig(MethodConfig):
 
 
 def prunable_layers(model: nn.Module, layers: list[str] | None = None, exclude: list[str] | tuple = ()
-                    ) -> dict[str, nn.Module]:
+                    ) -> dict[str, PrunableLayer]:
     """``{module name: module}`` of the layers whose ``weight`` is thresholded.
 
     Default: every Conv1d/2d/3d and Linear. ``layers`` / ``exclude`` hold names or glob patterns; a
     pattern that matches no such layer is an error (a typo must not silently leave a layer dense).
     """
     candidates = {n: m for n, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+    chosen: dict[str, PrunableLayer]
     if layers is None:
         chosen = dict(candidates)
     else:
@@ -208,7 +218,7 @@ class PhasedHardThresholding(PruningMethod):
         return self._pending
 
     # -- which weights ----------------------------------------------------------------------------
-    def layers_of(self, model: nn.Module) -> dict[str, nn.Module]:
+    def layers_of(self, model: nn.Module) -> dict[str, PrunableLayer]:
         """The thresholded layers of ``model`` (validates ``layer_keep`` names too)."""
         cfg = self.config
         chosen = prunable_layers(model, cfg.layers, cfg.exclude)
@@ -218,7 +228,7 @@ class PhasedHardThresholding(PruningMethod):
                                     f"{', '.join(chosen)}")
         return chosen
 
-    def check_reachable(self, model: nn.Module) -> dict[str, nn.Module]:
+    def check_reachable(self, model: nn.Module) -> dict[str, PrunableLayer]:
         """The thresholded layers of ``model``, after refusing (one line) a budget that ``O_k`` could only meet
         by keeping nothing of some layer: every layer keeps at least one weight, so such a target would be
         silently missed."""
@@ -269,11 +279,12 @@ class PhasedHardThresholding(PruningMethod):
         assert self.maskset is not None
         self._model_id = id(model)
         modules = dict(model.named_modules())
-        self._factors = [(modules[n], self.maskset.mask(n).to(modules[n].weight.dtype)) for n in self.maskset.layers]
+        self._factors = [(modules[n], self.maskset.mask(n).to(_weight(modules[n], n).dtype))
+                         for n in self.maskset.layers]
 
     def _each(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i, (m, f) in enumerate(self._factors):
-            w = m.weight
+            w = _weight(m, "a masked layer")
             if f.device != w.device or f.dtype != w.dtype:  # the model moved (or changed dtype) since
                 f = f.to(device=w.device, dtype=w.dtype)
                 self._factors[i] = (m, f)
@@ -368,6 +379,7 @@ class PhasedHardThresholding(PruningMethod):
                 thresholded_now = True
             else:
                 self._bind(model)
+                assert self.maskset is not None  # _bind made it from the masks
                 self.maskset.apply_()
         return FinalizeResult(model, sparse=self.ends_sparse,
                               report=self.sparsity_report(model, thresholded_at_finalize=thresholded_now))
@@ -376,7 +388,7 @@ class PhasedHardThresholding(PruningMethod):
     def sparsity_report(self, model: nn.Module, **extra: Any) -> dict[str, Any]:
         """Per-layer and total parameter / non-zero counts (biases and BN counted in the totals only)."""
         layers = self.layers_of(model)
-        per_layer = {}
+        per_layer: dict[str, dict[str, Any]] = {}
         for name, m in layers.items():
             w = m.weight
             n, nz = w.numel(), int(torch.count_nonzero(w))
@@ -410,5 +422,5 @@ class PhasedHardThresholding(PruningMethod):
         self._pending = None if masks is None else {n: m.to(torch.bool) for n, m in masks.items()}
 
 
-__all__ = ["SCOPES", "PhasedHardThresholding", "SparsityConfig", "hard_threshold_masks", "keep_count",
+__all__ = ["SCOPES", "PhasedHardThresholding", "PrunableLayer", "SparsityConfig", "hard_threshold_masks", "keep_count",
            "parse_target", "prunable_layers", "topk_mask"]

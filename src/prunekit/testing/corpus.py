@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -328,7 +328,7 @@ class Outcome:
 
     done: int = 0
     total: int = 0
-    refused: dict[str, str] | None = None
+    refused: dict[str, str] = field(default_factory=dict)
     """Unit -> the one-line :class:`~prunekit.errors.PrunekitError` message that refused it."""
     max_diff: float = 0.0
     """Largest output difference against the reference (unchanged network / masked network)."""
@@ -417,7 +417,7 @@ def remove_dead_channels(net: Network, frac: float = 0.25) -> Outcome:
         kill(model, g, plan[g.name])
     with torch.no_grad():
         y0 = logits(model(net.inputs))
-    out = Outcome(total=len(exact), refused={})
+    out = Outcome(total=len(exact))
     report = _remove(model, net.inputs, plan, out.refused)
     if report is not None:
         with torch.no_grad():
@@ -435,7 +435,7 @@ def remove_live_channels(net: Network, frac: float = 0.5) -> Outcome:
 
     model = copy.deepcopy(net.model)
     groups = channel_groups(model, net.inputs)
-    out = Outcome(total=len(groups), refused={})
+    out = Outcome(total=len(groups))
     report = _remove(model, net.inputs, {g.name: pick(g, frac) for g in groups}, out.refused)
     if report is not None:
         assert report.verified
@@ -452,7 +452,7 @@ def remove_dead_blocks(net: Network) -> Outcome:
 
     model = copy.deepcopy(net.model)
     infos = {n: i for n, i in block_analysis(model, net.inputs).items() if i.removable}
-    out = Outcome(total=len(infos), refused={})
+    out = Outcome(total=len(infos))
     if not infos:
         return out
     with torch.no_grad():

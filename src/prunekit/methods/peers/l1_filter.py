@@ -98,7 +98,7 @@ class OneShotFilterPruning(PruningMethod):
     """Train dense, prune once at the start of the ``finetune`` stage, fine-tune. Subclasses score."""
 
     name = "one-shot-filter"
-    Config = L1FilterConfig
+    Config: ClassVar[type[MethodConfig]] = L1FilterConfig
     budget_knobs: ClassVar[Mapping[str, str]] = {"macs": "macs_budget", "params": "params_budget"}
     from_trained_options: ClassVar[Mapping[str, Any]] = {"dense_fraction": 0}
 

@@ -67,7 +67,7 @@ class SlimmingConfig(MethodConfig):
 def scale_layers(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
     """Prunable channel sites: ``{producing layer: (scale module name, BN or ChannelScale)}``."""
     modules = dict(model.named_modules())
-    out = {}
+    out: dict[str, tuple[str, nn.Module]] = {}
     for name, m in factor_modules(model):
         if isinstance(m, ChannelScale):
             wrapper = name.rpartition(".")[0]
@@ -79,7 +79,12 @@ def scale_layers(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
 
 
 def _scale_of(m: nn.Module) -> torch.Tensor:
-    return m.factor if isinstance(m, ChannelScale) else m.weight
+    if isinstance(m, ChannelScale):
+        return m.factor
+    w = m.weight  # a norm layer's gamma
+    if not isinstance(w, torch.Tensor):
+        raise PrunekitError(f"slimming: {type(m).__name__} has no scale (weight) to rank channels by")
+    return w
 
 
 def global_plan(model: nn.Module, num_remove: int) -> dict[str, list[int]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -59,7 +59,8 @@ class TorchGlobalMagnitude(OneShotMagnitude):
         torch_prune.global_unstructured(pool, pruning_method=torch_prune.L1Unstructured, amount=amount)
         masks = {}
         for name, m in layers.items():
-            masks[name] = m.weight_mask.detach().bool().clone()
+            # weight_mask is the buffer torch's prune registers; Module's stubs type it Tensor | Module
+            masks[name] = cast(torch.Tensor, m.weight_mask).detach().bool().clone()
             torch_prune.remove(m, "weight")  # back to a plain parameter (the same object) holding the zeros
             params = dict(m._parameters)
             m._parameters.clear()
