@@ -546,7 +546,8 @@ def test_zero_channel_plan_running_stats_switch() -> None:
 def test_remove_blocks_is_exact_and_refuses_projections() -> None:
     model = randomise(TinyResNet())
     x = torch.randn(*X16)
-    assert removable_blocks(model) == ["layer1.0", "layer1.1", "layer2.1"]
+    assert removable_blocks(model, x) == ["layer1.0", "layer1.1", "layer2.1"]
+    assert removable_blocks(model) == removable_blocks(model, x)  # old call: each block checked on its own
     with torch.no_grad():
         for name in ("layer1.1", "layer2.1"):
             bn = model.get_submodule(name).branch[4]
@@ -554,16 +555,18 @@ def test_remove_blocks_is_exact_and_refuses_projections() -> None:
             bn.bias.zero_()
         y0 = model(x)
     before = widths(model)
-    with pytest.raises(PrunekitError, match="'layer2.0' has a projection shortcut"):
-        remove_blocks(model, ["layer1.1", "layer2.0"])
+    with pytest.raises(PrunekitError, match=r"'layer2.0' \(Block\) cannot be removed: its shortcut changes the shape"):
+        remove_blocks(model, ["layer1.1", "layer2.0"], x)
     with pytest.raises(PrunekitError, match="not a residual block"):
-        remove_blocks(model, ["stem"])
+        remove_blocks(model, ["stem"], x)
     with pytest.raises(PrunekitError, match="no module"):
-        remove_blocks(model, ["layer9.0"])
+        remove_blocks(model, ["layer9.0"], x)
+    with pytest.raises(PrunekitError, match=r"'layer2.0' \(Block\) cannot be removed: its shortcut changes"):
+        remove_blocks(model, ["layer2.0"])
     assert widths(model) == before
-    report = remove_blocks(model, ["layer1.1", "layer2.1"])
+    report = remove_blocks(model, ["layer1.1", "layer2.1"], x)
     assert isinstance(model.layer1[1], nn.ReLU) and not model.layer1[1].inplace
-    assert report.blocks == {"layer1.1": "ReLU", "layer2.1": "ReLU"}
+    assert report.blocks == {"layer1.1": "ReLU", "layer2.1": "ReLU"} and report.verified
     assert report.params_after < report.params_before
     with torch.no_grad():
         assert float((model(x) - y0).abs().max()) <= 1e-5
@@ -589,7 +592,7 @@ class BasicBlockLike(nn.Module):
 
 def test_remove_torchvision_style_block_and_train_after() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), BasicBlockLike(4), BasicBlockLike(4))
-    remove_blocks(model, ["2"])
+    remove_blocks(model, ["2"], torch.randn(2, 3, 8, 8), check=False)
     assert isinstance(model[2], nn.ReLU) and not model[2].inplace
     model(torch.randn(2, 3, 8, 8)).sum().backward()  # no in-place error in backward
 
@@ -735,3 +738,226 @@ def test_zero_plan_skips_group_norm() -> None:
         remove_channels(model, {"0": [0]}, x)
     remove_channels(model, {"0": [0, 1]}, x)
     assert model[1].num_channels == 6 and model[1].weight.shape == (6,)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# removal equals masking (checked on every call)
+
+
+class Shuffle(nn.Module):
+    """Channel shuffle (ShuffleNet): regroups channels by a reshape the dependency graph maps one to one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def test_removal_is_verified_against_masking() -> None:
+    model = randomise(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                    nn.Conv2d(8, 6, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)))
+    x = torch.randn(*X16)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():  # live channels: the pruned model equals the one reading zeros there
+        masked[3].weight[:, [1, 5]] = 0
+        y_masked = masked(x)
+    report = remove_channels(model, {"0": [1, 5]}, x)
+    assert report.verified and report.max_diff <= 1e-5 and not report.approximate
+    with torch.no_grad():
+        assert float((model(x) - y_masked).abs().max()) <= 1e-5
+
+
+def test_wrong_surgery_is_caught_and_the_model_restored() -> None:
+    model = randomise(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), Shuffle(), nn.ReLU(),
+                                    nn.Conv2d(8, 4, 3)))
+    x = torch.randn(*X16)
+    before = widths(model)
+    with torch.no_grad():
+        y0 = model(x)
+    with pytest.raises(PrunekitError, match=r"group '0' does not equal masking them: .*model was restored") as e:
+        remove_channels(model, {"0": [1]}, x)
+    assert "\n" not in str(e.value)
+    assert widths(model) == before
+    with torch.no_grad():
+        assert torch.equal(model(x), y0)
+
+
+def test_layer_norm_groups_are_checked_against_norms_on_the_kept_channels() -> None:
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(4, 6)
+    report = remove_channels(model, {"0": [0, 3]}, x)
+    assert report.verified and "LayerNorm '1'" in report.approximate["0"]
+    assert model[1].normalized_shape == (6,)
+
+
+def test_model_outputs_of_any_structure_are_compared() -> None:
+    from prunekit.surgery.structured import compare_outputs
+
+    a = {"logits": torch.ones(2, 3), "hidden": (torch.zeros(2), torch.arange(3))}
+    assert compare_outputs(a, {"logits": torch.ones(2, 3) + 1e-7, "hidden": (torch.zeros(2), torch.arange(3))})[1] == ""
+    assert "logits" in compare_outputs(a, {"logits": torch.ones(2, 3) * 1.01, "hidden": a["hidden"]})[1]
+    assert "shape" in compare_outputs(a, {"logits": torch.ones(2, 2), "hidden": a["hidden"]})[1]
+
+
+def test_every_successful_change_is_recorded() -> None:
+    from prunekit.surgery.history import history
+
+    model = randomise(TinyResNet())
+    x = torch.randn(*X16)
+    remove_channels(model, {"stem.0": [0, 2]}, x)
+    (op,) = history(model)
+    assert op["op"] == "channels" and op["input_shapes"] == [list(X16)]
+    assert list(op["removed"].values()) == [[0, 2]]
+    with pytest.raises(PrunekitError):
+        remove_channels(model, {"stem.0": [99]}, x)
+    assert len(history(model)) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# attention heads
+
+
+def _dead(model: nn.Module, layers: list[str], rows: list[int]) -> None:
+    with torch.no_grad():
+        for n in layers:
+            m = model.get_submodule(n)
+            m.weight[rows] = 0
+            if m.bias is not None:
+                m.bias[rows] = 0
+
+
+def test_hf_vit_heads_are_never_regrouped() -> None:
+    """Dead q/k/v channels inside heads used to be removed and silently regroup the heads (outputs changed)."""
+    from prunekit.testing import corpus
+
+    net = corpus.build("hf-vit")
+    attn = "vit.layers.0.attention"
+    qkv = [f"{attn}.{p}_proj" for p in "qkv"]
+    (g,) = [g for g in channel_groups(net.model, net.inputs) if g.name == qkv[0]]
+    assert (g.heads, g.head_dim) == (4, 8)
+    _dead(net.model, qkv, [3, 12])
+    with torch.no_grad():
+        y0 = corpus.logits(net.model(net.inputs))
+    with pytest.raises(PrunekitError, match=r"attention heads of 8 channels.*whole heads only"):
+        remove_channels(net.model, {qkv[0]: [3, 12]}, net.inputs)
+    _dead(net.model, qkv, list(range(8, 16)))  # head 1 entirely
+    with torch.no_grad():
+        y1 = corpus.logits(net.model(net.inputs))
+    report = remove_channels(net.model, {qkv[0]: list(range(8, 16))}, net.inputs)
+    assert report.verified
+    a = net.model.get_submodule(attn)
+    assert a.num_attention_heads == 3 and a.q_proj.out_features == 24 and a.o_proj.in_features == 24
+    with torch.no_grad():
+        y2 = corpus.logits(net.model(net.inputs))
+    assert float((y2 - y1).abs().max()) <= 1e-5 * float(y1.abs().max()) + 1e-6
+    assert not torch.equal(y0, y1)
+
+
+def test_torch_multihead_attention_loses_whole_heads() -> None:
+    from prunekit.testing import corpus
+
+    net = corpus.build("mha-transformer")
+    (g,) = [g for g in channel_groups(net.model, net.inputs) if g.name == "patches.proj"]
+    assert (g.heads, g.head_dim) == (4, 8)
+    with pytest.raises(PrunekitError, match="whole heads"):
+        remove_channels(net.model, {"patches.proj": [0]}, net.inputs)
+    report = remove_channels(net.model, {"patches.proj": list(range(16, 24))}, net.inputs)
+    assert report.verified
+    mha = net.model.blocks[0].attn
+    assert (mha.embed_dim, mha.num_heads, mha.head_dim) == (24, 3, 8)
+    assert mha.in_proj_weight.shape == (72, 24) and mha.out_proj.weight.shape == (24, 24)
+
+
+class NoHeadAttrs(nn.Module):
+    """Attention reshaping with ``view(b, n, -1, 4)`` whose module holds no head-count attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (p(x).view(b, n, -1, 4).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+        return self.o((a @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+def test_heads_unknown_are_refused_or_declared_by_the_user() -> None:
+    model = nn.Sequential(nn.Linear(5, 8), NoHeadAttrs()).eval()
+    x = torch.randn(2, 3, 5)
+    with pytest.raises(PrunekitError, match=r"attention heads .* unknown; pass num_heads=\{'1': heads\}"):
+        remove_channels(model, {"1.q": [0, 1, 2, 3]}, x)
+    report = remove_channels(model, {"1.q": [4, 5, 6, 7]}, x, num_heads={"1": 2})
+    assert report.verified and model[1].q.out_features == 4
+    assert channel_groups(model, x, num_heads={model[1]: 1})[1].heads == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# residual blocks found in the graph
+
+
+def _kill_branch(model: nn.Module, ends: list[str]) -> None:
+    """Make a block's branch output 0: zero the parameters of the modules ending it (or their output)."""
+    with torch.no_grad():
+        for n in ends:
+            m = model.get_submodule(n)
+            ps = list(m.parameters())
+            for p in ps:
+                p.zero_()
+            if not ps:
+                m.register_forward_hook(lambda mod, a, out: torch.zeros_like(out))
+
+
+@pytest.mark.parametrize(("name", "blocks", "replacement"), [
+    ("my-res-unit", ["1", "2", "5"], nn.ReLU),
+    ("preact", ["1", "2", "5"], nn.Identity),
+    ("no-post-act", ["1", "2", "5"], nn.Identity),
+    ("hf-resnet-basic", ["resnet.encoder.stages.0.layers.0", "resnet.encoder.stages.0.layers.1"], nn.ReLU),
+])
+def test_blocks_are_found_whatever_their_names(name: str, blocks: list[str], replacement: type) -> None:
+    from prunekit.surgery import residual_blocks
+    from prunekit.surgery.blocks import block_analysis
+    from prunekit.testing import corpus
+
+    net = corpus.build(name)
+    assert residual_blocks(net.model, net.inputs) == blocks
+    info = block_analysis(net.model, net.inputs)
+    _kill_branch(net.model, info[blocks[-1]].branch_ends)
+    with torch.no_grad():
+        y0 = corpus.logits(net.model(net.inputs))
+    report = remove_blocks(net.model, blocks[-1:], net.inputs)
+    assert report.verified and type(net.model.get_submodule(blocks[-1])) is replacement
+    with torch.no_grad():
+        assert float((corpus.logits(net.model(net.inputs)) - y0).abs().max()) <= 1e-5
+
+
+def test_pre_activation_block_named_like_torchvision_is_not_replaced_by_its_relu() -> None:
+    from prunekit.testing import corpus
+
+    net = corpus.build("preact")
+    assert removable_blocks(net.model, net.inputs) == ["1", "2", "5"]
+    old = copy.deepcopy(net.model)
+    remove_blocks(old, ["5"])  # the old call: the block's own graph says there is nothing after the sum
+    assert isinstance(old[5], nn.Identity)
+    # its branch's last layer is also used after the block: the reference (branch zeroed) and the removal
+    # differ, and the check says so instead of changing the outputs
+    net.model[2] = nn.Sequential(net.model[1].conv2, net.model[2])
+    with pytest.raises(PrunekitError, match=r"replacing block '1' does not equal zeroing its branch.*restored"):
+        remove_blocks(net.model, ["1"], net.inputs)
+    assert type(net.model[1]).__name__ == "PreActBlock"
+
+
+def test_blocks_called_with_extra_arguments_become_skips_and_projections_are_refused() -> None:
+    from prunekit.surgery.blocks import Skip
+    from prunekit.testing import corpus
+
+    net = corpus.build("hf-vit")
+    with torch.no_grad():
+        y0 = corpus.logits(net.model(net.inputs))
+    report = remove_blocks(net.model, ["vit.layers.1"], net.inputs)
+    assert isinstance(net.model.vit.layers[1], Skip) and report.verified
+    with torch.no_grad():
+        assert not torch.equal(corpus.logits(net.model(net.inputs)), y0)  # a live branch: output changes
+    net = corpus.build("hf-resnet-bottleneck")
+    with pytest.raises(PrunekitError, match=r"stages.0.layers.0' \(ResNetBottleNeckLayer\) cannot be removed: its "
+                                            r"shortcut changes the shape"):
+        remove_blocks(net.model, ["resnet.encoder.stages.0.layers.0"], net.inputs)

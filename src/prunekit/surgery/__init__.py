@@ -3,8 +3,11 @@
 Structured (built on Torch-Pruning's dependency graph, see :mod:`prunekit.surgery._graph`):
 
 * :func:`channel_groups` - the coupled groups of output channels a method should score as one unit;
-* :func:`remove_channels` - remove channels / neurons and everything coupled to them, in place;
-* :func:`remove_blocks` - depth pruning: replace residual blocks (identity shortcut) by their activation;
+* :func:`remove_channels` - remove channels / neurons and everything coupled to them, in place (attention
+  q/k/v in whole heads), verified against the masked network on the example inputs;
+* :func:`residual_blocks` - residual blocks found in the traced graph (output = input + branch), any class;
+* :func:`remove_blocks` - depth pruning: replace residual blocks by what is left when their branch is 0,
+  verified against the network whose branches are zeroed;
 * :func:`zero_channel_plan` - a plan removing exactly the channels whose output is identically zero;
 * :func:`conv_group_plan` - a plan removing whole groups of a grouped convolution.
 
@@ -15,13 +18,14 @@ Unstructured: :class:`MaskSet` (masks kept through optimizer steps) and :func:`s
 """
 
 from prunekit.surgery._graph import ChannelGroup, channel_groups
-from prunekit.surgery.blocks import removable_blocks, remove_blocks, residual_blocks
+from prunekit.surgery.blocks import Skip, block_analysis, removable_blocks, remove_blocks, residual_blocks
 from prunekit.surgery.fold import deployed, fold_batchnorm
 from prunekit.surgery.masks import MaskSet
 from prunekit.surgery.sparse import load_sparse, save_sparse
 from prunekit.surgery.structured import (
     LayerChange,
     SurgeryReport,
+    compare_outputs,
     conv_group_plan,
     count_params,
     normalise_plan,
@@ -33,8 +37,11 @@ __all__ = [
     "ChannelGroup",
     "LayerChange",
     "MaskSet",
+    "Skip",
     "SurgeryReport",
+    "block_analysis",
     "channel_groups",
+    "compare_outputs",
     "conv_group_plan",
     "count_params",
     "deployed",

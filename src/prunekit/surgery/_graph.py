@@ -54,6 +54,11 @@ class ChannelGroup:
     """Grouped convolutions touching these channels split them into ``chunks`` equal contiguous slices; a
     removal must take the same number of channels from each slice (or whole conv groups, see
     :func:`conv_group_plan`). 1 means no constraint."""
+    head_dim: int = 0
+    """Attention heads: channels ``h * head_dim .. (h + 1) * head_dim - 1`` of the group are head ``h`` and are
+    removed together (whole heads only); 0 when the group holds no heads."""
+    heads: int = 0
+    """Number of attention heads in the group (``size // head_dim``), 0 when none."""
 
     def layer_indices(self, layer: str, channels: Iterable[int]) -> list[int]:
         """Member ``layer``'s own channel numbers for group channels ``channels`` (-1: not in that layer)."""
@@ -79,6 +84,18 @@ class _Group:
     members: list[_Member]
     prunable: bool
     reason: str = ""
+    heads: list[tuple[str, int]] = field(default_factory=list)
+    """(member, head_dim): in that member's numbering, channels are removed in whole heads of head_dim."""
+    head_owners: list[tuple[str, int]] = field(default_factory=list)
+    """(module, head_dim): modules holding a head count (``num_heads``, ...) to update after a removal."""
+
+    def head_dim(self) -> int:
+        """Head size in the group's (root) numbering when the constraint is expressed in it, else 0."""
+        for name, hd in self.heads:
+            m = next((m for m in self.members if m.name == name and m.side == OUT), None)
+            if m is not None and m.idxs == m.root:
+                return hd
+        return self.heads[0][1] if self.heads else 0
 
     def public(self) -> ChannelGroup:
         layers, norms, consumers, index = [], [], [], {}
@@ -97,8 +114,10 @@ class _Group:
                 row[r] = i
             index[m.name] = tuple(row)
         layers.sort(key=lambda n: n != self.name)  # root first, others in module order
+        hd = self.head_dim()
         return ChannelGroup(name=self.name, layers=tuple(layers), size=self.size, norms=tuple(norms),
-                            consumers=tuple(consumers), index=index, chunks=self.chunks())
+                            consumers=tuple(consumers), index=index, chunks=self.chunks(), head_dim=hd,
+                            heads=self.size // hd if hd else 0)
 
     def chunks(self) -> int:
         c = 1
@@ -129,6 +148,8 @@ def _supported(m: nn.Module) -> bool:
     """Layer types :func:`remove_channels` knows how to shrink."""
     if isinstance(m, nn.LayerNorm):
         return len(m.normalized_shape) == 1
+    if isinstance(m, nn.MultiheadAttention):
+        return bool(m._qkv_same_embed_dim) and m.bias_k is None and m.bias_v is None
     return isinstance(m, nn.modules.conv._ConvNd | nn.Linear | nn.modules.batchnorm._NormBase | nn.GroupNorm
                       | nn.PReLU)
 
@@ -228,8 +249,72 @@ def build_graph(model: nn.Module, example_inputs: Any) -> Any:
                             "shape the model expects") from None
 
 
-def analyse(model: nn.Module, example_inputs: Any) -> Analysis:
-    """Trace ``model`` and list every coupled group of output channels, in original channel numbering."""
+HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads")
+"""Attributes an attention module holds its number of heads in (torch, HF ``transformers``, common code)."""
+_MATMUL_NODES = ("Bmm", "MmBackward", "Matmul", "ScaledDotProduct", "Baddbmm")
+
+HeadsMap = Mapping[Any, int]
+"""A user's ``num_heads``: attention module (or q/k/v layer), object or dotted name -> number of heads."""
+
+
+def _head_count(model: nn.Module, layers: list[str], num_heads: HeadsMap | None) -> tuple[int, str] | None:
+    """(heads, owner) for an attention group produced by ``layers``: the user's ``num_heads`` entry for a layer
+    or one of its parents, else the first head-count attribute found on a parent (nearest first)."""
+    by_name = {k: v for k, v in (num_heads or {}).items() if isinstance(k, str)}
+    by_obj = {id(k): v for k, v in (num_heads or {}).items() if isinstance(k, nn.Module)}
+    for layer in layers:
+        parts = layer.split(".")
+        for depth in range(len(parts), -1, -1):
+            name = ".".join(parts[:depth])
+            mod = model.get_submodule(name)
+            if name in by_name or id(mod) in by_obj:
+                return int(by_name.get(name, by_obj.get(id(mod), 0))), name
+    for layer in layers:
+        parts = layer.split(".")
+        for depth in range(len(parts) - 1, max(len(parts) - 4, -1), -1):
+            name = ".".join(parts[:depth])
+            mod = model.get_submodule(name)
+            for attr in HEAD_COUNT_ATTRS:
+                v = getattr(mod, attr, None)
+                if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                    return v, name
+    return None
+
+
+def _heads_of(g: _Group, model: nn.Module, attention: bool, num_heads: HeadsMap | None) -> str:
+    """Fill ``g.heads`` / ``g.head_owners``; return why the group cannot be pruned ("" if it can)."""
+    for m in g.members:
+        if isinstance(m.target, nn.MultiheadAttention):
+            hd = m.target.head_dim
+            g.heads.append((m.name, hd))
+            g.head_owners.append((m.name, hd))
+    if not attention or g.heads:  # no matmul, or the matmul is inside a MultiheadAttention
+        return ""
+    qkv = [m for m in g.members if m.side == OUT and isinstance(m.target, nn.Module) and _is_producer(m.target)]
+    names = list(dict.fromkeys(m.name for m in qkv))
+    found = _head_count(model, names, num_heads)
+    where = names[0] if names else g.name
+    if found is None:
+        return (f"its channels are attention heads ({', '.join(names)} meet in a matmul) but the number of heads "
+                f"is unknown; pass num_heads={{{where.rpartition('.')[0] or where!r}: heads}}")
+    heads, owner = found
+    widths = {len(m.idxs) for m in qkv}
+    if len(widths) != 1 or g.size % heads or any(sorted(m.idxs) != list(range(len(m.idxs))) for m in qkv):
+        return (f"its channels are the attention heads of {owner!r} but {', '.join(names)} do not split into "
+                f"{heads} equal heads (grouped-query attention is not supported)")
+    hd = g.size // heads
+    for m in qkv:
+        g.heads.append((m.name, hd))
+    g.head_owners.append((owner, hd))
+    return ""
+
+
+def analyse(model: nn.Module, example_inputs: Any, num_heads: HeadsMap | None = None) -> Analysis:
+    """Trace ``model`` and list every coupled group of output channels, in original channel numbering.
+
+    Groups whose channels meet in a matmul (attention q / k / v) are head-aware: their head size comes from
+    ``num_heads`` or the head-count attribute of the attention module; without one they are not prunable.
+    """
     from torch_pruning import ops
 
     dg = build_graph(model, example_inputs)
@@ -243,11 +328,14 @@ def analyse(model: nn.Module, example_inputs: Any) -> Analysis:
     out_members: dict[str, list[tuple[_Group, _Member]]] = {}
     for tg in dg.get_all_groups(ignored_layers=[], root_module_types=roots):
         members: list[_Member] = []
-        reaches_output, unsupported = False, []
+        reaches_output, unsupported, attention = False, [], False
         for item in tg:
             dep, idxs, root = item.dep, list(item.idxs), list(item.root_idxs)
             node = dep.target
             target = node.module
+            gname = type(getattr(node, "grad_fn", None)).__name__
+            if node.type == ops.OPTYPE.ELEMENTWISE and any(k in gname for k in _MATMUL_NODES):
+                attention = True
             carries = dg.is_out_channel_pruning_fn(dep.handler)  # this node's output holds these channels
             if node.type == ops.OPTYPE.OUTPUT or (carries and not node.outputs):  # a sink is a model output
                 reaches_output = True
@@ -306,6 +394,9 @@ def analyse(model: nn.Module, example_inputs: Any) -> Analysis:
             reason = f"it is coupled to layers prunekit cannot shrink ({', '.join(sorted(set(unsupported)))})"
         g = _Group(root_member.name, size, sorted(members, key=lambda m: (m.side, _order_of(m, order))),
                    prunable=not reason, reason=reason)
+        head_reason = _heads_of(g, model, attention, num_heads)
+        if head_reason and g.prunable:
+            g.prunable, g.reason = False, head_reason
         groups.append(g)
         for m in g.members:
             if m.side == OUT:
@@ -319,13 +410,15 @@ def _order_of(m: _Member, order: dict[Any, int]) -> int:
 
 
 def channel_groups(model: nn.Module, example_inputs: Any, layers: Iterable[str] | None = None,
-                   *, include_unprunable: bool = False) -> list[ChannelGroup]:
+                   *, include_unprunable: bool = False, num_heads: HeadsMap | None = None) -> list[ChannelGroup]:
     """The prunable coupled groups of output channels, in module order.
 
     ``layers`` keeps only groups with one of these layers (conv, linear or norm) as a member. Groups whose
     channels reach the model's output (the classifier) are left out unless ``include_unprunable``.
+    Attention groups carry ``head_dim`` / ``heads`` (see :func:`prunekit.surgery.remove_channels` for
+    ``num_heads``).
     """
-    an = analyse(model, example_inputs)
+    an = analyse(model, example_inputs, num_heads)
     wanted: set[str] | None = None
     if layers is not None:
         wanted = set(layers)

@@ -1,27 +1,275 @@
-"""Depth pruning: replace whole residual blocks by their activation.
+"""Depth pruning: residual blocks found in the traced graph, replaced by what is left when their branch is 0.
 
-A block computes ``act(branch(x) + shortcut(x))``. When its shortcut is the identity and its branch has
-been driven to zero (SSS block factors), the block equals ``act(x)``, so replacing it by a fresh ``act``
-is exact. A block whose shortcut changes the shape (stride or width) cannot be removed.
+A *residual block* is any module whose output is its own input plus a branch computed inside it, optionally
+followed by one element-wise activation: ``y = act(x + branch(x))`` or ``y = x + branch(x)``, whatever its
+class or child names (the branch may end with a layer-scale or a drop-path; several sums onto ``x``, as in a
+transformer layer, count as one branch). It is found by running the model once (on a structural ``meta``
+copy when possible: no arithmetic, no user hooks) and reading the autograd graph of each module's output.
+A block whose shortcut is a projection / downsampling is not removable, and the reason is given.
 
-Recognised blocks: prunekit's ``ResidualBlock`` protocol (children ``branch``, ``shortcut``, ``act``) and
-torchvision's ``BasicBlock`` / ``Bottleneck`` (``conv1``, ``bn1``, ..., ``relu``, ``downsample``).
+:func:`remove_blocks` replaces each block by ``act`` (or an identity) and verifies the result against the
+network whose branch outputs are zeroed, on the example inputs (removal equals masking, as for channels).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.io import set_submodule
-from prunekit.surgery.structured import SurgeryReport, count_params
+from prunekit.surgery import history
+from prunekit.surgery._graph import _forward_fn, _preserve_mode, _to_meta, meta_twin
+from prunekit.surgery.structured import SurgeryReport, _input_shapes, _run, compare_outputs, count_params
+
+# element-wise activations allowed after the sum, by autograd node: a fresh module computing the same
+_POST_ACTS = {
+    "ReluBackward0": lambda n: nn.ReLU(),
+    "SiluBackward0": lambda n: nn.SiLU(),
+    "SigmoidBackward0": lambda n: nn.Sigmoid(),
+    "TanhBackward0": lambda n: nn.Tanh(),
+    "HardswishBackward0": lambda n: nn.Hardswish(),
+    "GeluBackward0": lambda n: nn.GELU(approximate=getattr(n, "_saved_approximate", "none")),
+    "HardtanhBackward0": lambda n: nn.Hardtanh(float(n._saved_min_val), float(n._saved_max_val)),
+    "LeakyReluBackward0": lambda n: nn.LeakyReLU(float(n._saved_negative_slope)),
+    "EluBackward0": lambda n: nn.ELU(float(n._saved_alpha)),
+}
+# ops a branch output may pass through after its last module and still be 0 when that module outputs 0
+_ZERO_KEEPING = ("MulBackward0", "MulBackward1", "DivBackward0", "DivBackward1", "CloneBackward0",
+                 "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "PermuteBackward0",
+                 "TransposeBackward0", "ExpandBackward0", "SqueezeBackward0", "UnsqueezeBackward0",
+                 "ContiguousBackward0", "NativeDropoutBackward0")
+
+
+@dataclass
+class BlockInfo:
+    """What the graph says about one module with a sum at its output."""
+
+    name: str
+    removable: bool
+    reason: str = ""
+    """Why it cannot be removed ("" when it can)."""
+    branch_ends: list[str] = field(default_factory=list)
+    """Submodules whose outputs are the branch's contributions to the sum (zeroed to verify a removal)."""
+    act: nn.Module | None = None
+    """The element-wise activation after the sum (None: nothing, the block becomes an identity)."""
+    extra_inputs: bool = False
+    """Called with more than its input (masks, flags): the replacement must accept and ignore them."""
+    node: int = 0
+    """Identifies the sum and the input: a wrapper sharing both with a block is the same block."""
+
+
+class Skip(nn.Module):
+    """What is left of a removed residual block: ``act(x)`` (or ``x``); extra arguments are ignored."""
+
+    def __init__(self, act: nn.Module | None = None) -> None:
+        super().__init__()
+        self.act = act if act is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.act(x)
+
+
+def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, torch.Tensor):
+            return v
+    return None
+
+
+def _seq(node: Any) -> int:
+    return int(node._sequence_nr()) if node is not None and hasattr(node, "_sequence_nr") else -1
+
+
+def _fresh_seq() -> int:
+    """The autograd sequence number a node created now gets (every later node has a larger one)."""
+    return _seq((torch.zeros(1, requires_grad=True) * 1).grad_fn)
+
+
+def _fresh_act(act: nn.Module) -> nn.Module:
+    """A copy of the block's activation that never works in place (the block input may be saved for backward)."""
+    new = copy.deepcopy(act)
+    if hasattr(new, "inplace"):
+        new.inplace = False
+    return new
+
+
+class _Tracer:
+    """Forward hooks on every module recording, for each, whether its output is ``act(x + branch)``."""
+
+    def __init__(self, model: nn.Module, real: nn.Module) -> None:
+        self.names = {m: n for n, m in model.named_modules()}
+        self.real = dict(real.named_modules())
+        self.start: dict[str, int] = {}
+        self.made_by: dict[int, str] = {}  # id(autograd node) -> outermost module whose output it is
+        self.keep: list[Any] = []  # the nodes, alive while we look them up by id
+        self.calls: dict[str, int] = {}
+        self.infos: dict[str, BlockInfo] = {}
+
+    def pre(self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        name = self.names[mod]
+        self.calls[name] = self.calls.get(name, 0) + 1
+        self.start.setdefault(name, _fresh_seq())
+
+    def post(self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        name = self.names[mod]
+        y = out if isinstance(out, torch.Tensor) else None
+        if name and self.calls.get(name) == 1:
+            info = self._look(name, args, kwargs, out)
+            if info is not None:
+                self.infos[name] = info
+        outs = [y] if y is not None else [t for t in out if isinstance(t, torch.Tensor)] \
+            if isinstance(out, tuple | list) else []
+        for t in outs:
+            if t.grad_fn is not None:
+                self.made_by[id(t.grad_fn)] = name
+                self.keep.append(t.grad_fn)
+
+    def _look(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> BlockInfo | None:
+        x = _first_tensor(args, kwargs)
+        if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+            y, tuple_out = out[0], True
+        elif isinstance(out, torch.Tensor):
+            y, tuple_out = out, False
+        else:
+            return None
+        start = self.start[name]
+        if x is None or y.grad_fn is None or _seq(y.grad_fn) <= start:
+            return None  # no output computed inside (an identity, a container returning its input)
+        node, post = y.grad_fn, None
+        if type(node).__name__ in _POST_ACTS:
+            post, node = node, node.next_functions[0][0]
+        if type(node).__name__ != "AddBackward0" or _seq(node) <= start:
+            return None
+        found_x, operands, stack = 0, [], [node]
+        while stack:
+            n = stack.pop()
+            for nf, _ in n.next_functions:
+                if nf is None:
+                    continue
+                if x.grad_fn is not None and nf is x.grad_fn:
+                    found_x += 1
+                elif type(nf).__name__ == "AddBackward0" and _seq(nf) > start:
+                    stack.append(nf)
+                else:
+                    operands.append(nf)
+        info = BlockInfo(name, False, node=hash((id(node), id(x.grad_fn))),
+                         extra_inputs=len(args) + len(kwargs) > 1)
+        if found_x != 1:
+            same = tuple(x.shape) == tuple(y.shape)
+            info.reason = ("the other side of its sum is not its input (a projection shortcut, or a chain of "
+                           "blocks)" if same else
+                           f"its shortcut changes the shape {tuple(x.shape)} -> {tuple(y.shape)} (a projection / "
+                           "downsampling)") if found_x == 0 else "it adds its input more than once"
+            return info
+        if tuple_out:
+            info.reason = "it returns a tuple"
+            return info
+        if any(_seq(o) <= start for o in operands):
+            info.reason = "its sum adds a tensor computed outside it"
+            return info
+        for o in operands:
+            end = self._branch_end(name, o)
+            if end is None:
+                info.reason = f"its branch ends with {type(o).__name__.removesuffix('Backward0')} outside any submodule"
+                return info
+            if end not in info.branch_ends:
+                info.branch_ends.append(end)
+        if post is not None:
+            owner = self.made_by.get(id(post))
+            if owner is not None and owner.startswith(name + "."):
+                info.act = _fresh_act(self.real[owner])
+            else:
+                info.act = _POST_ACTS[type(post).__name__](post)
+        info.removable = True
+        return info
+
+    def _branch_end(self, block: str, node: Any) -> str | None:
+        for _ in range(16):
+            owner = self.made_by.get(id(node))
+            if owner is not None and owner.startswith(block + "."):
+                return owner
+            if type(node).__name__ not in _ZERO_KEEPING:
+                return None
+            nxt = [nf for nf, _ in node.next_functions
+                   if nf is not None and type(nf).__name__ != "AccumulateGrad"]
+            if len(nxt) != 1:
+                return None
+            node = nxt[0]
+        return None
+
+
+def _trace(model: nn.Module, example_inputs: Any) -> dict[str, BlockInfo]:
+    def run(m: nn.Module, x: Any) -> dict[str, BlockInfo]:
+        t = _Tracer(m, model)
+        hs = []
+        for mod in m.modules():
+            hs.append(mod.register_forward_pre_hook(t.pre, with_kwargs=True))
+            hs.append(mod.register_forward_hook(t.post, with_kwargs=True))
+        x = _grad_inputs(x)
+        try:
+            with _preserve_mode(m), torch.enable_grad():
+                m.eval()
+                _forward_fn(m, x)
+        finally:
+            for h in hs:
+                h.remove()
+        return t.infos
+
+    try:
+        return run(meta_twin(model), _to_meta(example_inputs))
+    except Exception:
+        pass
+    try:
+        return run(model, example_inputs)
+    except PrunekitError:
+        raise
+    except Exception as exc:
+        raise PrunekitError(f"cannot run the model with the example inputs ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+
+
+def _grad_inputs(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        # not a leaf: a block fed the model input directly sees an autograd node for it
+        return x.detach().clone().requires_grad_(True) * 1 if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _grad_inputs(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_grad_inputs(v) for v in x)
+    return x
+
+
+def block_analysis(model: nn.Module, example_inputs: Any) -> dict[str, BlockInfo]:
+    """Every module whose output is a sum onto its input, with whether and why it can (not) be removed.
+
+    Of modules sharing one sum (a wrapper around a block) only the outermost is kept; a module containing
+    other blocks (a stage) is kept but not removable.
+    """
+    infos = _trace(model, example_inputs)
+    by_node: dict[int, BlockInfo] = {}
+    for info in infos.values():  # hooks fire inner first: the outermost module of a sum comes last
+        by_node[info.node] = info
+    kept = {i.name: i for i in by_node.values()}
+    for info in kept.values():
+        inner = [n for n in kept if n.startswith(info.name + ".") and kept[n].removable]
+        if inner and info.removable:
+            info.removable, info.reason = False, f"it contains residual blocks ({inner[0]!r}, ...); remove those"
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return dict(sorted(kept.items(), key=lambda kv: order.get(kv[0], 0)))
 
 
 def block_kind(m: nn.Module) -> str | None:
-    """'residual' (prunekit protocol), 'torchvision' (BasicBlock / Bottleneck), or None."""
+    """'residual' (children ``branch``, ``shortcut``, ``act``: prunekit's protocol), 'torchvision' (children laid
+    out like torchvision's BasicBlock / Bottleneck), or None. Names only: SSS uses it to place its factors and
+    the old calls without example inputs use it to pick candidates, which :func:`remove_blocks` then checks in
+    the graph of the block itself (so a block merely *named* like these is never trusted)."""
     kids = dict(m.named_children())
     if {"branch", "shortcut", "act"} <= set(kids):
         return "residual"
@@ -30,49 +278,89 @@ def block_kind(m: nn.Module) -> str | None:
     return None
 
 
-def _identity_shortcut(m: nn.Module, kind: str) -> bool:
-    if kind == "residual":
-        sc = m.shortcut
-        return isinstance(sc, nn.Identity) or (isinstance(sc, nn.Sequential) and len(sc) == 0)
-    return m.downsample is None
+def _guess_input(m: nn.Module) -> torch.Tensor | None:
+    """A small input for block ``m`` alone, from its first conv / linear layer (old calls without inputs)."""
+    for layer in m.modules():
+        if isinstance(layer, nn.modules.conv._ConvNd) and not layer.transposed:
+            spatial = {1: (16,), 2: (8, 8), 3: (4, 4, 4)}[len(layer.kernel_size)]
+            p = next(layer.parameters())
+            return torch.randn(2, layer.in_channels, *spatial, generator=torch.Generator().manual_seed(0)).to(p)
+        if isinstance(layer, nn.Linear):
+            return torch.randn(2, layer.in_features, generator=torch.Generator().manual_seed(0)).to(layer.weight)
+    return None
 
 
-def _fresh_act(act: nn.Module) -> nn.Module:
-    """A copy of the block's activation that never works in place (the block input may be saved for
-    backward by the layer before it)."""
-    new = copy.deepcopy(act)
-    if hasattr(new, "inplace"):
-        new.inplace = False
-    return new
+def _local(m: nn.Module) -> tuple[nn.Module, torch.Tensor, BlockInfo | None]:
+    """Block ``m`` analysed on its own (wrapped as child ``block``) with a guessed input."""
+    from collections import OrderedDict
+
+    wrapper = nn.Sequential(OrderedDict(block=m))
+    x = _guess_input(m)
+    if x is None:
+        return wrapper, torch.empty(0), None
+    try:
+        return wrapper, x, block_analysis(wrapper, x).get("block")
+    except PrunekitError:
+        return wrapper, x, None
 
 
-def residual_blocks(model: nn.Module) -> list[str]:
-    """Names of every recognised residual block, in module order."""
-    return [n for n, m in model.named_modules() if n and block_kind(m) is not None]
+def residual_blocks(model: nn.Module, example_inputs: Any = None) -> list[str]:
+    """Names of the residual blocks :func:`remove_blocks` can remove, found in the traced graph, in module order.
+
+    Without ``example_inputs`` (old call) the candidates are the modules :func:`block_kind` recognises, each
+    checked in its own graph on a guessed input.
+    """
+    if example_inputs is None:
+        out = []
+        for n, m in model.named_modules():
+            if n and block_kind(m) is not None:
+                info = _local(m)[2]
+                if info is not None and info.removable:
+                    out.append(n)
+        return out
+    return [n for n, i in block_analysis(model, example_inputs).items() if i.removable]
 
 
-def removable_blocks(model: nn.Module) -> list[str]:
-    """Names of the blocks :func:`remove_blocks` accepts (identity shortcut)."""
-    out = []
-    for n in residual_blocks(model):
-        m = model.get_submodule(n)
-        kind = block_kind(m)
-        if kind is not None and _identity_shortcut(m, kind):
-            out.append(n)
-    return out
+def removable_blocks(model: nn.Module, example_inputs: Any = None) -> list[str]:
+    """Names of the blocks :func:`remove_blocks` accepts (identity shortcut); same as :func:`residual_blocks`."""
+    return residual_blocks(model, example_inputs)
 
 
-def remove_blocks(model: nn.Module, names: Iterable[str]) -> SurgeryReport:
-    """Replace each named residual block (identity shortcut) by its activation, in place.
+@contextlib.contextmanager
+def _branches_zeroed(model: nn.Module, ends: Iterable[str]) -> Iterator[None]:
+    """The model with the outputs of the branch-ending modules replaced by zeros."""
+    def zero(mod: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        return torch.zeros_like(out) if isinstance(out, torch.Tensor) else out
 
-    Raises :class:`PrunekitError` naming the block when a name is unknown, is not a residual block, or
-    has a projection shortcut; nothing is changed in that case.
+    hs = [model.get_submodule(n).register_forward_hook(zero) for n in dict.fromkeys(ends)]
+    try:
+        yield
+    finally:
+        for h in hs:
+            h.remove()
+
+
+def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Any = None, *,
+                  check: bool = True) -> SurgeryReport:
+    """Replace each named residual block by what is left when its branch is 0, in place.
+
+    The replacement is the block's post-sum activation (a fresh, never in-place copy) or an identity
+    (:class:`Skip` when the block is called with more than its input). With ``example_inputs`` blocks are
+    found in the traced graph whatever their class (see the module docstring), and the result is checked
+    against the network whose branch outputs are zeroed (two forward passes); a mismatch restores the model
+    and raises. Without them (old call) each block is analysed and checked on its own with an input guessed
+    from its first conv / linear layer.
+
+    Raises :class:`PrunekitError` naming the block when a name is unknown, is not a residual block, or has a
+    projection shortcut; nothing is changed in that case.
     """
     if isinstance(names, str):
         names = [names]
     names = list(dict.fromkeys(names))
     report = SurgeryReport(params_before=count_params(model))
-    todo: list[tuple[str, nn.Module]] = []
+    infos = block_analysis(model, example_inputs) if example_inputs is not None and names else {}
+    todo: list[tuple[str, nn.Module, nn.Module]] = []
+    ends: list[str] = []
     for name in names:
         if not isinstance(name, str) or not name:
             raise PrunekitError(f"remove_blocks: {name!r} is not a block name")
@@ -82,17 +370,54 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> SurgeryReport:
             raise PrunekitError(f"remove_blocks: the model has no module {name!r}") from None
         if any(name.startswith(other + ".") for other in names if other != name):
             raise PrunekitError(f"remove_blocks: {name!r} lies inside another block being removed")
-        kind = block_kind(m)
-        if kind is None:
-            raise PrunekitError(f"remove_blocks: {name!r} ({type(m).__name__}) is not a residual block "
-                                "(needs branch/shortcut/act, or torchvision's BasicBlock/Bottleneck)")
-        if not _identity_shortcut(m, kind):
-            raise PrunekitError(f"remove_blocks: block {name!r} has a projection shortcut that changes the "
-                                "shape of its input; it cannot be removed")
-        act = m.act if kind == "residual" else m.relu
-        todo.append((name, _fresh_act(act)))
-    for name, new in todo:
+        if example_inputs is None:  # old call: the block alone, on a guessed input, checked locally
+            wrapper, x, info = _local(m)
+            if info is None or not info.removable:
+                why = info.reason if info is not None else "it is not a residual block on its own"
+                raise PrunekitError(f"remove_blocks: block {name!r} ({type(m).__name__}) cannot be removed: {why} "
+                                    "(pass example_inputs to analyse it inside the whole model)")
+            new = info.act if info.act is not None else nn.Identity()
+            if check:
+                with _branches_zeroed(wrapper, info.branch_ends):
+                    ref = _run(wrapper, x)
+                diff, problem = compare_outputs(ref, _run(new, x))
+                if problem:
+                    raise PrunekitError(f"remove_blocks: replacing block {name!r} does not equal zeroing its "
+                                        f"branch: {problem}")
+            todo.append((name, m, new))
+            continue
+        info = infos.get(name)
+        if info is None:
+            raise PrunekitError(f"remove_blocks: {name!r} ({type(m).__name__}) is not a residual block: its output "
+                                "is not its input plus a branch (or it does not run on example_inputs)")
+        if not info.removable:
+            raise PrunekitError(f"remove_blocks: block {name!r} ({type(m).__name__}) cannot be removed: {info.reason}")
+        new: nn.Module = (Skip(info.act) if info.extra_inputs else
+                          info.act if info.act is not None else nn.Identity())
+        todo.append((name, m, new))
+        ends += info.branch_ends
+    ref: Any = None
+    if check and example_inputs is not None and todo:
+        with _branches_zeroed(model, ends):
+            ref = _run(model, example_inputs)
+    for name, _, new in todo:
         set_submodule(model, name, new)
+    if ref is not None:
+        try:
+            diff, problem = compare_outputs(ref, _run(model, example_inputs))
+        except Exception as exc:
+            diff, problem = float("inf"), f"the model no longer runs ({type(exc).__name__}: {str(exc)[:160]})"
+        if problem:
+            for name, old, _ in todo:
+                set_submodule(model, name, old)
+            which = ", ".join(repr(n) for n, _, _ in todo[:4])
+            raise PrunekitError(f"remove_blocks: replacing block {which} does not equal zeroing its branch: {problem}; "
+                                "the model was restored")
+        report.verified, report.max_diff = True, diff
+    for name, _, new in todo:
         report.blocks[name] = type(new).__name__
     report.params_after = count_params(model)
+    if todo:
+        history.record(model, {"op": "blocks", "names": [n for n, _, _ in todo],
+                               "input_shapes": _input_shapes(example_inputs)})
     return report

@@ -13,8 +13,9 @@ hooks holding parameters) again after surgery.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +23,20 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.surgery._graph import IN, OUT, Analysis, _Group, _is_depthwise, _is_producer, analyse
+from prunekit.surgery import history
+from prunekit.surgery._graph import (
+    HEAD_COUNT_ATTRS,
+    IN,
+    OUT,
+    Analysis,
+    HeadsMap,
+    _forward_fn,
+    _Group,
+    _is_depthwise,
+    _is_producer,
+    _preserve_mode,
+    analyse,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # report
@@ -58,6 +72,14 @@ class SurgeryReport:
     """Removed block -> the module that replaced it (:func:`remove_blocks`)."""
     params_before: int = 0
     params_after: int = 0
+    verified: bool = False
+    """The pruned model's output on the example inputs was checked equal to the masked model's."""
+    max_diff: float = 0.0
+    """Largest absolute output difference seen by that check."""
+    approximate: dict[str, str] = field(default_factory=dict)
+    """Group / block -> why its removal cannot equal plain masking and what it was checked against instead
+    (a LayerNorm / GroupNorm over the removed channels renormalises the others: the reference computes that
+    norm over the kept channels only)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -82,6 +104,10 @@ class SurgeryReport:
             lines.append(f"  {name} ({ch.kind}): {', '.join(w)}")
         for name, rep in self.blocks.items():
             lines.append(f"  block {name} -> {rep}")
+        if self.verified:
+            lines.append(f"  verified against the masked model (max abs diff {self.max_diff:.2e})")
+        for name, why in self.approximate.items():
+            lines.append(f"  {name}: {why}")
         return "\n".join(lines)
 
 
@@ -184,7 +210,9 @@ def _resolve(an: Analysis, plan: dict[str, list[int]], min_channels: int, round_
             n = max(g.size - min_channels, 0)
             report.adjusted[g.name] = f"clamped: removed {n} of the {len(rs)} requested (min_channels)"
             rs = rs[:n]
-        if round_to:
+        if g.heads:
+            _check_whole_heads(g, rs, who, coupled)
+        if round_to and not g.heads:
             keep = g.size - len(rs)
             target = min(g.size, math.ceil(keep / round_to) * round_to)
             if target != keep:
@@ -194,6 +222,23 @@ def _resolve(an: Analysis, plan: dict[str, list[int]], min_channels: int, round_
         if rs:
             out.append((g, rs))
     return out
+
+
+def _check_whole_heads(g: _Group, rs: list[int], who: str, coupled: str) -> None:
+    """An attention group loses whole heads only (in every member holding heads), else one clear error."""
+    rset = set(rs)
+    for name, hd in g.heads:
+        m = next((m for m in g.members if m.name == name and m.side == OUT), None)
+        if m is None:
+            continue
+        sel = {i for i, r in zip(m.idxs, m.root, strict=True) if r in rset}
+        heads = sorted({i // hd for i in sel})
+        partial = [h for h in heads if any(h * hd + j not in sel for j in range(hd))]
+        if partial:
+            raise PrunekitError(
+                f"remove_channels: layer {who}{coupled} holds attention heads of {hd} channels ({name!r}); "
+                f"remove whole heads only (head h is channels h*{hd}..h*{hd}+{hd - 1}); the plan cuts into heads "
+                f"{partial[:8]}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -286,7 +331,31 @@ def _grouped(name: str, m: nn.modules.conv._ConvNd, rout: set[int], rin: set[int
     return torch.cat(blocks, 0), rows, keep_in, len(kept)
 
 
-def _edit_module(name: str, m: nn.Module, rout: set[int], rin: set[int]) -> _Edit:
+def _edit_mha(name: str, m: nn.MultiheadAttention, r: set[int]) -> list[_Edit]:
+    """torch MultiheadAttention losing whole heads: embedding channels ``r`` and the q/k/v/out channels of the
+    same heads (its inner width must equal its embedding width)."""
+    e_dim, hd = m.embed_dim, m.head_dim
+    if any(any(h * hd + j not in r for j in range(hd)) for h in {i // hd for i in r}):
+        raise PrunekitError(f"remove_channels: MultiheadAttention {name!r} can only lose whole heads of {hd} "
+                            "channels")
+    keep = _keep(e_dim, r)
+    keep3 = [i + k * e_dim for k in range(3) for i in keep]
+    e = _Edit(m, attrs={"embed_dim": len(keep), "kdim": len(keep), "vdim": len(keep),
+                        "num_heads": len(keep) // hd, "head_dim": hd})
+    e.tensors["in_proj_weight"] = _as_param(m.in_proj_weight, _take(_take(m.in_proj_weight, 0, keep3), 1, keep))
+    if m.in_proj_bias is not None:
+        e.tensors["in_proj_bias"] = _as_param(m.in_proj_bias, _take(m.in_proj_bias, 0, keep3))
+    o = m.out_proj
+    eo = _Edit(o, attrs={"in_features": len(keep), "out_features": len(keep)})
+    eo.tensors["weight"] = _as_param(o.weight, _take(_take(o.weight, 0, keep), 1, keep))
+    if o.bias is not None:
+        eo.tensors["bias"] = _as_param(o.bias, _take(o.bias, 0, keep))
+    return [e, eo]
+
+
+def _edit_module(name: str, m: nn.Module, rout: set[int], rin: set[int]) -> _Edit | list[_Edit]:
+    if isinstance(m, nn.MultiheadAttention):
+        return _edit_mha(name, m, rout | rin)
     if isinstance(m, nn.modules.conv._ConvNd):
         return _edit_conv(name, m, rout, rin)
     if isinstance(m, nn.Linear):
@@ -338,6 +407,8 @@ def _edit_module(name: str, m: nn.Module, rout: set[int], rin: set[int]) -> _Edi
 
 
 def _widths(m: nn.Module) -> tuple[int | None, int | None, int | None]:
+    if isinstance(m, nn.MultiheadAttention):
+        return m.embed_dim, m.embed_dim, m.num_heads
     if isinstance(m, nn.modules.conv._ConvNd):
         return m.in_channels, m.out_channels, m.groups
     if isinstance(m, nn.Linear):
@@ -363,61 +434,188 @@ def _rollback(undo: list[tuple[nn.Module, str, Any]]) -> None:
         setattr(mod, k, v)
 
 
-def _check_forward(model: nn.Module, example_inputs: Any) -> None:
-    """Run the model once (on its meta twin when possible: no arithmetic, no hooks fired)."""
-    from prunekit.surgery._graph import _forward_fn, _preserve_mode, _to_meta, meta_twin
+# ---------------------------------------------------------------------------------------------------------
+# removal equals masking: the check run after every structural change
 
-    try:
-        twin = meta_twin(model).eval()
-        with torch.no_grad():
-            _forward_fn(twin, _to_meta(example_inputs))
-        return
-    except Exception:
-        pass
+_RTOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+"""Relative tolerance of the equivalence check per output dtype (half precision: 1e-2)."""
+
+
+def _tensors(out: Any, path: str = "output") -> list[tuple[str, Any]]:
+    """Every leaf of a model output (tensor, tuple / list, dict, HF ``ModelOutput``) with its path."""
+    if isinstance(out, torch.Tensor):
+        return [(path, out)]
+    if isinstance(out, Mapping):
+        return [x for k, v in out.items() for x in _tensors(v, f"{path}[{k!r}]")]
+    if isinstance(out, list | tuple):
+        return [x for i, v in enumerate(out) for x in _tensors(v, f"{path}[{i}]")]
+    return [(path, out)] if isinstance(out, int | float | bool | str) else []
+
+
+def compare_outputs(ref: Any, out: Any) -> tuple[float, str]:
+    """(max abs difference, "" if ``out`` equals ``ref`` within the dtype's tolerance else where it does not).
+
+    A float tensor passes when ``|out - ref| <= rtol * (|ref| + max|ref|)`` elementwise (rtol 1e-5 in
+    float32, 1e-9 in float64, 1e-2 in half precision): relative, with an absolute floor scaled to the
+    tensor's magnitude. NaNs must sit at the same places. Other leaves must be equal.
+    """
+    rs, os_ = _tensors(ref), _tensors(out)
+    if [k for k, _ in rs] != [k for k, _ in os_]:
+        return math.inf, f"the output structure changed ({len(rs)} -> {len(os_)} leaves)"
+    worst = 0.0
+    for (k, a), (_, b) in zip(rs, os_, strict=True):
+        if not isinstance(a, torch.Tensor):
+            if a != b:
+                return math.inf, f"{k} changed"
+            continue
+        if a.shape != b.shape:
+            return math.inf, f"{k} changed shape {tuple(a.shape)} -> {tuple(b.shape)}"
+        if not a.is_floating_point():
+            if not torch.equal(a, b):
+                return math.inf, f"{k} changed"
+            continue
+        a64, b64 = a.detach().double(), b.detach().double()
+        nan_a, nan_b = torch.isnan(a64), torch.isnan(b64)
+        if not torch.equal(nan_a, nan_b):
+            return math.inf, f"{k} has NaNs in other places"
+        fin = ~nan_a
+        if not bool(fin.any()):
+            continue
+        a64, b64 = a64[fin], b64[fin]
+        diff = (a64 - b64).abs()
+        d = float(diff.max())
+        worst = max(worst, d)
+        rtol = _RTOL.get(a.dtype, 1e-2)
+        scale = float(a64.abs().max())
+        if bool((diff > rtol * (a64.abs() + scale)).any()) or math.isnan(d):
+            return d, f"{k} differs by up to {d:.3g} (values up to {scale:.3g}, rtol {rtol:g})"
+    return worst, ""
+
+
+def _run(model: nn.Module, example_inputs: Any) -> Any:
+    """One forward pass in eval mode without autograd (every module's own mode restored afterwards)."""
     with _preserve_mode(model), torch.no_grad():
         model.eval()
-        _forward_fn(model, example_inputs)
+        return _forward_fn(model, example_inputs)
+
+
+def _norm_on_kept(m: nn.Module, x: torch.Tensor, out: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """What a pruned LayerNorm / GroupNorm computes, in the unpruned numbering (0 on the removed channels)."""
+    import torch.nn.functional as F
+
+    if isinstance(m, nn.GroupNorm):
+        n, dim = m.num_channels, 1
+    else:
+        n = m.normalized_shape[0]
+        dim = 1 if getattr(m, "data_format", "channels_last") == "channels_first" else -1
+    keep = torch.tensor(_keep(n, set(idx)), dtype=torch.long, device=x.device)
+    if x.shape[dim] != n or out.shape != x.shape:
+        return out.index_fill(dim, torch.tensor(idx, device=out.device), 0)
+    w = m.weight.index_select(0, keep) if getattr(m, "weight", None) is not None else None
+    b = m.bias.index_select(0, keep) if getattr(m, "bias", None) is not None else None
+    xs = x.index_select(dim, keep)
+    if isinstance(m, nn.GroupNorm):
+        ys = F.group_norm(xs, m.num_groups, w, b, m.eps)
+    else:
+        ys = F.layer_norm(xs.movedim(dim, -1), (len(keep),), w, b, m.eps).movedim(-1, dim)
+    return torch.zeros_like(out).index_copy(dim, keep, ys.to(out.dtype))
+
+
+def _out_hook(m: nn.Module, idx: list[int]) -> Any:
+    def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        if isinstance(mod, nn.MultiheadAttention) and isinstance(out, tuple) and isinstance(out[0], torch.Tensor):
+            t = out[0]
+            return (t.index_fill(-1, torch.tensor(idx, device=t.device), 0), *tuple(out[1:]))
+        if not isinstance(out, torch.Tensor):
+            return out
+        if isinstance(mod, nn.LayerNorm | nn.GroupNorm) and args and isinstance(args[0], torch.Tensor):
+            return _norm_on_kept(mod, args[0], out, idx)
+        dim = -1 if isinstance(mod, nn.Linear) else 1
+        return out.index_fill(dim, torch.tensor(idx, device=out.device), 0)
+    return hook
+
+
+def _in_hook(idx: list[int], dim: int) -> Any:
+    def hook(mod: nn.Module, args: tuple[Any, ...]) -> Any:
+        if not args or not isinstance(args[0], torch.Tensor):
+            return None
+        x = args[0]
+        return (x.index_fill(dim, torch.tensor(idx, device=x.device), 0), *tuple(args[1:]))
+    return hook
+
+
+@contextlib.contextmanager
+def _masked(modules: Mapping[str, nn.Module], rout: Mapping[str, set[int]], rin: Mapping[str, set[int]]
+            ) -> Iterator[None]:
+    """The model with the removed channels zeroed where they are produced and where they are read.
+
+    Producers (conv, linear, norm, depthwise conv) output 0 on the removed channels; consumers read 0 there;
+    a LayerNorm / GroupNorm on them normalises the kept channels only (what the pruned norm computes); a
+    MultiheadAttention losing heads also computes 0 in those heads (its q/k/v rows are zeroed meanwhile).
+    """
+    handles: list[Any] = []
+    saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    try:
+        for name, idx in rout.items():
+            m = modules[name]
+            handles.append(m.register_forward_hook(_out_hook(m, sorted(idx))))
+            if isinstance(m, nn.MultiheadAttention):
+                e = m.embed_dim
+                for t in (m.in_proj_weight, m.in_proj_bias):
+                    if t is not None:
+                        rows = torch.tensor([i + k * e for k in range(3) for i in sorted(idx)], device=t.device)
+                        saved.append((t, rows, t.detach()[rows].clone()))
+                        with torch.no_grad():
+                            t[rows] = 0
+        for name, idx in rin.items():
+            m = modules[name]
+            if isinstance(m, nn.Linear):
+                handles.append(m.register_forward_pre_hook(_in_hook(sorted(idx), -1)))
+            elif isinstance(m, nn.modules.conv._ConvNd):
+                handles.append(m.register_forward_pre_hook(_in_hook(sorted(idx), 1)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for t, rows, old in saved:
+                t[rows] = old
+
+
+def _approximate(g: _Group) -> str:
+    """Why removing channels of ``g`` is not plain masking (a norm over them), or ""."""
+    norms = [f"{type(m.target).__name__} {m.name!r}" for m in g.members
+             if isinstance(m.target, nn.LayerNorm | nn.GroupNorm)]
+    if not norms:
+        return ""
+    more = f" (+{len(norms) - 2} more)" if len(norms) > 2 else ""
+    return (f"{', '.join(norms[:2])}{more} renormalise(s) over the removed channels: checked against the masked "
+            "model with those norms computed over the kept channels")
+
+
+def _input_shapes(example_inputs: Any) -> Any:
+    """JSON-able shapes of the example inputs (for the history record)."""
+    if isinstance(example_inputs, torch.Tensor):
+        return [list(example_inputs.shape)]
+    if isinstance(example_inputs, Mapping):
+        return {str(k): list(v.shape) for k, v in example_inputs.items() if isinstance(v, torch.Tensor)}
+    if isinstance(example_inputs, list | tuple):
+        return [list(v.shape) for v in example_inputs if isinstance(v, torch.Tensor)]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------------------
 # public
 
 
-def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example_inputs: Any, *,
-                    min_channels: int = 1, round_to: int | None = None, clamp: bool = False,
-                    check: bool = True) -> SurgeryReport:
-    """Remove output channels / neurons in place, with everything coupled to them; return what was done.
-
-    ``plan`` maps a conv / linear / norm layer to channels to remove, in its current numbering. Removing a
-    channel of one member of a coupled group (e.g. one conv feeding a residual sum) removes it from the
-    whole group; two plan entries hitting one group are merged. The next layers' inputs shrink too
-    (through flatten, concat and split), as do BN / depthwise convs on those channels.
-
-    Every group keeps at least ``min_channels``; a plan that breaks this raises :class:`PrunekitError`
-    naming the layer, or with ``clamp=True`` the last-listed channels of that group are kept instead (list
-    the least important first). ``round_to`` keeps the remaining width of every touched group a multiple of
-    it (dropping last-listed removals). Nothing is changed when the plan is rejected. With ``check`` the
-    model is run once on ``example_inputs`` afterwards (and restored if that fails).
-    """
-    if not isinstance(min_channels, int) or min_channels < 1:
-        raise PrunekitError(f"remove_channels: min_channels must be an integer >= 1, got {min_channels!r}")
-    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-        raise PrunekitError(f"remove_channels: round_to must be a positive integer or None, got {round_to!r}")
-    norm = normalise_plan(plan)
-    report = SurgeryReport(params_before=count_params(model))
-    report.params_after = report.params_before
-    modules = dict(model.named_modules())
-    for name in norm:
-        if name not in modules or name == "":
-            raise PrunekitError(f"remove_channels: the model has no layer {name!r}")
-    if not any(norm.values()):
-        return report
-    an = analyse(model, example_inputs)
-    resolved = _resolve(an, norm, min_channels, round_to, clamp, report)
-
+def _plan_edits(model: nn.Module, modules: Mapping[str, nn.Module], resolved: list[tuple[_Group, list[int]]],
+                norm: Mapping[str, list[int]], report: SurgeryReport, min_channels: int
+                ) -> tuple[dict[str, set[int]], dict[str, set[int]], list[_Edit]]:
+    """Every new tensor and attribute for removing ``resolved`` (nothing is changed yet)."""
     rout: dict[str, set[int]] = {}
     rin: dict[str, set[int]] = {}
     params: dict[str, tuple[nn.Parameter, int, set[int]]] = {}
+    owners: dict[str, int] = {}  # attention module -> heads removed
     for g, rs in resolved:
         rset = set(rs)
         report.removed[g.name] = sorted(rs)
@@ -426,12 +624,19 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
             if not sel:
                 continue
             if isinstance(m.target, nn.Parameter):
-                p = params.setdefault(m.name, (m.target, m.pruning_dim or 0, set()))
+                dim = m.pruning_dim or 0
+                hd = g.head_dim()
+                if hd and m.target.shape[dim] == g.size // hd != g.size:  # a per-head parameter (bias table)
+                    sel = {r // hd for r in rset}
+                p = params.setdefault(m.name, (m.target, dim, set()))
                 p[2].update(sel)
             elif m.side == OUT:
                 rout.setdefault(m.name, set()).update(sel)
             else:
                 rin.setdefault(m.name, set()).update(sel)
+        for owner, hd in g.head_owners:
+            if not isinstance(modules.get(owner), nn.MultiheadAttention):
+                owners[owner] = max(owners.get(owner, 0), len(rs) // hd)
         for layer in norm:
             if any(m.name == layer for m in g.members if m.side == OUT):
                 others = [m.name for m in g.members if m.side == OUT and m.name != layer
@@ -447,10 +652,10 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
             raise PrunekitError(f"remove_channels: layer {name!r} has parametrizations (e.g. weight norm); "
                                 "remove them before surgery")
         before = _widths(m)
-        e = _edit_module(name, m, rout.get(name, set()), rin.get(name, set()))
-        if e.attrs or e.tensors:
-            edits.append(e)
-        after = _after_widths(m, e, before)
+        made = _edit_module(name, m, rout.get(name, set()), rin.get(name, set()))
+        made = made if isinstance(made, list) else [made]
+        edits += [e for e in made if e.attrs or e.tensors]
+        after = _after_widths(m, made[0], before)
         report.layers[name] = LayerChange(name, type(m).__name__, before[0], after[0], before[1], after[1],
                                           before[2], after[2])
     for pname, (p, dim, sel) in params.items():
@@ -459,27 +664,149 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
         keep = _keep(p.shape[dim], sel)
         edits.append(_Edit(owner, tensors={leaf: _as_param(p, _take(p, dim, keep))}))
         report.layers[pname] = LayerChange(pname, "Parameter", p.shape[dim], len(keep), p.shape[dim], len(keep))
+    for owner, gone in owners.items():
+        mod = modules[owner]
+        attrs: dict[str, Any] = {}
+        for a in HEAD_COUNT_ATTRS:
+            v = getattr(mod, a, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                attrs[a] = v - gone
+        heads = next(iter(attrs.values()), None)
+        size = getattr(mod, "all_head_size", None)
+        if heads is not None and isinstance(size, int) and not isinstance(size, bool):
+            attrs["all_head_size"] = size // (heads + gone) * heads
+        if attrs:
+            edits.append(_Edit(mod, attrs=attrs))
     for name, ch in report.layers.items():
         if ch.out_after is not None and ch.out_after < min_channels and ch.out_before != ch.out_after:
             raise PrunekitError(f"remove_channels: layer {name!r} would keep {ch.out_after} channels "
                                 f"(min_channels={min_channels})")
+    return rout, rin, edits
 
+
+def _after(model: nn.Module, example_inputs: Any, ref: Any) -> tuple[float, str]:
+    """Compare the (already pruned) model's output with ``ref``: (max diff, "" or what went wrong)."""
+    try:
+        out = _run(model, example_inputs)
+    except Exception as exc:
+        return math.inf, (f"the pruned model no longer runs ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
+    return compare_outputs(ref, out)
+
+
+def _attempt(model: nn.Module, modules: Mapping[str, nn.Module], example_inputs: Any,
+             resolved: list[tuple[_Group, list[int]]], norm: Mapping[str, list[int]], min_channels: int) -> str:
+    """Try one removal, check it and undo it; what went wrong ("" when it is exact)."""
+    rout, rin, edits = _plan_edits(model, modules, resolved, norm, SurgeryReport(), min_channels)
+    with _masked(modules, rout, rin):
+        ref = _run(model, example_inputs)
     undo = _commit(edits)
+    try:
+        return _after(model, example_inputs, ref)[1]
+    finally:
+        _rollback(undo)
+
+
+def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example_inputs: Any, *,
+                    min_channels: int = 1, round_to: int | None = None, clamp: bool = False,
+                    check: bool = True, num_heads: HeadsMap | None = None) -> SurgeryReport:
+    """Remove output channels / neurons in place, with everything coupled to them; return what was done.
+
+    ``plan`` maps a conv / linear / norm layer to channels to remove, in its current numbering. Removing a
+    channel of one member of a coupled group (e.g. one conv feeding a residual sum) removes it from the
+    whole group; two plan entries hitting one group are merged. The next layers' inputs shrink too
+    (through flatten, concat and split), as do BN / depthwise convs on those channels.
+
+    Attention: channels of q / k / v projections (they meet in a matmul) and of ``nn.MultiheadAttention``
+    go in whole heads only, and the head count held by the attention module (``num_heads``,
+    ``num_attention_heads``, ``all_head_size``, ...) is updated; ``num_heads`` (``{module or name: heads}``,
+    as in Torch-Pruning) declares heads of a module that holds no such attribute.
+
+    Every group keeps at least ``min_channels``; a plan that breaks this raises :class:`PrunekitError`
+    naming the layer, or with ``clamp=True`` the last-listed channels of that group are kept instead (list
+    the least important first). ``round_to`` keeps the remaining width of every touched group a multiple of
+    it (dropping last-listed removals). Nothing is changed when the plan is rejected.
+
+    With ``check`` (the default) removal is verified to equal masking: the output on ``example_inputs`` of
+    the model with the same channels zeroed where they are produced and read is recorded first, and the
+    pruned model must give the same output (see :func:`compare_outputs`); otherwise the model is restored
+    and :class:`PrunekitError` names the group. Costs two forward passes in eval mode (user hooks fire).
+    """
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise PrunekitError(f"remove_channels: min_channels must be an integer >= 1, got {min_channels!r}")
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise PrunekitError(f"remove_channels: round_to must be a positive integer or None, got {round_to!r}")
+    norm = normalise_plan(plan)
+    report = SurgeryReport(params_before=count_params(model))
+    report.params_after = report.params_before
+    modules = dict(model.named_modules())
+    for name in norm:
+        if name not in modules or name == "":
+            raise PrunekitError(f"remove_channels: the model has no layer {name!r}")
+    if not any(norm.values()):
+        return report
+    an = analyse(model, example_inputs, num_heads)
+    resolved = _resolve(an, norm, min_channels, round_to, clamp, report)
+    rout, rin, edits = _plan_edits(model, modules, resolved, norm, report, min_channels)
+    for g, _ in resolved:
+        why = _approximate(g)
+        if why:
+            report.approximate[g.name] = why
+    ref: Any = None
     if check:
         try:
-            _check_forward(model, example_inputs)
+            with _masked(modules, rout, rin):
+                ref = _run(model, example_inputs)
         except Exception as exc:
+            raise PrunekitError(f"remove_channels: the model does not run on example_inputs ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    undo = _commit(edits)
+    if check:
+        diff, problem = _after(model, example_inputs, ref)
+        if problem:
             _rollback(undo)
-            raise PrunekitError(f"remove_channels: the pruned model no longer runs ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the model was "
-                                "restored. This plan touches a pattern prunekit does not support") from None
+            culprit = [g.name for g, _ in resolved]
+            if len(resolved) > 1:
+                for one in resolved[:64]:
+                    if _attempt(model, modules, example_inputs, [one], norm, min_channels):
+                        culprit = [one[0].name]
+                        break
+            names = ", ".join(repr(c) for c in culprit[:4]) + (f" (+{len(culprit) - 4} more)" if len(culprit) > 4
+                                                              else "")
+            groups = {g.name: g for g, _ in resolved}
+            raise PrunekitError(f"remove_channels: removing channels of group {names} does not equal masking them: "
+                                f"{problem}; the model was restored ({_suspect(model, [groups[c] for c in culprit])})")
+        report.verified, report.max_diff = True, diff
     report.params_after = count_params(model)
+    op: dict[str, Any] = {"op": "channels", "removed": dict(report.removed),
+                          "input_shapes": _input_shapes(example_inputs)}
+    if num_heads:
+        op["num_heads"] = {k if isinstance(k, str) else _name_of(model, k): int(v) for k, v in num_heads.items()}
+    history.record(model, op)
     return report
+
+
+def _suspect(model: nn.Module, groups: list[_Group]) -> str:
+    """A hint at what reads the channels in a way removal cannot reproduce."""
+    for g in groups:
+        for m in g.members:
+            if isinstance(m.target, nn.Parameter):
+                owner = model.get_submodule(m.name.rpartition(".")[0]) if "." in m.name else model
+                if not type(owner).__module__.startswith("torch."):
+                    return (f"{m.name.rpartition('.')[0]!r} ({type(owner).__name__}) holds per-channel parameters "
+                            "of this group and may compute over all its channels")
+    return "a layer reads these channels in a way prunekit cannot shrink exactly, e.g. statistics over them"
+
+
+def _name_of(model: nn.Module, m: Any) -> str:
+    return next((n for n, x in model.named_modules() if x is m), str(m))
 
 
 def _after_widths(m: nn.Module, e: _Edit, before: tuple[int | None, int | None, int | None]
                   ) -> tuple[int | None, int | None, int | None]:
     a = e.attrs
+    if isinstance(m, nn.MultiheadAttention):
+        return a.get("embed_dim", before[0]), a.get("embed_dim", before[1]), a.get("num_heads", before[2])
     if isinstance(m, nn.modules.conv._ConvNd):
         return a.get("in_channels", before[0]), a.get("out_channels", before[1]), a.get("groups", before[2])
     if isinstance(m, nn.Linear):

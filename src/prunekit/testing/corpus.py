@@ -15,6 +15,7 @@ concatenation, squeeze-excitation, depthwise-separable convolutions, an MLP, and
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -289,7 +290,8 @@ NAMES = HF + list(HAND)
 def build(name: str, seed: int = 0, batch: int = 2) -> Network:
     """Build corpus entry ``name`` in eval mode with seeded random weights and a seeded input batch.
 
-    BatchNorm running statistics are randomised too, so a BN layer is not an identity on the example inputs.
+    BatchNorm running statistics are randomised too, and parameters initialised to a constant (norm scales,
+    zero biases, ConvNeXt layer-scales, GRN) get seeded noise, so no layer is an identity on the example inputs.
     """
     gen = torch.manual_seed(seed)
     if name in HAND:
@@ -302,7 +304,11 @@ def build(name: str, seed: int = 0, batch: int = 2) -> Network:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
                 m.running_mean.normal_(0, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
+                if m.running_var is not None:
+                    m.running_var.uniform_(0.5, 1.5, generator=gen)
+        for p in model.parameters():  # constant inits (norm scales, zero biases, GRN, layer-scale) are no-ops
+            if p.numel() > 1 and bool((p == p.flatten()[0]).all()):
+                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
     inputs = torch.randn(batch, 3, IMAGE, IMAGE, generator=gen)
     return Network(name, model.eval(), inputs, source)
 
@@ -310,3 +316,169 @@ def build(name: str, seed: int = 0, batch: int = 2) -> Network:
 def logits(output: Any) -> torch.Tensor:
     """The class scores of any corpus model's output (a tensor, or a HF ``ModelOutput`` with ``logits``)."""
     return output if isinstance(output, torch.Tensor) else output.logits
+
+
+# ---------------------------------------------------------------------------------------------------------
+# surgery capabilities checked on every entry (tests/test_surgery_corpus.py, benchmarks/corpus.py)
+
+
+@dataclass
+class Outcome:
+    """What one capability did on one network: how many units (groups / blocks) went, which were refused."""
+
+    done: int = 0
+    total: int = 0
+    refused: dict[str, str] | None = None
+    """Unit -> the one-line :class:`~prunekit.errors.PrunekitError` message that refused it."""
+    max_diff: float = 0.0
+    """Largest output difference against the reference (unchanged network / masked network)."""
+    note: str = ""
+
+    def cell(self) -> str:
+        """A matrix cell: ``done/total`` (``-`` when the network has no such unit)."""
+        if not self.total:
+            return "-"
+        return f"{self.done}/{self.total}" + (f" {self.note}" if self.note else "")
+
+
+def _renormalised(model: nn.Module, g: Any) -> bool:
+    return any(isinstance(model.get_submodule(n), nn.LayerNorm | nn.GroupNorm)
+               for n in g.norms if n in dict(model.named_modules()))
+
+
+def pick(g: Any, frac: float) -> list[int]:
+    """Channels of group ``g`` to remove: whole heads of an attention group, the same share of every chunk of
+    a grouped convolution, else every other channel up to ``frac`` of them."""
+    if g.head_dim:
+        heads = max(1, int(g.heads * frac)) if g.heads > 1 else 0
+        return [h * g.head_dim + j for h in range(heads) for j in range(g.head_dim)]
+    per = g.size // g.chunks
+    k = min(per - 1, max(1, int(per * frac)))
+    return [c * per + i for c in range(g.chunks) for i in range(0, per, max(1, per // k))[:k]] if k > 0 else []
+
+
+@torch.no_grad()
+def kill(model: nn.Module, g: Any, channels: list[int]) -> None:
+    """Make ``channels`` of group ``g`` dead: their filters, biases and norm scales / shifts set to 0."""
+    mods = dict(model.named_modules())
+    for name in (*g.layers, *g.norms):
+        m = mods.get(name)
+        if m is None:  # a bare per-channel parameter: it multiplies, leave it
+            continue
+        rows = [i for i in g.layer_indices(name, channels) if i >= 0]
+        if isinstance(m, nn.MultiheadAttention):
+            m = m.out_proj
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor):
+            if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
+                w[:, rows] = 0
+            else:
+                w[rows] = 0
+        b = getattr(m, "bias", None)
+        if isinstance(b, torch.Tensor):
+            b[rows] = 0
+
+
+def _remove(model: nn.Module, inputs: Any, plan: dict[str, list[int]], refused: dict[str, str]) -> Any:
+    """remove_channels with the whole plan; a refused group is noted and the rest retried."""
+    from prunekit.errors import PrunekitError
+    from prunekit.surgery import remove_channels
+
+    plan = {k: v for k, v in plan.items() if v}
+    while plan:
+        try:
+            return remove_channels(model, plan, inputs)
+        except PrunekitError as exc:
+            msg = str(exc)
+            culprit = next((k for k in plan if repr(k) in msg), None)
+            if culprit is None:  # the message names a member: find the group alone
+                for k in plan:
+                    try:
+                        remove_channels(copy.deepcopy(model), {k: plan[k]}, inputs)
+                    except PrunekitError:
+                        culprit = k
+                        break
+            culprit = culprit or next(iter(plan))
+            refused[culprit] = msg
+            del plan[culprit]
+    return None
+
+
+def remove_dead_channels(net: Network, frac: float = 0.25) -> Outcome:
+    """Kill some channels of every prunable group whose removal is exact by nature (no LayerNorm / GroupNorm
+    over them), remove them all in one call, and compare the output with the unpruned network's."""
+    from prunekit.surgery import channel_groups
+
+    model = copy.deepcopy(net.model)
+    groups = channel_groups(model, net.inputs)
+    exact = [g for g in groups if not _renormalised(model, g)]
+    plan = {g.name: pick(g, frac) for g in exact}
+    for g in exact:
+        kill(model, g, plan[g.name])
+    with torch.no_grad():
+        y0 = logits(model(net.inputs))
+    out = Outcome(total=len(exact), refused={})
+    report = _remove(model, net.inputs, plan, out.refused)
+    if report is not None:
+        with torch.no_grad():
+            out.max_diff = float((logits(model(net.inputs)) - y0).abs().max())
+        out.done = len(report.removed)
+    if len(groups) > len(exact):
+        out.note = f"(+{len(groups) - len(exact)} LN/GN)"
+    return out
+
+
+def remove_live_channels(net: Network, frac: float = 0.5) -> Outcome:
+    """Remove ``frac`` of the channels of every prunable group (live weights) in one call; each removal is
+    verified by the surgery itself against the masked network."""
+    from prunekit.surgery import channel_groups
+
+    model = copy.deepcopy(net.model)
+    groups = channel_groups(model, net.inputs)
+    out = Outcome(total=len(groups), refused={})
+    report = _remove(model, net.inputs, {g.name: pick(g, frac) for g in groups}, out.refused)
+    if report is not None:
+        assert report.verified
+        out.done, out.max_diff = len(report.removed), report.max_diff
+        if report.approximate:
+            out.note = f"({len(report.approximate)} LN/GN)"
+    return out
+
+
+def remove_dead_blocks(net: Network) -> Outcome:
+    """Zero the branch of every residual block found in the graph, remove them all, compare the output."""
+    from prunekit.errors import PrunekitError
+    from prunekit.surgery import block_analysis, remove_blocks
+
+    model = copy.deepcopy(net.model)
+    infos = {n: i for n, i in block_analysis(model, net.inputs).items() if i.removable}
+    out = Outcome(total=len(infos), refused={})
+    if not infos:
+        return out
+    with torch.no_grad():
+        for info in infos.values():
+            for end in info.branch_ends:
+                m = model.get_submodule(end)
+                ps = list(m.parameters())
+                for p in ps:
+                    p.zero_()
+                if not ps:
+                    m.register_forward_hook(lambda mod, a, y: torch.zeros_like(y))
+        y0 = logits(model(net.inputs))
+    try:
+        remove_blocks(model, list(infos), net.inputs)
+    except PrunekitError as exc:
+        out.refused = {"blocks": str(exc)}
+        return out
+    with torch.no_grad():
+        out.max_diff = float((logits(model(net.inputs)) - y0).abs().max())
+    out.done = len(infos)
+    return out
+
+
+CAPABILITIES: dict[str, Callable[[Network], Outcome]] = {
+    "dead channels": remove_dead_channels,
+    "live channels": remove_live_channels,
+    "dead blocks": remove_dead_blocks,
+}
+"""Capability name -> check on one corpus network (the columns of the corpus matrix)."""
