@@ -233,12 +233,19 @@ def test_ctrl_c_in_the_first_second_is_one_line(tmp_path: Path, delay: float) ->
 # -------------------------------------------------------------------------- 22. hints that point somewhere
 
 
-def test_the_download_hint_is_a_real_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_download_hint_is_a_real_option(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The not-found message's CLI hint is an option the CLI and the config accept."""
     import re
     import shlex
 
     from prunekit import config
+    from prunekit.data import loaders
+
+    monkeypatch.delenv("PRUNEKIT_DATA", raising=False)  # no MNIST anywhere: the not-found message
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loaders, "_repo_root", lambda: None)
+    monkeypatch.setattr(loaders, "SYSTEM_DIRS", {})
 
     empty = tmp_path / "empty"
     empty.mkdir()
