@@ -504,6 +504,29 @@ def test_checkpoint_architecture_that_does_not_fit_the_data(tmp_path: Path, kwar
     check_fits_data(tmp_path / "c.safetensors", models.create("lenet5", input_size=8), (1, 8, 8), 10)
 
 
+def test_resume_with_an_architecture_that_does_not_fit_is_one_line(
+        tmp_path: Path, finished_run: tuple[Path, dict], capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the CLI: the Trainer checks a restored network against the run's data before training."""
+    import copy
+    import shutil
+
+    from prunekit.engine import save_checkpoint
+
+    cfg, good = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(cfg.parent / "run", out)
+    forged = models.create("lenet5", input_size=28)  # weights consistent with it, data is 8x8 digits
+    state = copy.deepcopy(good)
+    state.update(architecture=io.architecture(forged), model=dict(forged.state_dict()))
+    for opt in state["optimizers"]:  # no momentum yet (buffers shaped like the old weights would be refused)
+        opt["state"] = {}
+    save_checkpoint(out / "checkpoint.safetensors", state)
+    capsys.readouterr()
+    err = _one_line(capsys, cli.main(["train", str(cfg), "--out", str(out), "--quiet", "--resume",
+                                      "--set", "train.max_steps_per_epoch=2"]))
+    assert "the checkpoint's network does not take this run's (1, 8, 8) inputs" in err, err
+
+
 # ------------------------------------------------------------- 7. bounded work from a hostile model file
 
 
