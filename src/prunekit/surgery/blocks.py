@@ -307,22 +307,25 @@ def _local(m: nn.Module) -> tuple[nn.Module, torch.Tensor, BlockInfo | None]:
 def residual_blocks(model: nn.Module, example_inputs: Any = None) -> list[str]:
     """Names of the residual blocks :func:`remove_blocks` can remove, found in the traced graph, in module order.
 
-    Without ``example_inputs`` (old call) the candidates are the modules :func:`block_kind` recognises, each
-    checked in its own graph on a guessed input.
+    Without ``example_inputs`` (old call, kept for counting depth) the modules :func:`block_kind` recognises,
+    whatever their shortcut; nothing is removed on that basis (see :func:`removable_blocks`).
     """
     if example_inputs is None:
-        out = []
-        for n, m in model.named_modules():
-            if n and block_kind(m) is not None:
-                info = _local(m)[2]
-                if info is not None and info.removable:
-                    out.append(n)
-        return out
+        return [n for n, m in model.named_modules() if n and block_kind(m) is not None]
     return [n for n, i in block_analysis(model, example_inputs).items() if i.removable]
 
 
 def removable_blocks(model: nn.Module, example_inputs: Any = None) -> list[str]:
-    """Names of the blocks :func:`remove_blocks` accepts (identity shortcut); same as :func:`residual_blocks`."""
+    """Names of the blocks :func:`remove_blocks` accepts: with ``example_inputs`` :func:`residual_blocks`;
+    without (old call) the :func:`block_kind` candidates whose own graph, on an input guessed from their first
+    conv / linear layer, is ``act(x + branch)`` with an identity shortcut."""
+    if example_inputs is None:
+        out = []
+        for n in residual_blocks(model):
+            info = _local(model.get_submodule(n))[2]
+            if info is not None and info.removable:
+                out.append(n)
+        return out
     return residual_blocks(model, example_inputs)
 
 
