@@ -961,3 +961,18 @@ def test_blocks_called_with_extra_arguments_become_skips_and_projections_are_ref
     with pytest.raises(PrunekitError, match=r"stages.0.layers.0' \(ResNetBottleNeckLayer\) cannot be removed: its "
                                             r"shortcut changes the shape"):
         remove_blocks(net.model, ["resnet.encoder.stages.0.layers.0"], net.inputs)
+
+
+def test_zero_plan_lists_whole_dead_heads_only() -> None:
+    from prunekit.testing import corpus
+
+    net = corpus.build("hf-vit")
+    qkv = [f"vit.layers.0.attention.{p}_proj" for p in "qkv"]
+    _dead(net.model, qkv, [3, *range(16, 24)])
+    plan = zero_channel_plan(net.model, net.inputs)
+    assert plan[qkv[0]] == list(range(16, 24))
+    with torch.no_grad():
+        y0 = corpus.logits(net.model(net.inputs))
+    remove_channels(net.model, {qkv[0]: plan[qkv[0]]}, net.inputs)
+    with torch.no_grad():
+        assert float((corpus.logits(net.model(net.inputs)) - y0).abs().max()) <= 1e-5

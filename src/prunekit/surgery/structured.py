@@ -834,7 +834,7 @@ def zero_channel_plan(model: nn.Module, example_inputs: Any, *, layers: Iterable
     both zero (what SSS / slimming produce). The result is keyed by group root and can be passed to
     :func:`remove_channels` as is. Extra per-channel parameters (scaling factors) are assumed to multiply.
     Groups normalised by GroupNorm / LayerNorm are skipped: their statistics span several channels, so even
-    a zero channel cannot be removed exactly.
+    a zero channel cannot be removed exactly. In attention groups only whole dead heads are listed.
     """
     an = analyse(model, example_inputs)
     wanted = set(layers) if layers is not None else None
@@ -890,6 +890,9 @@ def zero_channel_plan(model: nn.Module, example_inputs: Any, *, layers: Iterable
                 prod_zero[src] = pz
         for z in prod_zero.values():
             ok &= z
+        hd = g.head_dim()
+        if hd and g.size % hd == 0:  # attention: whole dead heads only
+            ok = ok.view(-1, hd).all(1, keepdim=True).expand(-1, hd).reshape(-1)
         if bool(ok.any()):
             plan[g.name] = [int(i) for i in torch.nonzero(ok).flatten()]
     return plan
