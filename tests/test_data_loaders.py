@@ -283,6 +283,7 @@ def test_repo_relative_shared_folder_is_searched():
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path, no_system_data):
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(PrunekitError) as e:
         data.load("mnist", root=tmp_path / "nothing")
     one_line_error(e, "not found", str(tmp_path / "nothing"), "download=True", "train-images-idx3-ubyte")
@@ -604,3 +605,50 @@ def test_sample_is_seeded_random_and_ordered():
     assert set(a.labels.tolist()) == {0, 1, 2, 3}  # not just the first class
     assert not torch.equal(a.labels, ds.sample(40, seed=2).labels)
     assert len(ds.sample(500)) == 200
+
+
+def test_explicit_root_that_does_not_exist_is_an_error_not_a_fallback(tmp_path, no_system_data):
+    """./data/mnist exists (a fallback folder), but the user named another folder: that typo is an error."""
+    write_mnist(tmp_path / "data" / "mnist", n={"train": 3, "test": 2})
+    assert len(data.load("mnist")) == 3  # no root: the search finds ./data/mnist
+    for root in (tmp_path / "typo", "~/no-such-prunekit-folder"):
+        with pytest.raises(PrunekitError) as e:
+            data.load("mnist", root=root)
+        one_line_error(e, str(root), "does not exist")
+    from prunekit import cli
+
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("model: {name: lenet5}\ndata: {name: mnist}\ntrain: {epochs: 1, device: cpu}\n")
+    assert cli.main(["train", str(cfg), "--data-dir", str(tmp_path / "typo"), "--out", str(tmp_path / "r")]) == 2
+    assert cli.main(["eval", "lenet5", "--data", "mnist", "--data-dir", str(tmp_path / "typo")]) == 2
+
+
+def _restore_stat(path: Path, st: os.stat_result) -> None:
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # what cp -p and rsync -t do
+
+
+def test_cache_sees_a_same_size_change_with_the_old_mtime(tmp_path):
+    """The labels file is replaced by one of the same size and given back its old mtime: new labels load."""
+    write_mnist(tmp_path / "mnist", n={"train": 12, "test": 7}, gz=False)
+    first = data.load("mnist", "train", root=tmp_path)
+    lab = tmp_path / "mnist" / "train-labels-idx1-ubyte"
+    st = lab.stat()
+    new = (first.labels.numpy() + 1) % 10
+    lab.write_bytes(idx_bytes(new.astype(np.uint8), 2049))
+    _restore_stat(lab, st)
+    assert lab.stat().st_size == st.st_size and lab.stat().st_mtime_ns == st.st_mtime_ns
+    assert data.load("mnist", "train", root=tmp_path).labels.tolist() == new.tolist()
+
+
+def test_image_folder_cache_sees_a_same_size_change_with_the_old_mtime(tmp_path):
+    write_image_folder(tmp_path / "imgs", fmt="BMP")  # BMP: a changed pixel keeps the file size
+    before = data.load("imagefolder", "train", root=tmp_path / "imgs")
+    f = tmp_path / "imgs" / "train" / "a_cat" / "0.bmp"
+    st = f.stat()
+    arr = np.asarray(Image.open(f)).copy()
+    arr[0, 0] = 255 - arr[0, 0]
+    f.write_bytes(image_bytes(arr, "BMP"))
+    _restore_stat(f, st)
+    assert f.stat().st_size == st.st_size
+    after = data.load("imagefolder", "train", root=tmp_path / "imgs")
+    assert not torch.equal(before.images, after.images)

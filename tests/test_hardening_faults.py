@@ -1,11 +1,13 @@
 """Faults: kill -9 at random moments, NaN/inf, disk full and unwritable output folders.
 
-The kill test drives the real command line in subprocesses; the others call ``cli.main`` in-process so the
-atomic writer can be monkeypatched. ``PRUNEKIT_SLOW_TESTS=1`` enables a longer kill loop.
+The kill test drives the real command line in subprocesses; the disk-full tests write to a real small file
+system (a tmpfs or loop mount; skipped where the machine allows neither). ``PRUNEKIT_SLOW_TESTS=1`` enables a
+longer kill loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -14,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -188,45 +191,69 @@ def _train_args(cfg: Path, out: Path, *extra: str) -> list[str]:
     return ["train", str(cfg), "--out", str(out), "--quiet", "--set", "train.checkpoint_every_steps=5", *extra]
 
 
-@pytest.mark.parametrize("where", ["write", "fsync"])
-def test_disk_full_is_one_line_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str], where: str) -> None:
-    """The third checkpoint write hits ENOSPC (half the bytes written, or at fsync): the run stops at once
-    with one line, the second checkpoint is still on disk and loads, and no temporary file is left."""
-    import safetensors.torch
+@contextlib.contextmanager
+def _small_file_system(folder: Path, size_kb: int) -> Iterator[Path]:
+    """A real file system of ``size_kb`` kB mounted at ``folder``: a tmpfs, else a loop-mounted ext4 image;
+    the test is skipped (saying why) where this machine allows neither (not root, no CAP_SYS_ADMIN)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tried = []
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        tried.append(f"tmpfs: {res.stderr.strip() or res.returncode}")
+        image = folder.parent / f"{folder.name}.img"
+        with open(image, "wb") as fh:
+            fh.truncate(max(size_kb, 512) * 1024)
+        mk = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], capture_output=True, text=True)
+        res = subprocess.run(["mount", "-o", "loop", str(image), str(folder)], capture_output=True, text=True) \
+            if mk.returncode == 0 else mk
+        if res.returncode != 0:
+            tried.append(f"loop image: {res.stderr.strip() or res.returncode}")
+            pytest.skip("cannot mount a small file system here (" + "; ".join(tried) + ")")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
+
+def _fill(folder: Path, leave: int) -> None:
+    """Fill the file system of ``folder`` with a real file, leaving about ``leave`` bytes free."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    with open(folder / "ballast", "wb") as fh:
+        with contextlib.suppress(OSError):
+            fh.write(b"\0" * max(0, free - leave))
+
+
+def test_disk_full_is_one_line_and_keeps_the_last_checkpoint(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A real 1.6 MB file system: the first checkpoint (1.06 MB) fits, the second cannot (old one plus the new
+    temporary file): the run stops at once with one line naming the checkpoint, the first checkpoint is still
+    on disk and loads, and no temporary file is left."""
     cfg = tmp_path / "t.yaml"
     cfg.write_text(TRAIN_YAML)
-    out = tmp_path / "run"
-    calls = {"n": 0}
-    real_save, real_fsync = safetensors.torch.save_file, os.fsync
+    with _small_file_system(tmp_path / "small", 1600) as out:
+        err = _one_line(capsys, cli.main(_train_args(cfg, out)))
+        assert "No space left on device" in err and str(out / "checkpoint.safetensors") in err, err
+        assert "intact" in err and ".tmp" not in err, err
+        assert load_checkpoint(out / "checkpoint.safetensors")["position"]["step"] == 5
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+        assert not (out / "model.safetensors").exists()
 
-    def full_disk_save(tensors, filename, metadata=None):
-        calls["n"] += 1
-        if calls["n"] >= 3 and Path(filename).name.startswith(".checkpoint"):
-            real_save(tensors, filename, metadata=metadata)
-            Path(filename).write_bytes(Path(filename).read_bytes()[:1000])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_save(tensors, filename, metadata=metadata)
 
-    def full_disk_fsync(fd: int) -> None:
-        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(".checkpoint"):
-            calls["n"] += 1
-            if calls["n"] >= 3:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_fsync(fd)
-
-    if where == "write":
-        monkeypatch.setattr(safetensors.torch, "save_file", full_disk_save)
-    else:
-        if not Path("/proc/self/fd").is_dir():
-            pytest.skip("needs /proc/self/fd to tell the checkpoint's fsync apart")
-        monkeypatch.setattr(os, "fsync", full_disk_fsync)
-    err = _one_line(capsys, cli.main(_train_args(cfg, out)))
-    assert "No space left on device" in err and "checkpoint.safetensors" in err and "intact" in err, err
-    assert load_checkpoint(out / "checkpoint.safetensors")["position"]["step"] == 10
-    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
-    assert not (out / "model.safetensors").exists()
+@pytest.mark.parametrize("to", ["dense", "sparse", "onnx"])
+def test_export_to_a_full_disk_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], to: str) -> None:
+    """A real full file system under a model, sparse or ONNX export: one line naming the target, the file
+    that was there before intact, no temporary file left."""
+    model = io.save(models.create("lenet5", input_size=8), tmp_path / "m.safetensors")
+    with _small_file_system(tmp_path / "small", 256) as folder:
+        target = folder / "out.bin"
+        target.write_bytes(b"old")
+        _fill(folder, 16 * 1024)
+        err = _one_line(capsys, cli.main(["export", str(model), "--to", to, "--out", str(target)]))
+        assert "No space left on device" in err and f"{target}: cannot write" in err and ".tmp" not in err, err
+        assert target.read_bytes() == b"old"
+        assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_unwritable_output_folder_fails_before_any_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -14,9 +14,23 @@ from typing import Any, NoReturn
 from prunekit.errors import PrunekitError
 
 
+def escape(text: str) -> str:
+    """``text`` with every non-printable character (newline, carriage return, ANSI escape, bidi control) written
+    as a Python escape such as ``\\n`` or ``\\x1b``, so a path or a string from a file cannot forge lines,
+    colours or a fake ``prunekit:`` line in what the command prints."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
+def fail(message: object) -> int:
+    """Print the one ``prunekit: error:`` line (the only place that prints it) and return exit code 2."""
+    print(f"prunekit: error: {escape(str(message))}", file=sys.stderr)
+    return 2
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
-        self.exit(2, f"prunekit: error: {message} (see: {self.prog} --help)\n")
+        sys.exit(fail(f"{message} (see: {self.prog} --help)"))
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -27,6 +41,19 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
     p.add_argument("--data-dir", help="where the dataset files are (sets data.root)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_max_macs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-macs", type=float, default=None, metavar="N",
+                   help="refuse a network costing more MACs per sample (default 2e10, or $PRUNEKIT_MAX_MACS); "
+                        "checked on the meta device before anything runs")
+
+
+def _check_bounds(model: Any, shape: tuple[int, ...], args: argparse.Namespace) -> None:
+    """Refuse a model whose cost per sample (MACs, largest layer output) is beyond the limits, before it runs."""
+    from prunekit.metrics.counting import check_bounds
+
+    check_bounds(model, shape, max_macs=args.max_macs, what=args.model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--batch-size", type=int, default=512)
+    _add_max_macs(p)
     p = sub.add_parser("info", help="per-layer table of a zoo model or a saved model")
     p.add_argument("model", help="a zoo name (e.g. resnet56) or a prunekit model file")
     p.add_argument("--input-shape", default=None, help="C,H,W (default: the model's usual input)")
+    _add_max_macs(p)
     p = sub.add_parser("export", help="export a saved model (onnx, or a sparse file that stores only non-zeros)")
     p.add_argument("model")
     p.add_argument("--to", choices=["onnx", "sparse", "dense"], required=True)
@@ -52,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", default=None, help="C,H,W for ONNX tracing")
     p.add_argument("--fold-bn", action="store_true",
                    help="fold every BatchNorm that follows a conv into that conv first (the deployed form)")
+    _add_max_macs(p)
     p = sub.add_parser("compare", help="run every listed method and peer at the same budgets, over seeds: "
                                        "results.csv, summary.md and plots")
     p.add_argument("config", help="comparison YAML (see configs/compare/)")
@@ -88,9 +118,19 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 
 def _load_any(spec: str) -> Any:
     """A model file (dense or sparse), or a zoo name."""
-    from prunekit import io, models
+    import stat
 
-    if Path(spec).suffix == ".safetensors" or Path(spec).exists():
+    from prunekit import io, models
+    from prunekit._atomic import file_kind
+
+    try:
+        mode = Path(spec).stat().st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise PrunekitError(f"{spec}: is {file_kind(mode)}, not a model file; pass a prunekit model file "
+                            "(.safetensors) or a zoo name")
+    if Path(spec).suffix == ".safetensors" or mode is not None:
         return io.load(spec)
     return models.create(spec)
 
@@ -130,6 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = _load_any(args.model)
     ds = data.load(args.data, args.split, root=args.data_dir)
+    _check_bounds(model, tuple(ds.images.shape[1:]), args)
     res = engine.evaluate(model, ds, batch_size=args.batch_size, device=engine.pick_device("auto"))
     print(f"{args.model}: {args.data}/{args.split}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
           f"loss {res['loss']:.4f}  ({len(ds)} images)")
@@ -143,6 +184,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     model = _load_any(args.model).eval()
     shape = _shape(args.input_shape) or _default_shape(model)
+    _check_bounds(model, shape, args)
     x = torch.zeros((1, *shape))
     rows = metrics.layer_table(model, x)
     print(metrics.format_table(rows))
@@ -158,6 +200,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from prunekit._atomic import atomic_path
 
     model = _load_any(args.model).eval()
+    shape = _shape(args.input_shape) or getattr(model, "input_shape", None)
+    if shape is not None:
+        _check_bounds(model, tuple(shape), args)
     if args.fold_bn:
         pairs = surgery.fold_batchnorm(model)
         print(f"folded {len(pairs)} BatchNorm layer(s) into their convolutions")
@@ -198,6 +243,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(args.runs) == 1 and (Path(args.runs[0]) / "results.csv").is_file():  # a compare folder
         from prunekit import compare
 
+        reports.check_results_csv(Path(args.runs[0]) / "results.csv", compare._INT, compare._FLOAT)
         written = compare.report(args.runs[0])
         print(compare.markdown(compare.summarize(compare.read_results(args.runs[0]))))
         print("wrote " + ", ".join(str(p) for p in written))
@@ -224,12 +270,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``prunekit`` command."""
-    args = build_parser().parse_args(argv)
-    from prunekit.engine import distributed
+    """Entry point of the ``prunekit`` command.
 
+    Everything, the heavy imports included, runs under one handler: bad input is one escaped line and exit 2,
+    Ctrl-C at any moment (even while torch is still being imported) is one line and exit 130.
+    """
+    command: str | None = None
+    shutdown: Any = None
     finished = False
     try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        from prunekit.engine import distributed
+
+        shutdown = distributed.shutdown
         if args.command in ("train", "prune", "compare"):
             distributed.init_from_env()  # under torchrun: join the process group (a no-op otherwise)
         if args.command in ("train", "prune"):
@@ -241,18 +295,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         finished = True
         return rc
     except PrunekitError as exc:
-        print(f"prunekit: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     except KeyboardInterrupt:
-        print("prunekit: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        hint = "; rerun with --resume to continue from the last checkpoint" if command in ("train", "prune") else ""
+        print(f"prunekit: interrupted{hint}", file=sys.stderr)
         return 130
     except OSError as exc:  # disk full, permission denied: the user's environment, not a bug
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"prunekit: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return fail(f"{where}{exc.strerror or exc}")
     finally:
-        distributed.shutdown(wait=finished)  # under torchrun: leave the group; a no-op in one process
-
+        if shutdown is not None:
+            shutdown(wait=finished)  # under torchrun: leave the group; a no-op in one process
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Decoded-array cache: ``.npz`` files (no pickle) keyed by the source files' path, size and mtime.
+"""Decoded-array cache: ``.npz`` files (no pickle) keyed by the source files' path, size and content.
 
 Decoding 60,000 JPEGs takes seconds; reading the cached arrays back takes a fraction of one. The cache file
-name depends on the source paths and decoding parameters; the stored key also covers each file's size and
-modification time, so a changed source is re-decoded and its entry overwritten. A cache file that cannot be
+name depends on the source paths and decoding parameters; the stored key also covers each file's size and a
+SHA-256 digest of its bytes (hashing runs at disk speed, far faster than decoding), so a changed source is
+re-decoded and its entry overwritten, even when it kept the old size and modification time (``cp -p``,
+``rsync -t``). A cache file that cannot be
 read or does not pass the checks is ignored and rebuilt; a cache folder that cannot be written only costs
 speed, never the load.
 """
@@ -22,7 +24,8 @@ import numpy as np
 
 from prunekit._atomic import atomic_path
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed on content, not mtime
+_CHUNK = 1 << 20
 _KEY = "__cache_key__"
 
 
@@ -36,12 +39,20 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "prunekit"
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (the fastest stdlib hash on CPUs with SHA extensions)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def source_fingerprint(paths: Iterable[Path]) -> list[list]:
-    """Identity of each source file: absolute path, size and mtime (ns)."""
+    """Identity of each source file: absolute path, size and content digest."""
     out = []
     for p in paths:
-        st = os.stat(p)
-        out.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
+        out.append([str(Path(p).resolve()), os.stat(p).st_size, file_digest(p)])
     return out
 
 
@@ -59,7 +70,7 @@ def entry(
     """(cache file, key) for arrays decoded from ``sources`` with ``params``.
 
     The file name depends on the kind, params and source paths; the key also covers the sources' sizes and
-    mtimes (or ``fingerprint`` when given, e.g. for folders of many images).
+    contents (or ``fingerprint`` when given, e.g. for folders of many images).
     """
     ident = {
         "v": CACHE_VERSION,

@@ -1,6 +1,7 @@
 """Named datasets: where their files are looked for, how they are decoded, and ``load()`` / ``names()``.
 
-Search order for file-based datasets (first folder that has the files wins): ``root`` and ``root/<name>``,
+Search order for file-based datasets (first folder that has the files wins): ``root`` and ``root/<name>`` (an
+explicit ``root`` that does not exist is an error, never a fallback to the folders after it),
 ``$PRUNEKIT_DATA/<name>``, ``./data/<name>``, ``../shared/datasets/<name>`` relative to the working directory
 and to the prunekit checkout, then system folders (Debian's ``/usr/share/datasets/fashion-mnist``).
 ``download=True`` fetches the official release into ``root/<name>`` (else ``$PRUNEKIT_DATA/<name>``, else
@@ -110,7 +111,7 @@ def download_dir(name: str, root: str | os.PathLike | None) -> Path:
 
 
 def _not_found(name: str, split: str, dirs: list[Path], wanted: str) -> PrunekitError:
-    how = "pass download=True (CLI: --download) to fetch it, or " if name in RELEASES else ""
+    how = "pass download=True (CLI: --set data.download=true) to fetch it, or " if name in RELEASES else ""
     looked = ", ".join(str(d) for d in dirs)
     return PrunekitError(
         f"dataset {name!r} ({split}) not found: looked for {wanted} in {looked}; {how}put the files in "
@@ -123,6 +124,11 @@ def _locate(name: str, split: str, root: str | os.PathLike | None, download: boo
     """The first search folder where ``probe`` finds the files; else download the release (when asked) and
     probe its folder; else one clear error naming every folder looked in."""
     dirs = search_dirs(name, root)
+    if root is not None and not os.path.exists(Path(root).expanduser()):
+        if not download:
+            raise PrunekitError(f"data folder {str(root)!r} (data.root / --data-dir) does not exist; fix the path, "
+                                "or leave it unset to search the default folders")
+        dirs = []  # an explicit folder to download into: never a fallback to ./data or ../shared
     found = next((f for d in dirs if (f := probe(d)) is not None), None)
     if found is None and download:
         dest = download_dir(name, root)
@@ -450,9 +456,9 @@ def _folder_arrays(
     )
 
 
-def _stat(p: Path) -> tuple[int, int]:
-    st = p.stat()
-    return st.st_size, st.st_mtime_ns
+def _stat(p: Path) -> tuple[int, str]:
+    """Size and content digest of one image (the cache key: a same-size edit that kept the mtime counts)."""
+    return p.stat().st_size, _cache.file_digest(p)
 
 
 def _parse_size(size: object) -> tuple[int, int] | None:

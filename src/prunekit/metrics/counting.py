@@ -17,6 +17,7 @@ Counts are **per sample**: the totals of one forward pass on ``example_inputs`` 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -243,3 +244,91 @@ def sparsity(model: nn.Module) -> dict[str, float]:
         zeros, total = zeros + z, total + n
     out["global"] = zeros / total if total else 0.0
     return out
+
+
+# ---------------------------------------------------------------------------------------------- bounds
+
+DEFAULT_MAX_MACS = 20 * 10**9  # per sample: above every zoo network (VGG-16 on ImageNet: 15.5 G)
+DEFAULT_MAX_ACTIVATION = 2**26  # values in one layer's output per sample (256 MB in float32; VGG-16: 3.2 M)
+MACS_ENV = "PRUNEKIT_MAX_MACS"
+ACTIVATION_ENV = "PRUNEKIT_MAX_ACTIVATION"
+
+
+@dataclass
+class Bounds:
+    """What :func:`check_bounds` measured on the meta device (per sample)."""
+
+    macs: int
+    largest_activation: int
+    largest_layer: str
+
+
+def _limit(value: float | int | None, env: str, default: int) -> int:
+    from prunekit.errors import PrunekitError
+
+    if value is None:
+        text = os.environ.get(env, "").strip()
+        if not text:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise PrunekitError(f"{env}={text!r}: expected a number such as 5e10") from None
+    if isinstance(value, bool) or not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise PrunekitError(f"limit {value!r} ({env}): expected a positive number such as 5e10")
+    return int(value)
+
+
+def check_bounds(model: nn.Module, input_shape: tuple[int, ...], *, max_macs: float | None = None,
+                 max_activation: float | None = None, what: str = "the model") -> Bounds | None:
+    """Refuse (one PrunekitError) a network whose forward pass on one sample of ``input_shape`` would cost more
+    than ``max_macs`` MACs or produce a layer output of more than ``max_activation`` values.
+
+    Measured from the architecture alone, on the meta device: nothing is computed or allocated, so a small
+    hostile file (a convolution with padding 1500) is refused before ``info`` / ``eval`` / ``export`` run it.
+    The limits default to :data:`DEFAULT_MAX_MACS` / :data:`DEFAULT_MAX_ACTIVATION`, or ``$PRUNEKIT_MAX_MACS``
+    / ``$PRUNEKIT_MAX_ACTIVATION``; raise them for a network that really is that large. Returns the figures,
+    or None when the network cannot run on the meta device (then the real run reports its own errors).
+    """
+    from torch.func import functional_call
+
+    from prunekit.errors import PrunekitError
+
+    mac_limit = _limit(max_macs, MACS_ENV, DEFAULT_MAX_MACS)
+    act_limit = _limit(max_activation, ACTIVATION_ENV, DEFAULT_MAX_ACTIVATION)
+    shape = tuple(int(v) for v in input_shape)
+    where = f"at input {','.join(map(str, shape))}"
+    if math.prod(shape) > act_limit:
+        raise PrunekitError(f"{what}: an input of {','.join(map(str, shape))} holds {math.prod(shape):,} values per "
+                            f"sample, more than the limit of {act_limit:,}; raise it with {ACTIVATION_ENV}=N if "
+                            "this is intended")
+    totals = {"macs": 0, "act": 0, "layer": ""}
+
+    def hook(name: str):
+        def record(m: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            totals["macs"] += module_macs(m, inputs, output) or 0
+            out = _first_tensor(output)
+            if out is not None and out.numel() > totals["act"]:
+                totals["act"], totals["layer"] = out.numel(), name or "(model)"
+        return record
+
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    state = {k: torch.empty_like(v, device="meta") for k, v in named}
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            functional_call(model, state, (torch.empty((1, *shape), device="meta"),), tie_weights=False)
+    except Exception:  # an op without a meta kernel, or a shape the network does not take: not ours to judge
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    bounds = Bounds(int(totals["macs"]), int(totals["act"]), str(totals["layer"]))
+    if bounds.macs > mac_limit:
+        raise PrunekitError(f"{what}: {bounds.macs:,} MACs per sample {where}, more than the limit of {mac_limit:,}; "
+                            f"raise it with --max-macs N or {MACS_ENV}=N if this network really is that large")
+    if bounds.largest_activation > act_limit:
+        raise PrunekitError(f"{what}: layer {bounds.largest_layer!r} outputs {bounds.largest_activation:,} values per "
+                            f"sample {where}, more than the limit of {act_limit:,}; raise it with "
+                            f"{ACTIVATION_ENV}=N if this network really is that large")
+    return bounds

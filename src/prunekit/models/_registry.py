@@ -83,7 +83,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
         except (TypeError, ValueError) as exc:
             raise PrunekitError(f"cannot build model {name!r} with {stored}: {exc}") from None
         kwargs = stored
-    model._prunekit_factory = {"name": name, "kwargs": dict(kwargs)}
+    vars(model)["_prunekit_factory"] = {"name": name, "kwargs": dict(kwargs)}  # a plain attribute
     return model
 
 

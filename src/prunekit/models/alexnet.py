@@ -12,6 +12,8 @@ from prunekit.models.common import check_int, check_prob, init_kaiming
 class AlexNet(nn.Module):
     """``features`` (5 convs, 3 max-pools), adaptive 6x6 average pool, ``classifier`` (3 linear layers)."""
 
+    input_shape: tuple[int, int, int]
+
     def __init__(self, num_classes: int, in_channels: int, dropout: float) -> None:
         super().__init__()
         self.features = nn.Sequential(

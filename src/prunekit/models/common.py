@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -96,7 +96,8 @@ def bottleneck_block(cin: int, width: int, cout: int, stride: int = 1) -> Residu
     return ResidualBlock(branch, projection(cin, cout, stride))
 
 
-def init_kaiming(model: nn.Module, *, mode: str = "fan_out", linear_std: float | None = 0.01) -> None:
+def init_kaiming(model: nn.Module, *, mode: Literal["fan_in", "fan_out"] = "fan_out",
+                 linear_std: float | None = 0.01) -> None:
     """He et al. (2015) init: Kaiming-normal convs (bias 0), BatchNorm weight 1 / bias 0, and linear layers
     ``N(0, linear_std)`` with bias 0 (``linear_std=None`` keeps PyTorch's default for linear layers)."""
     for m in model.modules():

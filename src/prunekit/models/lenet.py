@@ -16,6 +16,8 @@ from prunekit.models.common import check_int, init_caffe_xavier
 class LeNet300100(nn.Module):
     """Fully connected 784-300-100-10 with ReLUs."""
 
+    input_shape: tuple[int, int, int]
+
     def __init__(self, num_classes: int, in_features: int) -> None:
         super().__init__()
         self.flatten = nn.Flatten()
@@ -32,6 +34,8 @@ class LeNet300100(nn.Module):
 
 class LeNet5(nn.Module):
     """Caffe LeNet: conv 20 5x5 -> maxpool 2 -> conv 50 5x5 -> maxpool 2 -> fc 500 -> ReLU -> fc."""
+
+    input_shape: tuple[int, int, int]
 
     def __init__(self, num_classes: int, in_channels: int, input_size: int, conv_relu: bool,
                  padding: int) -> None:

@@ -14,6 +14,8 @@ from prunekit.models.common import check_int, check_prob, init_kaiming
 class NIN(nn.Module):
     """Three mlpconv stages (a spatial conv and two 1x1 "cccp" convs each) and global average pooling."""
 
+    input_shape: tuple[int, int, int]
+
     def __init__(self, num_classes: int, in_channels: int, dropout: float) -> None:
         super().__init__()
         layers: list[tuple[str, nn.Module]] = [

@@ -12,6 +12,12 @@ from prunekit.models.common import basic_block, bottleneck_block, check_int, ini
 class ResNet(nn.Module):
     """Stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool), four stages ``layer1..layer4``, avgpool, ``fc``."""
 
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+    input_shape: tuple[int, int, int]
+
     def __init__(self, bottleneck: bool, layers: list[int], num_classes: int, in_channels: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)

@@ -14,6 +14,11 @@ _BLOCKS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
 class CifarResNet(nn.Module):
     """Stem 3x3 conv 16 -> layer1 (16) -> layer2 (32, stride 2) -> layer3 (64, stride 2) -> avgpool -> fc."""
 
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    input_shape: tuple[int, int, int]
+
     def __init__(self, blocks_per_stage: int, num_classes: int, in_channels: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)

@@ -34,6 +34,8 @@ def _features(cfg: list[int | str], in_channels: int, batch_norm: bool) -> tuple
 class CifarVGG(nn.Module):
     """``features`` (3x3 conv-BN-ReLU, 2x2 max-pools), global average pool, one linear classifier."""
 
+    input_shape: tuple[int, int, int]
+
     def __init__(self, cfg: list[int | str], num_classes: int, in_channels: int) -> None:
         super().__init__()
         layers, c = _features(cfg, in_channels, batch_norm=True)
@@ -80,6 +82,8 @@ def vgg19(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
 
 class ImageNetVGG(nn.Module):
     """``features`` (3x3 conv-ReLU, no BN, as in the original VGG), 7x7 average pool, fc6-fc7-fc8 with dropout."""
+
+    input_shape: tuple[int, int, int]
 
     def __init__(self, cfg: list[int | str], num_classes: int, in_channels: int) -> None:
         super().__init__()

@@ -304,7 +304,8 @@ def build(name: str, seed: int = 0, batch: int = 2) -> Network:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
                 m.running_mean.normal_(0, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
+                if m.running_var is not None:
+                    m.running_var.uniform_(0.5, 1.5, generator=gen)
         for p in model.parameters():  # constant inits (norm scales, zero biases, GRN, layer-scale) are no-ops
             if p.numel() > 1 and bool((p == p.flatten()[0]).all()):
                 p.add_(torch.randn(p.shape, generator=gen) * 0.1)
