@@ -61,19 +61,25 @@ class BlockInfo:
     """The element-wise activation after the sum (None: nothing, the block becomes an identity)."""
     extra_inputs: bool = False
     """Called with more than its input (masks, flags): the replacement must accept and ignore them."""
+    as_tuple: int = 0
+    """Returns a tuple of this length (its output first): so must the replacement."""
     node: int = 0
     """Identifies the sum and the input: a wrapper sharing both with a block is the same block."""
 
 
 class Skip(nn.Module):
-    """What is left of a removed residual block: ``act(x)`` (or ``x``); extra arguments are ignored."""
+    """What is left of a removed residual block: ``act(x)`` (or ``x``); extra arguments are ignored. With
+    ``as_tuple=n`` it returns ``(act(x), None, ...)`` of length n, as blocks returning their output with
+    optional extras (HF Swin: attention weights) do; the removal check shows the caller copes with it."""
 
-    def __init__(self, act: nn.Module | None = None) -> None:
+    def __init__(self, act: nn.Module | None = None, as_tuple: int = 0) -> None:
         super().__init__()
         self.act = act if act is not None else nn.Identity()
+        self.as_tuple = as_tuple
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.act(x)
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        y = self.act(x)
+        return (y, *([None] * (self.as_tuple - 1))) if self.as_tuple else y
 
 
 def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -133,7 +139,7 @@ class _Tracer:
 
     def _look(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> BlockInfo | None:
         x = _first_tensor(args, kwargs)
-        if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
             y, tuple_out = out[0], True
         elif isinstance(out, torch.Tensor):
             y, tuple_out = out, False
@@ -168,9 +174,11 @@ class _Tracer:
                            f"its shortcut changes the shape {tuple(x.shape)} -> {tuple(y.shape)} (a projection / "
                            "downsampling)") if found_x == 0 else "it adds its input more than once"
             return info
-        if tuple_out:
-            info.reason = "it returns a tuple"
+        if tuple_out and any(isinstance(t, torch.Tensor) and t.grad_fn is not None and t is not y
+                             and _seq(t.grad_fn) > start for t in out[1:]):
+            info.reason = f"it returns a tuple of {len(out)} computed outputs"
             return info
+        info.as_tuple = len(out) if tuple_out else 0
         if any(_seq(o) <= start for o in operands):
             info.reason = "its sum adds a tensor computed outside it"
             return info
@@ -249,13 +257,14 @@ def _grad_inputs(x: Any) -> Any:
 def block_analysis(model: nn.Module, example_inputs: Any) -> dict[str, BlockInfo]:
     """Every module whose output is a sum onto its input, with whether and why it can (not) be removed.
 
-    Of modules sharing one sum (a wrapper around a block) only the outermost is kept; a module containing
-    other blocks (a stage) is kept but not removable.
+    Of modules sharing one sum and input (a wrapper around a block) only the outermost removable one is kept;
+    a module containing other blocks (a stage) is kept but not removable.
     """
     infos = _trace(model, example_inputs)
     by_node: dict[int, BlockInfo] = {}
     for info in infos.values():  # hooks fire inner first: the outermost module of a sum comes last
-        by_node[info.node] = info
+        if info.removable or not by_node.get(info.node, info).removable:
+            by_node[info.node] = info
     kept = {i.name: i for i in by_node.values()}
     for info in kept.values():
         inner = [n for n in kept if n.startswith(info.name + ".") and kept[n].removable]
@@ -395,7 +404,7 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Any = 
                                 "is not its input plus a branch (or it does not run on example_inputs)")
         if not info.removable:
             raise PrunekitError(f"remove_blocks: block {name!r} ({type(m).__name__}) cannot be removed: {info.reason}")
-        new: nn.Module = (Skip(info.act) if info.extra_inputs else
+        new: nn.Module = (Skip(info.act, info.as_tuple) if info.extra_inputs or info.as_tuple else
                           info.act if info.act is not None else nn.Identity())
         todo.append((name, m, new))
         ends += info.branch_ends
