@@ -100,7 +100,7 @@ def _fresh_seq() -> int:
 
 def _fresh_act(act: nn.Module) -> nn.Module:
     """A copy of the block's activation that never works in place (the block input may be saved for backward)."""
-    new = copy.deepcopy(act)
+    new: Any = copy.deepcopy(act)
     if hasattr(new, "inplace"):
         new.inplace = False
     return new
@@ -148,7 +148,8 @@ class _Tracer:
         start = self.start[name]
         if x is None or y.grad_fn is None or _seq(y.grad_fn) <= start:
             return None  # no output computed inside (an identity, a container returning its input)
-        node, post = y.grad_fn, None
+        node: Any = y.grad_fn
+        post: Any = None
         if type(node).__name__ in _POST_ACTS:
             post, node = node, node.next_functions[0][0]
         if type(node).__name__ != "AddBackward0" or _seq(node) <= start:
@@ -383,20 +384,20 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Any = 
         if any(name.startswith(other + ".") for other in names if other != name):
             raise PrunekitError(f"remove_blocks: {name!r} lies inside another block being removed")
         if example_inputs is None:  # old call: the block alone, on a guessed input, checked locally
-            wrapper, x, info = _local(m)
-            if info is None or not info.removable:
-                why = info.reason if info is not None else "it is not a residual block on its own"
+            wrapper, x, local = _local(m)
+            if local is None or not local.removable:
+                why = local.reason if local is not None else "it is not a residual block on its own"
                 raise PrunekitError(f"remove_blocks: block {name!r} ({type(m).__name__}) cannot be removed: {why} "
                                     "(pass example_inputs to analyse it inside the whole model)")
-            new = info.act if info.act is not None else nn.Identity()
+            plain = local.act if local.act is not None else nn.Identity()
             if check:
-                with _branches_zeroed(wrapper, info.branch_ends):
-                    ref = _run(wrapper, x)
-                diff, problem = compare_outputs(ref, _run(new, x))
+                with _branches_zeroed(wrapper, local.branch_ends):
+                    ref_local = _run(wrapper, x)
+                problem = compare_outputs(ref_local, _run(plain, x))[1]
                 if problem:
                     raise PrunekitError(f"remove_blocks: replacing block {name!r} does not equal zeroing its "
                                         f"branch: {problem}")
-            todo.append((name, m, new))
+            todo.append((name, m, plain))
             continue
         info = infos.get(name)
         if info is None:

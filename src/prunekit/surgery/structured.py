@@ -499,7 +499,7 @@ def _run(model: nn.Module, example_inputs: Any) -> Any:
         return _forward_fn(model, example_inputs)
 
 
-def _norm_on_kept(m: nn.Module, x: torch.Tensor, out: torch.Tensor, idx: list[int]) -> torch.Tensor:
+def _norm_on_kept(m: Any, x: torch.Tensor, out: torch.Tensor, idx: list[int]) -> torch.Tensor:
     """What a pruned LayerNorm / GroupNorm computes, in the unpruned numbering (0 on the removed channels)."""
     import torch.nn.functional as F
 
@@ -578,8 +578,8 @@ def _masked(modules: Mapping[str, nn.Module], rout: Mapping[str, set[int]], rin:
         for h in handles:
             h.remove()
         with torch.no_grad():
-            for t, rows, old in saved:
-                t[rows] = old
+            for dst, rows, old in saved:
+                dst[rows] = old
 
 
 def _approximate(g: _Group) -> str:
@@ -647,23 +647,24 @@ def _plan_edits(model: nn.Module, modules: Mapping[str, nn.Module], resolved: li
 
     edits: list[_Edit] = []
     for name in [n for n in modules if n in rout or n in rin]:
-        m = modules[name]
-        if nn.utils.parametrize.is_parametrized(m):
+        mod = modules[name]
+        if nn.utils.parametrize.is_parametrized(mod):
             raise PrunekitError(f"remove_channels: layer {name!r} has parametrizations (e.g. weight norm); "
                                 "remove them before surgery")
-        before = _widths(m)
-        made = _edit_module(name, m, rout.get(name, set()), rin.get(name, set()))
+        before = _widths(mod)
+        made = _edit_module(name, mod, rout.get(name, set()), rin.get(name, set()))
         made = made if isinstance(made, list) else [made]
         edits += [e for e in made if e.attrs or e.tensors]
-        after = _after_widths(m, made[0], before)
-        report.layers[name] = LayerChange(name, type(m).__name__, before[0], after[0], before[1], after[1],
+        after = _after_widths(mod, made[0], before)
+        report.layers[name] = LayerChange(name, type(mod).__name__, before[0], after[0], before[1], after[1],
                                           before[2], after[2])
-    for pname, (p, dim, sel) in params.items():
+    for pname, (param, pdim, psel) in params.items():
         owner_name, _, leaf = pname.rpartition(".")
-        owner = model.get_submodule(owner_name) if owner_name else model
-        keep = _keep(p.shape[dim], sel)
-        edits.append(_Edit(owner, tensors={leaf: _as_param(p, _take(p, dim, keep))}))
-        report.layers[pname] = LayerChange(pname, "Parameter", p.shape[dim], len(keep), p.shape[dim], len(keep))
+        holder = model.get_submodule(owner_name) if owner_name else model
+        keep = _keep(param.shape[pdim], psel)
+        edits.append(_Edit(holder, tensors={leaf: _as_param(param, _take(param, pdim, keep))}))
+        report.layers[pname] = LayerChange(pname, "Parameter", param.shape[pdim], len(keep), param.shape[pdim],
+                                           len(keep))
     for owner, gone in owners.items():
         mod = modules[owner]
         attrs: dict[str, Any] = {}

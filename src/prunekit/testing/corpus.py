@@ -417,8 +417,9 @@ def remove_dead_channels(net: Network, frac: float = 0.25) -> Outcome:
         kill(model, g, plan[g.name])
     with torch.no_grad():
         y0 = logits(model(net.inputs))
-    out = Outcome(total=len(exact), refused={})
-    report = _remove(model, net.inputs, plan, out.refused)
+    refused: dict[str, str] = {}
+    out = Outcome(total=len(exact), refused=refused)
+    report = _remove(model, net.inputs, plan, refused)
     if report is not None:
         with torch.no_grad():
             out.max_diff = float((logits(model(net.inputs)) - y0).abs().max())
@@ -435,8 +436,9 @@ def remove_live_channels(net: Network, frac: float = 0.5) -> Outcome:
 
     model = copy.deepcopy(net.model)
     groups = channel_groups(model, net.inputs)
-    out = Outcome(total=len(groups), refused={})
-    report = _remove(model, net.inputs, {g.name: pick(g, frac) for g in groups}, out.refused)
+    refused: dict[str, str] = {}
+    out = Outcome(total=len(groups), refused=refused)
+    report = _remove(model, net.inputs, {g.name: pick(g, frac) for g in groups}, refused)
     if report is not None:
         assert report.verified
         out.done, out.max_diff = len(report.removed), report.max_diff
