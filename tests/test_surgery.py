@@ -976,3 +976,15 @@ def test_zero_plan_lists_whole_dead_heads_only() -> None:
     remove_channels(net.model, {qkv[0]: plan[qkv[0]]}, net.inputs)
     with torch.no_grad():
         assert float((corpus.logits(net.model(net.inputs)) - y0).abs().max()) <= 1e-5
+
+
+def test_custom_modules_computing_over_channels_are_checked_on_the_kept_channels() -> None:
+    """ConvNeXt-V2's GRN divides each channel by the mean response over all channels: removal cannot equal
+    masking; the check recomputes GRN on the kept channels and the report says so."""
+    from prunekit.testing import corpus
+
+    net = corpus.build("hf-convnextv2")
+    layer = "convnextv2.encoder.stages.0.layers.0"
+    report = remove_channels(net.model, {f"{layer}.pwconv1": list(range(0, 64, 2))}, net.inputs)
+    assert report.verified and "ConvNextV2GRN" in report.approximate[f"{layer}.pwconv1"]
+    assert net.model.get_submodule(f"{layer}.grn").weight.shape[-1] == 32

@@ -10,8 +10,6 @@ from prunekit.testing import corpus
 
 # what cannot be removed exactly, by nature, and is refused in one line (any other refusal fails the test)
 REFUSED = {
-    # ConvNeXt-V2's GRN divides each channel by the mean response over all channels: removal != masking
-    "hf-convnextv2": {"dead channels": 3, "live channels": 3},
     # Swin's patch merging regroups 4 neighbouring tokens' channels by a reshape: the check refuses it
     "hf-swin": {"live channels": 1},
 }
