@@ -38,7 +38,8 @@ from prunekit import data as pdata
 from prunekit import experiment, metrics, models
 from prunekit.config import load_config
 from prunekit.engine import seed_everything
-from prunekit.methods.sght import AHSGHT, SGHT
+from prunekit.methods.optim import AHSGHT
+from prunekit.methods.sght import SGHT
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"

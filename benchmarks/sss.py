@@ -42,10 +42,10 @@ from prunekit import data as pdata
 from prunekit import experiment, metrics, models
 from prunekit.config import load_config
 from prunekit.engine import OptimConfig, Stage, Trainer, TrainerConfig, evaluate, seed_everything
-from prunekit.methods.apg import APG
-from prunekit.methods.slimming import NetworkSlimming
+from prunekit.methods.optim import APG
+from prunekit.methods.peers.slimming import NetworkSlimming
+from prunekit.methods.peers.tp_bnscale import TPBNScale
 from prunekit.methods.sss import SparseStructureSelection, factor_parameters, insert_factors
-from prunekit.methods.tp_bnscale import TPBNScale
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
@@ -215,7 +215,7 @@ def run_peer(cfg: dict[str, Any], make, targets: list[tuple[str, float]], finetu
         meth = make(min(1.0, macs / base_macs))
         if hasattr(meth, "prepare"):
             meth.prepare(m)
-        m = meth.prune(m, example)
+        m = meth.prune(m, example).model
         before_ft = _figures(m, test, example)["top1"]
         if finetune:
             ft = Trainer(m, train, test, optim=optim, config=_trainer_cfg(cfg))

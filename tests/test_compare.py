@@ -88,6 +88,15 @@ def test_plan_gives_every_row_the_same_total_budget_and_maps_targets(tmp_path):
     ({"methods": {"sght": {"keep_ratio": 2.0}}}, "keep_ratio"),
     ({"typo_key": 1}, "unknown key"),
     ({"targets": [{"params": 0.2}], "methods": {"slimming": {}}}, "runs at macs targets only"),
+    # the typed schema (#17.3) and its upper bounds (#19.11): refused at load, not after the grid trained
+    ({"latency_batch": 10**9}, "latency_batch must be an integer in [1, 4096], got 1000000000"),
+    ({"latency": 1}, "latency must be true or false"),
+    ({"dense_epochs": True}, "dense_epochs must be an integer in [1, 100000], got True"),
+    ({"tolerance": float("inf")}, "tolerance must be a number in (0, 1), got inf"),
+    ({"targets": [{"macs": 0.5, "params": 0.1}]}, "expected {macs: f}"),
+    ({"seeds": [0, 0]}, "seeds must be distinct"),
+    ({"base": {**BASE, "optim": {"lr": 1e308}}}, "compare config: base: optim.lr must be a number in (0, 10]"),
+    ({"base": {**BASE, "train": {"epoch": 3}}}, "unknown config key 'train.epoch'"),
 ])
 def test_bad_configs_are_rejected_before_training(tmp_path, bad, needle):
     with pytest.raises(PrunekitError, match=None) as err:

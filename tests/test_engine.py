@@ -284,3 +284,63 @@ def test_user_network_resumes_across_structural_pruning(tmp_path):
     assert back.conv1.out_channels == 5 and back.bn1.num_features == 5 and back.conv2.in_channels == 5
     with pytest.raises(PrunekitError, match="fresh instance"):
         io.load(tmp_path / "user.safetensors")
+
+
+class DictNet(nn.Module):
+    """Takes its input by keyword and returns a dict (and a tuple with ``as_tuple``)."""
+
+    main_input_name = "images"
+
+    def __init__(self, as_tuple: bool = False):
+        super().__init__()
+        self.net, self.as_tuple = _model(), as_tuple
+
+    def forward(self, *, images):
+        logits = self.net(images)
+        return (logits, images.mean()) if self.as_tuple else {"logits": logits, "aux": images.mean()}
+
+
+@pytest.mark.parametrize("as_tuple", [False, True])
+def test_trainer_and_metrics_take_keyword_inputs_and_dict_or_tuple_outputs(as_tuple):
+    from prunekit import metrics
+
+    train, test = _data()
+    seed_everything(0)
+    model = DictNet(as_tuple)
+    tr = Trainer(model, train, test, optim=OptimConfig(lr=0.05), config=TrainerConfig(batch_size=32, quiet=True))
+    hist = tr.fit(2)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    plain = evaluate(model.net, test)  # the same network called plainly gives the same figures
+    assert hist[-1]["val_top1"] == pytest.approx(plain["top1"])
+    acc = metrics.accuracy(model, data.iterate(test, 16, shuffle=False, augment=None))
+    assert acc["top1"] * 100 == pytest.approx(plain["top1"])
+    picked = metrics.accuracy(model, data.iterate(test, 16, shuffle=False, augment=None),
+                              output_transform=lambda out: out["logits"] if isinstance(out, dict) else out[0])
+    assert picked == acc
+    with pytest.raises(PrunekitError, match="without logits"):
+        metrics.evaluation.logits_of(object())
+
+
+def test_a_hugging_face_classifier_trains_and_prunes_unwrapped():
+    transformers = pytest.importorskip("transformers")
+    from prunekit import methods, metrics
+
+    train = data.load("synthetic", "train", n=96, shape=(1, 16, 16), num_classes=4, seed=0)
+    test = data.load("synthetic", "test", n=32, shape=(1, 16, 16), num_classes=4, seed=0)
+    seed_everything(0)
+    cfg = transformers.ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                    layer_type="basic", num_labels=4)
+    model = transformers.ResNetForImageClassification(cfg)  # returns an ImageClassifierOutput
+    dense = sum(p.numel() for p in model.parameters())
+    method = methods.get("sght")(keep_ratio=0.5, hybrid_batch=False)
+    tr = Trainer(model, train, test, optim=OptimConfig(lr=0.05), config=TrainerConfig(batch_size=32, quiet=True),
+                 callbacks=[method])
+    hist = tr.fit(method.stages(2))
+    assert hist[-1]["val_top1"] is not None
+    small = method.finalize(tr.raw_model, tr.example_inputs).model
+    assert isinstance(small, transformers.ResNetForImageClassification)
+    assert sum(p.numel() for p in small.parameters()) < dense
+    after = evaluate(small, test)
+    assert after["top1"] == pytest.approx(hist[-1]["val_top1"])  # removal was exact: same accuracy
+    acc = metrics.accuracy(small, data.iterate(test, 16, shuffle=False, augment=None))
+    assert acc["top1"] * 100 == pytest.approx(after["top1"])

@@ -134,7 +134,8 @@ def _one_line(capsys: pytest.CaptureFixture[str], code: int) -> str:
 
 def test_nan_loss_through_the_cli_keeps_the_last_good_checkpoint(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """lr 1e6 reached by a linear warm-up: the first steps are fine and checkpointed, then the loss is NaN."""
+    """lr 10 with weight decay 1 (each step scales the weights by -9) reached by a linear warm-up: the first
+    steps are fine and checkpointed, then the loss is NaN. (lr is bounded by the config at 10.)"""
     cfg = tmp_path / "t.yaml"
     cfg.write_text(TRAIN_YAML)
     out = tmp_path / "run"
@@ -142,7 +143,8 @@ def test_nan_loss_through_the_cli_keeps_the_last_good_checkpoint(tmp_path: Path,
     torch.set_num_threads(1)
     try:
         code = cli.main(["train", str(cfg), "--out", str(out), "--quiet", "--set", "train.checkpoint_every_steps=1",
-                         "--set", "optim.lr=1e6", "--set", "optim.warmup_epochs=1", "--set", "optim.schedule=constant"])
+                         "--set", "optim.lr=10", "--set", "optim.weight_decay=1", "--set", "optim.warmup_epochs=1",
+                         "--set", "optim.schedule=constant"])
     finally:
         torch.set_num_threads(threads)
     err = _one_line(capsys, code)

@@ -151,3 +151,155 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a user's own network: the structural history is replayed on a fresh instance (no registration)
+
+
+class _Scale(nn.Module):
+    """A per-channel scale no registry knows about."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.linspace(0.5, 1.5, c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.s.view(1, -1, 1, 1)
+
+
+class _Unit(nn.Module):
+    """A residual unit in prunekit's block protocol, of a class nobody registered."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), _Scale(c))
+        self.shortcut = nn.Identity()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.branch(x) + self.shortcut(x))
+
+
+class _UserNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), _Scale(8), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU())
+        self.units = nn.Sequential(_Unit(12), _Unit(12))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.units(self.mid(self.stem(x))))
+
+
+X8 = torch.randn(2, 3, 8, 8)
+
+
+def _pruned_user_net(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    import copy
+
+    from prunekit.surgery import remove_blocks, remove_channels
+
+    torch.manual_seed(seed)
+    net = _UserNet().eval()
+    base = copy.deepcopy(net)
+    remove_channels(net, {"stem.0": [1, 5], "mid.0": [0, 3, 7]}, X8)
+    remove_blocks(net, ["units.1"])
+    remove_channels(net, {"stem.0": [0]}, X8)  # a second call, in the new numbering
+    return net, base
+
+
+def test_pruned_user_network_reloads_by_replay_without_registration(tmp_path):
+    net, base = _pruned_user_net()
+    path = io.save(net, tmp_path / "u.safetensors", base=base)
+    doc = io.read_safetensors(path)[1]
+    arch = doc["architecture"]
+    assert arch["factory"] is None and arch["overrides"] == {}
+    assert [op["op"] for op in arch["history"]] == ["channels", "blocks", "channels"]
+    torch.manual_seed(7)  # other random weights: everything must come from the file
+    fresh = _UserNet()
+    back = io.load(path, model=fresh)
+    assert back is fresh and isinstance(back.units[1], nn.ReLU)
+    assert back.stem[0].out_channels == 5 and back.stem[2].s.shape == (5,) and back.mid[0].out_channels == 9
+    with torch.no_grad():
+        torch.testing.assert_close(back(X8), net.eval()(X8), rtol=0, atol=0)
+    # saved again relative to a fresh base, the reloaded network gives the same record
+    again = io.save(back, tmp_path / "again.safetensors", base=_UserNet())
+    assert io.read_safetensors(again)[1]["architecture"] == arch
+
+
+def test_base_that_is_not_an_earlier_state_is_refused(tmp_path):
+    net, _ = _pruned_user_net()
+    other, _ = _pruned_user_net()
+    from prunekit.surgery import remove_channels
+
+    remove_channels(other, {"stem.0": [2]}, X8)
+    with pytest.raises(PrunekitError, match="not an earlier state"):
+        io.save(net, tmp_path / "x.safetensors", base=other)
+
+
+def test_old_override_records_still_load(tmp_path):
+    """Files written before the structural history (factory None + overrides only) keep loading."""
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    thin = nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 2))
+    arch = {"factory": None, "overrides": {"0": io.module_spec(thin[0]), "2": io.module_spec(thin[2])}}
+    path = tmp_path / "old.safetensors"
+    io.write_safetensors(path, dict(thin.state_dict()), {"format": io.FORMAT, "architecture": arch})
+    back = io.load(path, model=net)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(back(x), thin(x), rtol=0, atol=0)
+
+
+_OK = {"op": "channels", "removed": {"stem.0": [1]}, "input_shapes": [[2, 3, 8, 8]]}
+
+
+@pytest.mark.parametrize("ops,match", [
+    ("nope", "list"),
+    ([{"op": "exec", "code": "x"}], "not a structural operation"),
+    ([{**_OK, "extra": 1}], "unexpected fields"),
+    ([{**_OK, "removed": {"nosuch": [0]}}], "no layer 'nosuch'"),
+    ([{**_OK, "removed": {"stem.0": [8]}}], "out of range"),
+    ([{**_OK, "removed": {"stem.0": [-1]}}], "out of range"),
+    ([{**_OK, "removed": {"stem.0": [True]}}], "integers"),
+    ([{**_OK, "removed": {"stem.0": [1.0]}}], "integers"),
+    ([{**_OK, "removed": {"stem.0": [1, 1]}}], "twice"),
+    ([{**_OK, "removed": {"stem.0": list(range(8))}}], "removes all 8"),
+    ([{**_OK, "removed": {"stem.1": [0]}, "input_shapes": [[2, 3, 8, 8]]}], "cannot be replayed|instead of"),
+    ([{**_OK, "input_shapes": [[2**20, 3, 2**20, 8]]}], "bound|bad input shape"),
+    ([{**_OK, "input_shapes": [[2, 3, 0, 8]]}], "bad input shape"),
+    ([{**_OK, "input_shapes": [[2, 5, 8, 8]]}], "cannot be replayed"),
+    ([{"op": "blocks", "names": ["units.5"], "input_shapes": []}], "no block"),
+    ([{"op": "blocks", "names": ["mid"], "input_shapes": []}], "not a residual block"),
+    ([_OK] * 20_000, "at most"),
+])
+def test_hostile_history_is_refused_in_one_line_and_changes_nothing(tmp_path, ops, match):
+    arch = {"factory": None, "overrides": {}, "history": ops}
+    path = tmp_path / "h.safetensors"
+    io.write_safetensors(path, dict(_UserNet().state_dict()), {"format": io.FORMAT, "architecture": arch})
+    fresh = _UserNet()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(PrunekitError, match=match) as info:
+        io.load(path, model=fresh)
+    assert "\n" not in str(info.value)
+    after = fresh.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_network_that_cannot_be_copied_loads_plain_files_and_refuses_records_in_one_line(tmp_path):
+    import threading
+
+    def build() -> nn.Module:
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+        net.lock = threading.Lock()  # deepcopy cannot copy it
+        return net
+
+    net = build()
+    back = io.load(io.save(net, tmp_path / "plain.safetensors"), model=build())
+    torch.testing.assert_close(back(X8), net(X8), rtol=0, atol=0)
+    from prunekit.surgery import remove_channels
+
+    base = build()
+    remove_channels(net, {"0": [1]}, X8)
+    with pytest.raises(PrunekitError, match="cannot copy the base network"):
+        io.save(net, tmp_path / "pruned.safetensors", base=base)

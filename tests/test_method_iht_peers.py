@@ -11,9 +11,9 @@ from prunekit import data as pdata
 from prunekit import methods
 from prunekit.engine import Callback, LoopState, OptimConfig, Stage, Trainer, TrainerConfig
 from prunekit.errors import PrunekitError
-from prunekit.methods.dsd import DenseSparseDense
 from prunekit.methods.iht import keep_count
-from prunekit.methods.magnitude import OneShotMagnitude
+from prunekit.methods.peers.dsd import DenseSparseDense
+from prunekit.methods.peers.magnitude import OneShotMagnitude
 
 torch.set_num_threads(1)
 SHAPE = (1, 8, 8)

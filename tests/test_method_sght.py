@@ -16,7 +16,9 @@ from prunekit.config import load_config
 from prunekit.engine import Callback, LoopState, OptimConfig, Trainer, TrainerConfig
 from prunekit.errors import PrunekitError
 from prunekit.methods import budget
-from prunekit.methods.sght import AHSGHT, SGHT, FilterThreshold, HybridBatchSchedule
+from prunekit.methods.filters import FilterThreshold
+from prunekit.methods.optim import AHSGHT
+from prunekit.methods.sght import SGHT, HybridBatchSchedule
 
 torch.set_num_threads(1)
 SHAPE = (3, 8, 8)

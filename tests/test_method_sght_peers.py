@@ -14,9 +14,9 @@ from prunekit import methods, metrics, models
 from prunekit.engine import Callback, LoopState, OptimConfig, Trainer, TrainerConfig
 from prunekit.errors import PrunekitError
 from prunekit.methods import budget
-from prunekit.methods.l1_filter import L1FilterPruning
-from prunekit.methods.sfp import SoftFilterPruning
-from prunekit.methods.tp_magnitude import TPMagnitude
+from prunekit.methods.peers.l1_filter import L1FilterPruning
+from prunekit.methods.peers.sfp import SoftFilterPruning
+from prunekit.methods.peers.tp_magnitude import TPMagnitude
 
 torch.set_num_threads(1)
 SHAPE = (3, 8, 8)

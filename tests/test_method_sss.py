@@ -16,7 +16,7 @@ from prunekit import io, methods, models
 from prunekit.config import load_config
 from prunekit.engine import Callback, LoopState, OptimConfig, Stage, Trainer, TrainerConfig, seed_everything
 from prunekit.errors import PrunekitError
-from prunekit.methods.apg import APG, apg_update, soft_threshold
+from prunekit.methods.optim import APG, apg_update, soft_threshold
 from prunekit.methods.sss import (
     BlockScale,
     ChannelScale,

@@ -13,9 +13,9 @@ from prunekit import data as pdata
 from prunekit import io, methods, metrics, models
 from prunekit.engine import Callback, LoopState, OptimConfig, Trainer, TrainerConfig, seed_everything
 from prunekit.errors import PrunekitError
-from prunekit.methods.slimming import NetworkSlimming, global_plan, scale_layers
+from prunekit.methods.peers.slimming import NetworkSlimming, global_plan, scale_layers
+from prunekit.methods.peers.tp_bnscale import TPBNScale, output_layers
 from prunekit.methods.sss import ChannelScale, factor_modules
-from prunekit.methods.tp_bnscale import TPBNScale, output_layers
 
 torch.set_num_threads(1)
 
@@ -75,7 +75,7 @@ def test_global_threshold_removes_the_smallest_scales_network_wide():
     plan = global_plan(net, 30)  # more than there is: every layer keeps one channel (its largest)
     assert sorted(plan["conv1"]) == list(range(15)) and sorted(plan["conv2"]) == [0, 1, 2, 3, 4, 5, 6]
     sl = NetworkSlimming(prune_ratio=0.25)  # 6 of 24
-    out = sl.prune(net, EX)
+    out = sl.prune(net, EX).model
     assert (out.conv1.out_channels, out.conv2.out_channels, out.conv2.in_channels) == (12, 6, 12)
     assert sl.report["removed_channels"] == 6
 
@@ -87,7 +87,7 @@ def test_slimming_target_macs_is_met_from_below():
             bn.weight.uniform_(0.1, 1.0)
     base = metrics.count(net, EX).macs
     sl = NetworkSlimming(target_macs=0.4)
-    out = sl.prune(copy.deepcopy(net), EX)
+    out = sl.prune(copy.deepcopy(net), EX).model
     got = metrics.count(out, EX).macs
     assert got <= 0.4 * base
     # one channel fewer removed would exceed the target
@@ -103,7 +103,7 @@ def test_slimming_gives_bn_free_layers_a_channel_scale_and_folds_it():
     sl.prepare(net)
     assert [n for n, _ in factor_modules(net)] == ["conv1.1", "conv2.1", "fc1.1"]
     assert all(isinstance(m, ChannelScale) for _, m in factor_modules(net))
-    out = sl.prune(net, EX)
+    out = sl.prune(net, EX).model
     assert factor_modules(out) == []
     assert out.conv1.out_channels + out.conv2.out_channels + out.fc1.out_features == (20 + 50 + 500) - 285
 

@@ -1,4 +1,4 @@
-"""The ``prunekit`` command: train | prune | compare | eval | info | export | report | demo.
+"""The ``prunekit`` command: train | prune | compare | eval | info | export | report | bench | demo | schema.
 
 Bad input of any kind exits with code 2 and one line on stderr that says what is wrong and how to fix it.
 """
@@ -38,7 +38,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=0.05 (repeatable)")
     p.add_argument("--out", help="output folder (default: the config's out, else runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint (the config "
+                   "must be the saved one)")
+    p.add_argument("--allow-change", dest="allow_change", action="append", default=[], metavar="KEY",
+                   help="on --resume, accept a changed train.device, train.amp or train.channels_last (repeatable)")
     p.add_argument("--data-dir", help="where the dataset files are (sets data.root)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -75,10 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", default=None, help="C,H,W (default: the model's usual input)")
     _add_max_macs(p)
     p = sub.add_parser("export", help="export a saved model (onnx, or a sparse file that stores only non-zeros)")
-    p.add_argument("model")
+    p.add_argument("model", help="a prunekit model file, or a zoo name")
     p.add_argument("--to", choices=["onnx", "sparse", "dense"], required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--input-shape", default=None, help="C,H,W for ONNX tracing")
+    p.add_argument("--input-shape", default=None,
+                   help="C,H,W for ONNX tracing (default: the zoo model's, or the shape it was pruned with)")
+    p.add_argument("--model", dest="factory", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                   help="your own network: FACTORY() builds a fresh instance that the file (saved with base=) is "
+                        "loaded into; the module is imported only when you pass this (the current folder is "
+                        "searched first)")
     p.add_argument("--fold-bn", action="store_true",
                    help="fold every BatchNorm that follows a conv into that conv first (the deployed form)")
     _add_max_macs(p)
@@ -96,11 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="compare finished runs (a table and a plot), or rebuild a compare folder")
     p.add_argument("runs", nargs="+", help="run folders holding report.json, or one prunekit compare folder")
     p.add_argument("--out", help="folder for report.md and plot.png")
+    p = sub.add_parser("bench", help="latency of a model in each runtime (eager, deployed, onnxruntime, cuda), "
+                                     "side by side, optionally against its dense network")
+    p.add_argument("model", help="a zoo name (e.g. resnet56) or a prunekit model file")
+    p.add_argument("--runtime", default="eager,deployed,onnxruntime",
+                   help="comma-separated: eager, deployed, onnxruntime, cuda (default: the three CPU ones)")
+    p.add_argument("--batch", default="1,64", help="comma-separated batch sizes (default 1,64)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for every runtime (default 1)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds (median over them)")
+    p.add_argument("--against", default=None, metavar="DENSE_MODEL",
+                   help="the dense network (zoo name or file): adds speed-up and speed-up / MACs reduction")
+    p.add_argument("--input-shape", default=None, help="C,H,W (default: the model's usual input)")
+    p.add_argument("--clock", default="auto", choices=["auto", "wall", "thread"],
+                   help="wall clock, or the thread's CPU time (one thread: immune to other processes); "
+                        "auto = thread for --threads 1 on the CPU")
     p = sub.add_parser("demo", help="train LeNet-5 on the embedded digits and prune it with every method")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
     p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("schema", help="print the JSON Schema of a config (for editors: completion and checks)")
+    p.add_argument("kind", nargs="?", default="experiment", choices=["experiment", "compare"])
     return parser
 
 
@@ -158,7 +182,7 @@ def cmd_run(args: argparse.Namespace, prune: bool) -> int:
     elif cfg["method"]["name"] == "none":
         raise PrunekitError(f"{args.config}: no method.name; choose one, e.g. --set method.name=sght")
     out = args.out or cfg.get("out") or f"runs/{Path(args.config).stem}"
-    res = experiment.run(cfg, out=out, resume=args.resume)
+    res = experiment.run(cfg, out=out, resume=args.resume, allow_change=args.allow_change)
     if distributed.is_main():
         print(reports.table([dict(res.figures)], [*reports.COLUMNS, "train_seconds"]))
         print(f"saved: {Path(out) / 'model.safetensors'}")
@@ -171,6 +195,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = _load_any(args.model)
     ds = data.load(args.data, args.split, root=args.data_dir)
     _check_bounds(model, tuple(ds.images.shape[1:]), args)
+    from prunekit.experiment import check_data, check_model_data
+
+    check_data(None, ds)
+    check_model_data(model, ds, args.model)
     res = engine.evaluate(model, ds, batch_size=args.batch_size, device=engine.pick_device("auto"))
     print(f"{args.model}: {args.data}/{args.split}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
           f"loss {res['loss']:.4f}  ({len(ds)} images)")
@@ -193,33 +221,85 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_network(spec: str) -> Any:
+    """``package.module:factory`` -> a fresh instance of the user's network (their code, imported on request)."""
+    import importlib
+    import re
+
+    from torch import nn
+
+    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)", spec)
+    if m is None:
+        raise PrunekitError(f"--model {ascii(spec)[:200]}: expected package.module:factory, e.g. mynets:build")
+    mod_name, attr = m.groups()
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like python -m: the user's own folder
+    try:
+        mod = importlib.import_module(mod_name)
+    except BaseException as exc:  # the user's module may fail in any way (SyntaxError, SystemExit, ...)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise PrunekitError(f"--model {spec}: cannot import {mod_name} ({type(exc).__name__}: "
+                            f"{ascii(first)[1:-1]})") from None
+    factory = getattr(mod, attr, None)
+    if not callable(factory):
+        raise PrunekitError(f"--model {spec}: {mod_name} has no callable {attr!r}")
+    try:
+        net = factory()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise PrunekitError(f"--model {spec}: {attr}() failed ({type(exc).__name__}: {ascii(first)[1:-1]})"
+                            ) from None
+    if not isinstance(net, nn.Module):
+        raise PrunekitError(f"--model {spec}: {attr}() returned {type(net).__name__}, not a torch nn.Module")
+    return net
+
+
+def _export_shape(model: Any, text: str | None) -> tuple[int, ...]:
+    """--input-shape, else the zoo model's input shape, else the shape its last recorded surgery used."""
+    from prunekit.surgery import history
+
+    shape = _shape(text)
+    if shape is not None:
+        return shape
+    if getattr(model, "input_shape", None) is not None:
+        return _default_shape(model)
+    for op in reversed(history.history(model)):
+        shapes = op.get("input_shapes") if isinstance(op, dict) else None
+        if shapes and len(shapes) == 1 and len(shapes[0]) >= 2:
+            return tuple(shapes[0][1:])
+    raise PrunekitError("this model does not record its input shape; pass --input-shape C,H,W")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
+    import prunekit
     from prunekit import io, surgery
-    from prunekit._atomic import atomic_path
 
-    model = _load_any(args.model).eval()
+    base = None
+    if args.factory is not None:
+        model = io.load(args.model, model=_user_network(args.factory)).eval()
+        base = _user_network(args.factory) if args.to != "onnx" else None  # the file records changes since
+    else:
+        model = _load_any(args.model).eval()
     shape = _shape(args.input_shape) or getattr(model, "input_shape", None)
     if shape is not None:
         _check_bounds(model, tuple(shape), args)
     if args.fold_bn:
         pairs = surgery.fold_batchnorm(model)
         print(f"folded {len(pairs)} BatchNorm layer(s) into their convolutions")
-    if args.to == "sparse":
-        surgery.save_sparse(model, args.out)
-    elif args.to == "dense":
-        io.save(model, args.out)
-    else:
-        shape = _shape(args.input_shape) or _default_shape(model)
-        import warnings
-
-        with atomic_path(args.out) as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter needs no onnxscript
-            torch.onnx.export(model, (torch.zeros((1, *shape)),), str(tmp), dynamo=False,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    print(f"wrote {args.out}")
+    x = None
+    if args.to == "onnx":
+        shape = _export_shape(model, args.input_shape)
+        x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
+    res = prunekit.export(model, x, args.out, format=args.to, base=base)
+    note = f" (matches torch under onnxruntime: max abs diff {res.max_abs_diff:.2g})" \
+        if res.max_abs_diff is not None else ""
+    print(f"wrote {args.out}{note}")
     return 0
 
 
@@ -261,11 +341,53 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from prunekit import metrics
+    from prunekit.metrics import runtime
+
+    runtimes = runtime.check_runtimes(args.runtime.split(","))
+    try:
+        batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    except ValueError:
+        raise PrunekitError(f"--batch {args.batch!r}: expected comma-separated integers such as 1,64") from None
+    if not batches or min(batches) < 1 or args.threads < 1 or args.rounds < 1:
+        raise PrunekitError("--batch, --threads and --rounds must be positive")
+    model = _load_any(args.model).eval()
+    shape = _shape(args.input_shape) or _default_shape(model)
+    x = torch.randn((1, *shape))
+    named = {args.model: model}
+    macs_ratio = None
+    if args.against:
+        dense = _load_any(args.against).eval()
+        named = {args.against: dense, **named}
+        macs_ratio = metrics.count(dense, x).macs / max(1, metrics.count(model, x).macs)
+    rows = runtime.measure(named, x, runtimes=runtimes, batches=batches, threads=args.threads, rounds=args.rounds,
+                           clock=args.clock)
+    table = runtime.side_by_side(rows, model=args.model, dense=args.against, macs_ratio=macs_ratio)
+    print(metrics.format_table(table))
+    clocks = ", ".join(sorted({f"{r['runtime']}: {r['clock']}" for r in rows}))
+    print(f"median of {args.rounds} interleaved rounds, {args.threads} thread(s), input {shape}; clock {clocks}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from prunekit import demo
 
     methods = args.methods.split(",") if args.methods else None
     demo.main(epochs=args.epochs, out=args.out, methods=methods, quiet=args.quiet)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    if args.kind == "compare":
+        from prunekit.compare_schema import schema
+    else:
+        from prunekit.config import schema
+    print(json.dumps(schema(), indent=1))
     return 0
 
 
@@ -290,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = cmd_run(args, prune=args.command == "prune")
         else:
             handler = {"compare": cmd_compare, "eval": cmd_eval, "info": cmd_info, "export": cmd_export,
-                       "report": cmd_report, "demo": cmd_demo}[args.command]
+                       "report": cmd_report, "demo": cmd_demo, "schema": cmd_schema, "bench": cmd_bench}[args.command]
             rc = handler(args)
         finished = True
         return rc

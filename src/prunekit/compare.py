@@ -66,6 +66,7 @@ import yaml
 from torch import nn
 
 from prunekit import config as pconfig
+from prunekit import configio
 from prunekit._atomic import atomic_path, write_text
 from prunekit.errors import PrunekitError
 
@@ -90,61 +91,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _unstructured_keep(fraction: float, model: nn.Module, options: dict[str, Any]) -> float:
-    """IHT-style ``keep`` such that the non-zero parameters are ``fraction`` of all parameters.
-
-    Only the thresholded layers' weights can become zero; biases, BN and excluded layers stay dense, so the
-    per-layer keep must be lower than the target fraction of all parameters.
-    """
-    from prunekit.methods.iht import prunable_layers
-
-    layers = prunable_layers(model, options.get("layers"), options.get("exclude") or [])
-    prunable = sum(m.weight.numel() for m in layers.values())
-    total = sum(p.numel() for p in model.parameters())
-    keep = (fraction * total - (total - prunable)) / prunable
-    if not 0 < keep <= 1:
-        raise PrunekitError(f"target params={fraction}: unreachable by unstructured pruning of this model (the "
-                            f"layers that cannot be thresholded already hold {(total - prunable) / total:.1%} "
-                            "of the parameters)")
-    return round(keep, 6)
-
-
-#: method -> {target kind -> (option name, value from (fraction, dense model, method options))}
-TargetFn = Callable[[float, nn.Module, dict[str, Any]], Any]
-_BUDGETED: dict[str, tuple[str, TargetFn]] = {
-    "macs": ("macs_budget", lambda f, m, o: f), "params": ("params_budget", lambda f, m, o: f)}
-_UNSTRUCTURED: dict[str, tuple[str, TargetFn]] = {"params": ("keep", _unstructured_keep)}
-TARGETS: dict[str, dict[str, tuple[str, TargetFn]]] = {
-    "sght": _BUDGETED, "l1-filter": _BUDGETED, "sfp": _BUDGETED, "tp-magnitude": _BUDGETED,
-    "random-filter": _BUDGETED,
-    "slimming": {"macs": ("target_macs", lambda f, m, o: f)},
-    "tp-bnscale": {"macs": ("target_macs", lambda f, m, o: f)},
-    "iht": _UNSTRUCTURED, "magnitude": _UNSTRUCTURED, "torch-global": _UNSTRUCTURED,  # (DSD ends dense)
-}
-
-
-def _default_options(name: str, start: str, epochs: int) -> dict[str, Any]:
-    """The harness's defaults for a method (a config's own options override them).
-
-    From the dense network: skip the method's own dense phase. Penalty-then-prune peers (Network Slimming,
-    Torch-Pruning's BN-scale): a quarter of their ``epochs`` fine-tunes after the prune, as in their papers,
-    carved out of the same budget.
-    """
-    opts = {
-        "tp-bnscale": {"finetune_epochs": max(1, epochs // 4)},
-        "slimming": {"finetune_epochs": max(1, epochs // 4)},
-    }.get(name, {})
-    if start == "dense":
-        opts.update({
-            "iht": {"warmup_epochs": 0},
-            "magnitude": {"dense_epochs": 0}, "torch-global": {"dense_epochs": 0},
-            "l1-filter": {"dense_fraction": 0}, "tp-magnitude": {"dense_fraction": 0},
-            "random-filter": {"dense_fraction": 0},
-            "trimming": {"initial_epochs": 0},
-        }.get(name, {}))
-    return opts
-
-
 @dataclass
 class Row:
     """One grid point of one seed: what to run and where."""
@@ -165,34 +111,18 @@ class Row:
 def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read and validate a comparison config (``--set key=value`` overrides as for experiment configs)."""
     p = Path(path)
-    if not p.is_file():
-        raise PrunekitError(f"{p}: comparison config not found")
-    try:
-        user = pconfig._yaml(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise PrunekitError(f"{p}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    except UnicodeDecodeError:
-        raise PrunekitError(f"{p}: not a text file") from None
-    if not isinstance(user, dict):
-        raise PrunekitError(f"{p}: a comparison config must be a YAML mapping")
+    user = configio.read_yaml(p, "comparison config")
     unknown = sorted(set(user) - set(DEFAULTS))
     if unknown:
         raise PrunekitError(f"{p}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(DEFAULTS)}")
     cfg = {**copy.deepcopy(DEFAULTS), **user}
     cfg["name"] = cfg["name"] or p.stem
     for o in overrides:
-        key, sep, raw = o.partition("=")
-        if not sep:
-            raise PrunekitError(f"--set {o!r}: expected key=value")
-        parts = key.strip().split(".")
-        if parts[0] not in DEFAULTS:
-            raise PrunekitError(f"--set {key}: unknown key {parts[0]!r}; valid keys: {', '.join(DEFAULTS)}")
-        node = cfg
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise PrunekitError(f"--set {key}: {part!r} is not a section")
-        node[parts[-1]] = pconfig.parse_value(raw)
+        head = o.partition("=")[0].strip().split(".")[0]
+        if "=" in o and head not in DEFAULTS:
+            raise PrunekitError(f"--set {configio.short(o.partition('=')[0])}: unknown key {configio.short(head)}; "
+                                f"valid keys: {', '.join(DEFAULTS)}")
+        configio.apply_override(cfg, o)
     validate(cfg)
     return cfg
 
@@ -205,6 +135,10 @@ def validate(cfg: dict[str, Any]) -> None:
 
     def is_int(v: Any, lo: int) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+    from prunekit import compare_schema
+
+    compare_schema.check(cfg)  # keys, types and bounds (the typed schema); the method rules follow
 
     need(isinstance(cfg["seeds"], list) and cfg["seeds"] and all(is_int(s, 0) for s in cfg["seeds"])
          and len(set(cfg["seeds"])) == len(cfg["seeds"]), "seeds must be a non-empty list of distinct integers >= 0")
@@ -231,14 +165,13 @@ def validate(cfg: dict[str, Any]) -> None:
     for name, opts in cfg["methods"].items():
         need(opts is None or isinstance(opts, dict), f"methods.{name}: options must be a mapping")
         opts = opts or {}
-        if name != "dense":
-            pmethods.get(name)  # an unknown method fails here, with the list of names
+        knobs = pmethods.get(name).budget_knobs if name != "dense" else {}  # an unknown name fails here
         kinds = opts.get("kinds")
         need(kinds is None or (isinstance(kinds, list) and all(k in KINDS for k in kinds)),
              f"methods.{name}.kinds must be a list drawn from {list(KINDS)}")
         for k in kinds or []:
-            need(k in TARGETS.get(name, {}), f"methods.{name}: cannot be set to a {k} target (it supports "
-                                             f"{sorted(TARGETS.get(name, {})) or 'none: use sweep'})")
+            need(k in knobs, f"methods.{name}: cannot be set to a {k} target (it supports "
+                             f"{sorted(knobs) or 'none: use sweep'})")
         need(opts.get("start", "auto") in ("auto", "dense", "scratch"),
              f"methods.{name}.start must be auto, dense or scratch")
         sweep = opts.get("sweep")
@@ -249,7 +182,7 @@ def validate(cfg: dict[str, Any]) -> None:
 
 def _base(cfg: dict[str, Any]) -> dict[str, Any]:
     """The shared experiment config (prunekit.config defaults + ``base``), validated."""
-    base = pconfig._merge(pconfig.DEFAULTS, cfg["base"])
+    base = pconfig.complete(cfg["base"])
     base["method"] = {"name": "none"}
     pconfig.validate(base)
     return base
@@ -322,15 +255,14 @@ def plan(cfg: dict[str, Any], dense_model: Callable[[int], nn.Module] | None = N
                 rows.append(Row("dense", "dense", seed, exp, "dense", epochs=dense_epochs + budget))
                 continue
             cls = pmethods.get(name)
-            start = start if start not in (None, "auto") else ("scratch" if cls.from_scratch else "dense")
+            start = start if start not in (None, "auto") else ("scratch" if cls.starts_from_scratch else "dense")
             points: list[tuple[str, dict[str, Any], str | None, float | None]] = []
-            supported = TARGETS.get(name, {})
+            supported = cls.budget_knobs
             for t in cfg["targets"]:
                 kind, frac = next(iter(t.items()))
                 if kind in supported and (kinds is None or kind in kinds):
-                    option, fn = supported[kind]
-                    value = fn(float(frac), ref(), opts) if option == "keep" else float(frac)
-                    points.append((f"{name}@{kind}={frac:g}", {option: value}, kind, float(frac)))
+                    points.append((f"{name}@{kind}={frac:g}", cls.target_options(kind, float(frac), ref(), opts),
+                                   kind, float(frac)))
             if not points and not supported:
                 points.append((name, {}, None, None))  # its own settings
             if sweep:  # every point once per combination of the swept options
@@ -345,7 +277,8 @@ def plan(cfg: dict[str, Any], dense_model: Callable[[int], nn.Module] | None = N
                                     "target or a sweep")
             for label, extra, kind, frac in points:
                 total = budget if start == "dense" else dense_epochs + budget
-                options = {**_default_options(name, start, total), **opts, **extra}
+                defaults = {**cls.default_options(total), **(cls.from_trained_options if start == "dense" else {})}
+                options = {**defaults, **opts, **extra}
                 method = cls(options)
                 e, fitted = _fit_epochs(method, total)
                 exp = copy.deepcopy(base)
@@ -784,7 +717,6 @@ def print_summary(results: Sequence[dict[str, Any]], out_dir: Path) -> None:
 __all__ = [
     "CSV_COLUMNS",
     "DEFAULTS",
-    "TARGETS",
     "Row",
     "load",
     "markdown",

@@ -1,161 +1,65 @@
-"""Experiment configs: YAML files with a fixed schema, ``--set key=value`` overrides, strict validation.
+"""Experiment configs: a typed schema (pydantic), one YAML + ``--set key=value`` loader, one-line errors.
 
-Schema (every key optional; defaults below)::
+Schema (every key optional; defaults below; ``prunekit schema experiment`` prints it as JSON Schema)::
 
     seed: 0
     out: runs/<name>                # output folder (checkpoint, log, model, report)
     pretrained: null                # a prunekit model file to start from instead of a fresh init
     model:  {name: lenet5, kwargs: {}}
     data:   {name: digits, root: null, subset: 0, test_subset: 0, augment: default, download: false}
-    train:  {epochs: 10, batch_size: 128, eval_batch_size: 512, device: auto, amp: auto,
-             channels_last: auto, checkpoint_every_steps: 0, eval_every: 1, max_steps_per_epoch: 0,
-             quiet: false}
-    optim:  {lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 5e-4, schedule: step,
-             milestones: null, gamma: 0.1, warmup_epochs: 0}
+    train:  {epochs: 10, ...every field of prunekit.engine.TrainerConfig except seed: batch_size: 128,
+             eval_batch_size: 512, device: auto, amp: auto, channels_last: auto, checkpoint_every_steps: 0,
+             eval_every: 1, quiet: false, max_steps_per_epoch: 0}
+    optim:  {...every field of prunekit.engine.OptimConfig: lr: 0.1, momentum: 0.9, nesterov: true,
+             weight_decay: 5e-4, schedule: step, milestones: null, gamma: 0.1, warmup_epochs: 0}
     method: {name: none, ...the method's own options (see ``prunekit.methods.get(name).config_keys()``)}
 
-An unknown key anywhere is rejected with the list of valid keys. ``train.batch_size`` is the global batch:
-under ``torchrun`` it is split across the processes, so a config means the same run on any number of them.
+Rules: an unknown key anywhere is rejected with the list of valid keys; types are strict (``true`` is not an
+integer, ``"1"`` is not a number); numbers are finite and bounded above (a typo such as ``epochs: 1e9`` is an
+error, not a week of training); cross-field rules (a ``data.subset`` smaller than one batch, method options
+without a method) are checked too. The ``train`` and ``optim`` sections are derived from the engine's
+``TrainerConfig`` / ``OptimConfig``, so a new engine field is a config key at once, never dropped. A method's
+options are checked by the method itself (its ``Config``), plus sanity bounds on every number.
+
+``train.batch_size`` is the global batch: under ``torchrun`` it is split across the processes, so a config
+means the same run on any number of them.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import fnmatch
 import math
 import os
-import re
-from pathlib import Path
-from typing import Any
+import typing
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic import model_validator as _model_validator
 
+from prunekit import configio
+from prunekit.configio import parse_value, short
+from prunekit.data.pipeline import RECIPES
+from prunekit.engine.stages import SCHEDULES
 from prunekit.engine.trainer import OptimConfig, TrainerConfig
 from prunekit.errors import PrunekitError
 
-_TRAIN_KEYS = {f.name: f.default for f in dataclasses.fields(TrainerConfig) if f.name != "seed"}
-_TRAIN_KEYS.pop("batch_size")
-_TRAIN_KEYS.pop("eval_batch_size")
-
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "out": None,
-    "pretrained": None,
-    "model": {"name": "lenet5", "kwargs": {}},
-    "data": {"name": "digits", "root": None, "subset": 0, "test_subset": 0, "augment": "default",
-             "download": False},
-    "train": {"epochs": 10, "batch_size": 128, "eval_batch_size": 512, **_TRAIN_KEYS},
-    "optim": {f.name: f.default for f in dataclasses.fields(OptimConfig)},
-    "method": {"name": "none"},
-}
-_FREE_FORM = {("model", "kwargs")}  # validated by the model factory itself
+# upper bounds: far above any real run, low enough that a typo fails here instead of hours (or GBs) later
+MAX_COUNT = 2**31  # steps, sizes
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_LR = 10.0
+MAX_CLASSES = 100_000
+MAX_INPUT_SIZE = 4096  # pixels per side
+MAX_CHANNELS = 4096
+MAX_METHOD_INT = 10**7  # any integer option of a method (apoz_samples may name every ImageNet image)
+MAX_METHOD_FLOAT = 1e6  # any real option of a method (penalties, ratios, tolerances)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``5e-4`` as a float (YAML 1.1 wants ``5.0e-4``; people write ``5e-4``)."""
+class Section(BaseModel):
+    """Base of every config section: unknown keys forbidden, strict types, finite numbers."""
 
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
-
-
-def _merge(base: dict[str, Any], new: dict[str, Any], path: str = "") -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in new.items():
-        where = f"{path}{k}"
-        if path == "method." or (tuple(where.split(".")[:2]) in _FREE_FORM):
-            out[k] = v
-            continue
-        if k not in base:
-            raise PrunekitError(f"unknown config key {where!r}; valid keys here: {', '.join(sorted(base))}")
-        if isinstance(base[k], dict):
-            if not isinstance(v, dict):
-                raise PrunekitError(f"config key {where!r} must be a mapping, got {v!r}")
-            out[k] = _merge(base[k], v, where + ".")
-        else:
-            out[k] = v
-    return out
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set`` value is parsed as YAML (``0.05`` -> float, ``[30, 60]`` -> list, ``null`` -> None)."""
-    try:
-        return _yaml(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_override(cfg: dict[str, Any], assignment: str) -> None:
-    """Apply one ``key.sub=value`` override in place."""
-    if "=" not in assignment:
-        raise PrunekitError(f"--set {assignment!r}: expected key=value, e.g. --set optim.lr=0.05")
-    key, _, raw = assignment.partition("=")
-    parts = key.strip().split(".")
-    node = cfg
-    for i, p in enumerate(parts[:-1]):
-        if p not in node or not isinstance(node[p], dict):
-            here = ".".join(parts[: i + 1])
-            if p in node:
-                raise PrunekitError(f"--set {key}: {here!r} is {node[p]!r}, not a section (a mapping of keys)")
-            raise PrunekitError(f"--set {key}: no section {here!r}; valid keys: {', '.join(sorted(map(str, node)))}")
-        node = node[p]
-    leaf = parts[-1]
-    free = parts[0] == "method" or tuple(parts[:2]) in _FREE_FORM
-    if leaf not in node and not free:
-        raise PrunekitError(f"--set {key}: unknown key {leaf!r}; valid keys here: {', '.join(sorted(node))}")
-    node[leaf] = parse_value(raw)
-
-
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML config (or the defaults), apply overrides, validate, and return the full config."""
-    user: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise PrunekitError(f"{p}: config file not found")
-        try:
-            user = _yaml(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-            raise PrunekitError(f"{p}: not valid YAML{where} ({problem})") from None
-        except UnicodeDecodeError:
-            raise PrunekitError(f"{p}: not a text file") from None
-        if not isinstance(user, dict):
-            raise PrunekitError(f"{p}: a config must be a YAML mapping of sections")
-    cfg = _merge(DEFAULTS, user)
-    for o in overrides or []:
-        apply_override(cfg, o)
-    train = cfg.get("train")
-    if isinstance(train, dict):
-        for key in ("amp", "channels_last"):
-            if key in train:
-                train[key] = _toggle(train[key])
-    validate(cfg)
-    return cfg
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-_TOGGLES = ("auto", "on", "off")
-_MAX_INT = 2**31  # counts (epochs, steps, sizes) beyond this are typos, and would overflow downstream
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=True)
 
 
 def _toggle(v: Any) -> Any:
@@ -167,115 +71,330 @@ def _toggle(v: Any) -> Any:
     return v
 
 
-def validate(cfg: dict[str, Any]) -> None:
-    """Type and range checks that give one clear line per mistake, naming the key and its valid range.
+def _device(v: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps (whether the machine has it is checked when a run starts)."""
+    if v != "auto":
+        import torch
 
-    Runs before any data are loaded or any training starts. The method's own options are checked by the
-    method's ``Config`` (``config_from_dict``).
-    """
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise PrunekitError(f"config: {msg}")
-
-    def count(section: dict[str, Any], key: str, minimum: int, where: str) -> None:
-        if key in section:
-            v = section[key]
-            need(_is_int(v) and minimum <= v <= _MAX_INT,
-                 f"{where}.{key} must be an integer in [{minimum}, {_MAX_INT}], got {v!r}")
-
-    def number(section: dict[str, Any], key: str, where: str, lo: float, hi: float | None = None,
-               lo_open: bool = False, hi_open: bool = False) -> None:
-        if key not in section:
-            return
-        v = section[key]
-        ok = _is_num(v) and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
-        rng = f"{'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}' + (')' if hi_open else ']')}"
-        need(ok, f"{where}.{key} must be a number in {rng}, got {v!r}")
-
-    need(isinstance(cfg, dict), "a config must be a mapping of sections")
-    for sec in ("model", "data", "train", "optim", "method"):
-        need(isinstance(cfg.get(sec), dict), f"{sec} must be a mapping, got {cfg.get(sec)!r}")
-    need(_is_int(cfg.get("seed")) and 0 <= cfg["seed"] < 2**63,
-         f"seed must be an integer in [0, 2**63), got {cfg.get('seed')!r}")
-    for key in ("out", "pretrained"):
-        need(cfg.get(key) is None or (isinstance(cfg[key], str) and cfg[key].strip() != ""),
-             f"{key} must be a path (string) or null, got {cfg.get(key)!r}")
-    t, o, m, d = cfg["train"], cfg["optim"], cfg["method"], cfg["data"]
-    count(t, "epochs", 0, "train")
-    need("epochs" in t, "train.epochs is missing")
-    count(t, "batch_size", 1, "train")
-    count(t, "eval_batch_size", 1, "train")
-    count(t, "checkpoint_every_steps", 0, "train")
-    count(t, "eval_every", 1, "train")
-    count(t, "max_steps_per_epoch", 0, "train")
-    for key in ("amp", "channels_last"):
-        if key in t:
-            need(t[key] in _TOGGLES, f"train.{key} must be one of {', '.join(_TOGGLES)}, got {t[key]!r}")
-    if "quiet" in t:
-        need(isinstance(t["quiet"], bool), f"train.quiet must be true or false, got {t['quiet']!r}")
-    if "device" in t:
-        dev = t["device"]
-        ok = isinstance(dev, str) and dev.strip() != ""
-        if ok and dev != "auto":
-            import torch
-
-            try:
-                torch.device(dev)
-            except (RuntimeError, ValueError, TypeError):
-                ok = False
-        need(ok, f"train.device must be auto, cpu, cuda or cuda:N, got {dev!r}")
-    number(o, "lr", "optim", 0.0, None, lo_open=True)
-    number(o, "momentum", "optim", 0.0, 1.0, hi_open=True)
-    number(o, "weight_decay", "optim", 0.0)
-    number(o, "gamma", "optim", 0.0, 1.0, lo_open=True)
-    number(o, "warmup_epochs", "optim", 0.0)
-    for key in ("lr", "momentum", "weight_decay", "schedule"):
-        need(key in o, f"optim.{key} is missing")
-    if "nesterov" in o:
-        need(isinstance(o["nesterov"], bool), f"optim.nesterov must be true or false, got {o['nesterov']!r}")
-    from prunekit.engine.stages import SCHEDULES
-
-    need(isinstance(o["schedule"], str) and o["schedule"] in SCHEDULES,
-         f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o['schedule']!r}")
-    ms = o.get("milestones")
-    need(ms is None or (isinstance(ms, list) and all(_is_int(x) and 0 <= x <= _MAX_INT for x in ms)),
-         f"optim.milestones must be a list of epochs (integers >= 0), got {ms!r}")
-    if isinstance(ms, list) and ms:
-        need(ms == sorted(set(ms)), f"optim.milestones must be increasing, got {ms!r}")
-    need(isinstance(cfg["model"].get("name"), str) and cfg["model"]["name"] != "", "model.name must be a string")
-    need(isinstance(cfg["model"].get("kwargs", {}) or {}, dict), "model.kwargs must be a mapping")
-    need(isinstance(d.get("name"), str) and d["name"] != "", "data.name must be a string")
-    count(d, "subset", 0, "data")
-    count(d, "test_subset", 0, "data")
-    if "root" in d:
-        need(d["root"] is None or (isinstance(d["root"], str) and d["root"] != ""),
-             f"data.root must be a folder (string) or null, got {d['root']!r}")
-    if "download" in d:
-        need(isinstance(d["download"], bool), f"data.download must be true or false, got {d['download']!r}")
-    if "augment" in d:
-        from prunekit.data.pipeline import RECIPES
-
-        need(d["augment"] is None or d["augment"] == "default" or d["augment"] in RECIPES,
-             f"data.augment must be default, null or one of {', '.join(RECIPES)}, got {d['augment']!r}")
-    need(isinstance(m.get("name"), str), "method.name must be a string")
-    if m["name"] != "none":
-        from prunekit import methods
-
-        cls = methods.get(m["name"])
-        options = {k: v for k, v in m.items() if k != "name"}
-        need(all(isinstance(k, str) for k in options), f"method option names must be strings, got {list(options)!r}")
         try:
-            cls.config_from_dict(options)
-        except PrunekitError:
-            raise
-        except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as exc:
-            # a method's own range check tripped over a value of the wrong type
-            need(False, f"method {m['name']!r}: an option has a value of the wrong type ({exc}); "
-                        f"valid options: {', '.join(cls.config_keys())}")
-        _check_layer_names(cfg)
+            dev = torch.device(v)
+        except (RuntimeError, ValueError, TypeError):
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+            raise ValueError("must be auto, cpu, cuda or cuda:N (or mps)")
+    return v
 
 
+def _path(v: str | None) -> str | None:
+    if v is not None and not v.strip():
+        raise ValueError("must be a path or null, not an empty string")
+    return v
+
+
+def _epochs_list(v: Any) -> Any:
+    """Milestones: null or increasing epochs (checked before the types, for one message)."""
+    if v is None:
+        return v
+    if not (isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_EPOCHS
+                                        for x in v)):
+        raise ValueError(f"must be a list of epochs (integers >= 0), at most {MAX_EPOCHS} each")
+    if v != sorted(set(v)):
+        raise ValueError("must be increasing epochs such as [30, 60]")
+    return v
+
+
+Toggle = Annotated[Literal["auto", "on", "off"], BeforeValidator(_toggle)]
+Path_ = Annotated[str | None, AfterValidator(_path)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+# the engine's fields that need more than their type: bounds, words, enumerations
+_TRAIN_TYPES: dict[str, Any] = {
+    "batch_size": Annotated[int, Field(ge=1, le=MAX_BATCH, description="global batch (split across processes)")],
+    "eval_batch_size": Annotated[int, Field(ge=1, le=MAX_BATCH)],
+    "device": Annotated[str, AfterValidator(_device), Field(description="auto | cpu | cuda | cuda:N | mps")],
+    "amp": Annotated[Toggle, Field(description="bf16 autocast; auto = on CUDA only")],
+    "channels_last": Toggle,
+    "checkpoint_every_steps": Annotated[Count, Field(description="0: at the end of every epoch only")],
+    "eval_every": Annotated[int, Field(ge=1, le=MAX_COUNT)],
+    "max_steps_per_epoch": Annotated[Count, Field(description="0: the whole epoch")],
+}
+_OPTIM_TYPES: dict[str, Any] = {
+    "lr": Annotated[float, Field(gt=0, le=MAX_LR)],
+    "momentum": Annotated[float, Field(ge=0, lt=1)],
+    "weight_decay": Annotated[float, Field(ge=0, le=1)],
+    "schedule": Literal[SCHEDULES],  # type: ignore[valid-type]
+    "milestones": Annotated[list[Annotated[int, Field(ge=0, le=MAX_EPOCHS)]] | None,
+                            Field(max_length=1000), BeforeValidator(_epochs_list)],
+    "gamma": Annotated[float, Field(gt=0, le=1)],
+    "warmup_epochs": Annotated[float, Field(ge=0, le=MAX_EPOCHS)],
+}
+
+
+def _section_from(dc: type, name: str, types: dict[str, Any], skip: tuple[str, ...] = (),
+                  extra: dict[str, Any] | None = None) -> type[Section]:
+    """A config section with one key per field of the engine dataclass ``dc`` (its defaults, its types,
+    tightened by ``types``), so that a field added to the engine is validated and passed on, never dropped."""
+    hints = typing.get_type_hints(dc)
+    fields: dict[str, Any] = dict(extra or {})
+    for f in dataclasses.fields(dc):
+        if f.name in skip:
+            continue
+        typ = types.get(f.name, hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            fields[f.name] = (typ, f.default)
+        else:
+            fields[f.name] = (typ, Field(default_factory=f.default_factory))  # type: ignore[arg-type]
+    return create_model(name, __base__=Section, __doc__=dc.__doc__, **fields)  # type: ignore[call-overload,no-any-return]
+
+
+TrainSection = _section_from(
+    TrainerConfig, "TrainSection", _TRAIN_TYPES, skip=("seed",),
+    extra={"epochs": (Annotated[int, Field(ge=0, le=MAX_EPOCHS, description="the method's budget")], 10)})
+OptimSection = _section_from(OptimConfig, "OptimSection", _OPTIM_TYPES)
+
+_KWARG_BOUNDS = {"num_classes": (1, MAX_CLASSES), "input_size": (1, MAX_INPUT_SIZE), "in_channels": (1, MAX_CHANNELS)}
+
+
+def _model_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    for key, (lo, hi) in _KWARG_BOUNDS.items():
+        if key in kw:
+            v = kw[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{key} must be an integer in [{lo}, {hi}], got {short(v)}")
+    return kw
+
+
+class ModelSection(Section):
+    """A zoo model and its keyword arguments (checked by its factory; num_classes, input_size and
+    in_channels are filled in from the data unless given)."""
+
+    name: Annotated[str, Field(min_length=1)] = "lenet5"
+    kwargs: Annotated[dict[str, Any], AfterValidator(_model_kwargs)] = Field(default_factory=dict)
+
+
+def _augment(v: str | None) -> str | None:
+    if v is not None and v != "default" and v not in RECIPES:
+        raise ValueError(f"must be default, null or one of {', '.join(RECIPES)}")
+    return v
+
+
+class DataSection(Section):
+    """The dataset: a name, where its files are, seeded random subsets (0 = all) and the augmentation."""
+
+    name: Annotated[str, Field(min_length=1)] = "digits"
+    root: Path_ = None
+    subset: Count = 0
+    test_subset: Count = 0
+    augment: Annotated[str | None, AfterValidator(_augment),
+                       Field(description=f"default | null | {' | '.join(RECIPES)}")] = "default"
+    download: bool = False
+
+
+class MethodSection(BaseModel):
+    """``name`` (a method of :func:`prunekit.methods.names`, or none) and that method's own options."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = "none"
+
+
+class ExperimentConfig(Section):
+    """One experiment: model, data, training, optimizer and the pruning method."""
+
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    out: Path_ = None
+    pretrained: Path_ = None
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)  # type: ignore[valid-type]
+    optim: OptimSection = Field(default_factory=OptimSection)  # type: ignore[valid-type]
+    method: MethodSection = Field(default_factory=MethodSection)
+
+    @_model_validator(mode="after")
+    def _cross_field(self) -> ExperimentConfig:
+        options = self.method.model_extra or {}
+        if self.method.name == "none" and options:
+            raise ValueError(f"method options {', '.join(map(str, options))} given but method.name is none; "
+                             "set method.name or drop them")
+        subset, batch = self.data.subset, self.train.batch_size  # type: ignore[attr-defined]
+        if 0 < subset < batch:
+            raise ValueError(f"data.subset={subset} is smaller than one batch (train.batch_size={batch}): every "
+                             "epoch would train 0 steps; raise data.subset or lower train.batch_size")
+        return self
+
+
+DEFAULTS: dict[str, Any] = ExperimentConfig().model_dump()
 _LAYER_OPTIONS = ("layers", "exclude", "layer_keep")
+
+
+def _field_at(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, Any]:
+    """(the section model, the field) at ``loc``; the model is None when ``loc`` leaves the typed schema."""
+    field = None
+    for part in loc:
+        if model is None:
+            return None, None
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None  # type: ignore[assignment]
+    return model, field
+
+
+def _bound(v: float) -> str:
+    if isinstance(v, int):
+        return f"2**{v.bit_length() - 1}" if v >= 2**31 and v & (v - 1) == 0 else str(v)
+    return f"{v:g}"
+
+
+def _range(field: Any) -> str | None:
+    """``an integer in [0, 100000]`` / ``a number in (0, 10]`` from a field's type and bounds."""
+    if field is None or field.annotation not in (int, float):
+        return None
+    lo = hi = None
+    lo_open = hi_open = False
+    for m in field.metadata:
+        for attr, is_lo, is_open in (("ge", True, False), ("gt", True, True), ("le", False, False),
+                                     ("lt", False, True)):
+            v = getattr(m, attr, None)
+            if v is not None:
+                if is_lo:
+                    lo, lo_open = v, is_open
+                else:
+                    hi, hi_open = v, is_open
+    if lo is None and hi is None:
+        return None
+    what = "an integer" if field.annotation is int else "a number"
+    left = "(-inf" if lo is None else f"{'(' if lo_open else '['}{_bound(lo)}"
+    right = "inf)" if hi is None else f"{_bound(hi)}{')' if hi_open else ']'}"
+    return f"{what} in {left}, {right}"
+
+
+_NUMERIC = ("int_type", "int_from_float", "int_parsing", "float_type", "float_parsing", "finite_number",
+            "greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def error_line(exc: ValidationError, model: type[BaseModel], prefix: str) -> str:
+    """A pydantic error as one line: ``prefix: key.path must be ..., got <short value>`` (first three errors)."""
+    parts = []
+    errors = exc.errors(include_url=False)
+    for e in errors[:3]:
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        where = ".".join(map(str, loc))
+        kind, msg, got = e["type"], e["msg"], e.get("input")
+        _, field = _field_at(model, loc)
+        if kind == "extra_forbidden":
+            parent, _ = _field_at(model, loc[:-1])
+            listing = f"; valid keys here: {', '.join(sorted(parent.model_fields))}" if parent else ""
+            parts.append(f"unknown config key {short(where)}{listing}")
+            continue
+        msg = msg.removeprefix("Value error, ").replace("Input should be", "must be")
+        if kind in ("model_type", "model_attributes_type", "dict_type"):
+            msg = "must be a mapping of keys"
+            if got is None:
+                parts.append(f"{where!r} is None, not a section (a mapping of keys)")
+                continue
+        elif kind in _NUMERIC and _range(field):
+            msg = f"must be {_range(field)}"
+        elif kind in ("int_type", "int_from_float") and isinstance(got, bool | float):
+            msg = "must be an integer"
+        elif kind == "bool_type":
+            msg = "must be true or false"
+        elif kind == "literal_error":
+            msg = "must be one of " + str(e.get("ctx", {}).get("expected", "")).replace("'", "").replace(" or ", ", ")
+        head = f"{where} " if where else ""
+        tail = "" if kind == "value_error" and (not where or ", got " in msg) else f", got {short(got)}"
+        parts.append(f"{head}{msg}{tail}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return f"{prefix}: {'; '.join(parts)}{more}"
+
+
+def _check_method_numbers(options: dict[str, Any]) -> None:
+    """Sanity bounds on a method's numbers (on top of its own checks): finite, and not absurdly large."""
+    def walk(key: str, v: Any) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{key}.{k}", x)
+        elif isinstance(v, list | tuple):
+            for x in v:
+                walk(key, x)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            leaf = key.split(".")[0]
+            most = MAX_EPOCHS if ("epochs" in leaf or leaf in ("iterations", "cycles")) else MAX_METHOD_INT
+            if abs(v) > most:
+                raise PrunekitError(f"config: method.{key}: {short(v)} is out of range (at most {most:,})")
+        elif isinstance(v, float):
+            hi = MAX_LR if key.split(".")[0].endswith("lr") else MAX_METHOD_FLOAT
+            if not math.isfinite(v) or abs(v) > hi:
+                raise PrunekitError(f"config: method.{key}: {short(v)} must be a finite number of at most {hi:g}")
+
+    for k, v in options.items():
+        walk(str(k), v)
+
+
+def _check_method(cfg: dict[str, Any]) -> None:
+    """The method's own validation (its ``Config``), then the layer names against the model."""
+    m = cfg["method"]
+    if m["name"] == "none":
+        return
+    from prunekit import methods
+
+    cls = methods.get(m["name"])
+    options = {k: v for k, v in m.items() if k != "name"}
+    _check_method_numbers(options)
+    try:
+        cls.config_from_dict(options)
+    except PrunekitError as exc:
+        msg = str(exc)
+        raise PrunekitError(msg if len(msg) <= 400 else msg[:397] + "...") from None
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as exc:
+        # a method's own range check tripped over a value of the wrong type
+        raise PrunekitError(f"config: method {m['name']!r}: an option has a value of the wrong type "
+                            f"({short(str(exc))}); valid options: {', '.join(cls.config_keys())}") from None
+    _check_layer_names(cfg)
+
+
+def normalize(tree: Any, prefix: str = "config") -> dict[str, Any]:
+    """The full config (defaults filled in) from a possibly partial mapping, validated; one-line errors."""
+    if not isinstance(tree, dict):
+        raise PrunekitError(f"{prefix}: a config must be a mapping of sections, got {short(tree)}")
+    try:
+        typed = ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise PrunekitError(error_line(exc, ExperimentConfig, prefix)) from None
+    cfg = typed.model_dump()
+    _check_method(cfg)
+    return cfg
+
+
+complete = normalize
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Check a full config dict (as :func:`load_config` returns it, possibly edited): one line per mistake.
+
+    Runs before any data are loaded or any training starts.
+    """
+    normalize(cfg)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config (or the defaults), apply ``--set`` overrides, validate, return the full config."""
+    return normalize(configio.load(path, list(overrides or [])))
+
+
+def apply_override(cfg: dict[str, Any], assignment: str) -> None:
+    """Apply one ``key.sub=value`` override in place (validate afterwards)."""
+    configio.apply_override(cfg, assignment)
+
+
+def trainer_config(cfg: dict[str, Any]) -> TrainerConfig:
+    """The engine settings of a validated config: every ``TrainerConfig`` field from ``train`` (and seed)."""
+    t = cfg["train"]
+    return TrainerConfig(**{f.name: (cfg["seed"] if f.name == "seed" else t[f.name])
+                            for f in dataclasses.fields(TrainerConfig)})
+
+
+def optim_config(cfg: dict[str, Any]) -> OptimConfig:
+    """The optimizer settings of a validated config (every ``OptimConfig`` field)."""
+    return OptimConfig(**{f.name: cfg["optim"][f.name] for f in dataclasses.fields(OptimConfig)})
 
 
 def _check_layer_names(cfg: dict[str, Any]) -> None:
@@ -285,8 +404,6 @@ def _check_layer_names(cfg: dict[str, Any]) -> None:
     data are loaded or any epoch is trained. The method's own, finer check (which layer types it accepts)
     still runs when it sees the model.
     """
-    import fnmatch
-
     m = cfg["method"]
     given = {k: m[k] for k in _LAYER_OPTIONS if m.get(k)}
     name = cfg["model"]["name"]
@@ -307,10 +424,33 @@ def _check_layer_names(cfg: dict[str, Any]) -> None:
         for pat in patterns:
             if isinstance(pat, str) and not any(fnmatch.fnmatchcase(n, pat) for n in names):
                 shown = ", ".join(n for n in names if "." not in n) if len(names) > 40 else ", ".join(names)
-                raise PrunekitError(f"config: method.{key}: {pat!r} matches no layer of {name}; "
+                raise PrunekitError(f"config: method.{key}: {short(pat)} matches no layer of {name}; "
                                     f"its layers are: {shown}")
 
 
-def dump(cfg: dict[str, Any]) -> str:
-    """The config as YAML (saved beside every run so it can be repeated)."""
-    return yaml.safe_dump(cfg, sort_keys=False)
+def schema() -> dict[str, Any]:
+    """JSON Schema of an experiment config (for editors), with every method's options under ``method``."""
+    out = ExperimentConfig.model_json_schema()
+    variants: list[dict[str, Any]] = [{"type": "object", "properties": {"name": {"const": "none"}},
+                                       "additionalProperties": False}]
+    from pydantic import TypeAdapter
+
+    from prunekit import methods
+
+    for name in methods.names():
+        try:
+            cls = methods.get(name)
+            props = TypeAdapter(cls.Config).json_schema().get("properties", {})
+        except Exception:  # a method whose options have no JSON form: its name alone
+            props = {}
+        variants.append({"type": "object", "title": name, "properties": {"name": {"const": name}, **props},
+                         "required": ["name"], "additionalProperties": not props})
+    defs = out.setdefault("$defs", {})
+    defs["MethodSection"] = {"title": "MethodSection", "description": MethodSection.__doc__,
+                             "oneOf": variants}
+    return out
+
+
+dump = configio.dump
+__all__ = ["DEFAULTS", "ExperimentConfig", "apply_override", "complete", "dump", "load_config", "normalize",
+           "optim_config", "parse_value", "schema", "trainer_config", "validate"]

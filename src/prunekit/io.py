@@ -13,10 +13,11 @@ Only whitelisted module types can appear in a spec (torch's common layers plus c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,22 +212,50 @@ def factory_of(model: nn.Module) -> dict[str, Any] | None:
 
 
 def architecture(model: nn.Module, base: nn.Module | None = None) -> dict[str, Any] | None:
-    """Describe ``model`` as factory + overrides (the modules that differ from what the factory builds).
+    """Describe ``model`` so that :func:`build_from_architecture` rebuilds its (pruned) shapes.
 
-    A user's own network has no factory: pass ``base``, the network as the user built it (e.g. before
-    pruning), and the record lists what differs from it (``factory`` is then None, and rebuilding needs an
-    instance of the same network). Without either, returns None.
+    A zoo model is described as factory + overrides (the modules that differ from what the factory builds):
+    a self-contained record. A user's own network has no factory: pass ``base``, the network as the user
+    built it (e.g. before pruning). The record then holds the structural operations made since ``base``
+    (:mod:`prunekit.surgery.history`: which channels, which blocks), replayed on a fresh instance whatever
+    its module types, plus overrides for any other change (whitelisted / registered module types only). The
+    replay is checked here, at save time: a record that would not rebuild ``model`` is refused, naming the
+    layer. Without factory or base, returns None.
     """
     factory = factory_of(model)
     if factory is None and base is None:
         return None
+    ops: list[dict[str, Any]] = []
     if factory is not None:
         from prunekit import models
 
         with torch.device("meta"):
-            base = models.create(factory["name"], **factory["kwargs"])
-    assert base is not None
-    base_modules = dict(base.named_modules())
+            ref = models.create(factory["name"], **factory["kwargs"])
+    else:
+        from prunekit.surgery import history
+
+        assert base is not None
+        ops, base_ops = history.history(model), history.history(base)
+        if ops[:len(base_ops)] != base_ops:
+            raise PrunekitError("base= is not an earlier state of this model (its structural history differs); "
+                                "pass the network as it was built, before pruning")
+        ops = ops[len(base_ops):]
+        for i, op in enumerate(ops):
+            if op.get("op") == "channels" and op.get("input_shapes") is None:
+                raise PrunekitError(f"structural change {i + 1} ({sorted(op.get('removed', {}))[:3]}) was made "
+                                    "with example inputs that are not float tensors: it cannot be recorded")
+        ref = _twin(base, "base")
+        history.replay(ref, ops)
+    overrides = _overrides(model, ref)
+    rec: dict[str, Any] = {"factory": factory, "overrides": overrides}
+    if factory is None:
+        rec["history"] = ops
+    return rec
+
+
+def _overrides(model: nn.Module, ref: nn.Module) -> dict[str, Any]:
+    """Specs of the modules of ``model`` that differ from ``ref`` (outermost first, children skipped)."""
+    base_modules = dict(ref.named_modules())
     overrides: dict[str, Any] = {}
     skip: list[str] = []
     for name, m in model.named_modules():
@@ -238,11 +267,12 @@ def architecture(model: nn.Module, base: nn.Module | None = None) -> dict[str, A
         spec = module_spec(m)
         if spec is None:
             raise PrunekitError(
-                f"cannot record layer {name!r} of type {type(m).__name__}: register it with "
-                "prunekit.io.register_module (to_config/from_config) so the pruned model can be saved")
+                f"cannot record layer {name!r} of type {type(m).__name__}: it differs from the network as "
+                "built in a way prunekit's surgery did not make; register it with prunekit.io.register_module "
+                "(to_config/from_config) so the pruned model can be saved")
         overrides[name] = spec
         skip.append(name)
-    return {"factory": factory, "overrides": overrides}
+    return overrides
 
 
 def _same_shell(m: nn.Module, b: nn.Module) -> bool:
@@ -260,21 +290,33 @@ def _own_shapes(m: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
             + list(m.named_buffers(recurse=False))]
 
 
+def _check_record(arch: Any) -> None:
+    if not isinstance(arch, dict) or "factory" not in arch:
+        raise PrunekitError("architecture record is malformed (no factory)")
+    extra = set(arch) - {"factory", "overrides", "history"}
+    if extra:
+        raise PrunekitError(f"architecture record has unexpected fields {ascii(sorted(map(str, extra))[:5])[:100]}")
+
+
 def build_from_architecture(arch: dict[str, Any], device: str | torch.device = "cpu",
                             base: nn.Module | None = None) -> nn.Module:
     """Rebuild a model (on ``device``, weights uninitialised if ``meta``) from :func:`architecture` output.
 
     A record without a factory (a user's own network) is applied to ``base`` (an instance of that network,
-    changed in place); without ``base`` it is refused.
+    changed in place: its structural history replayed, then the overrides built on ``device``); without
+    ``base`` it is refused.
     """
     from prunekit import models
+    from prunekit.surgery import history
 
-    if isinstance(arch, dict) and arch.get("factory") is None and "factory" in arch:
+    _check_record(arch)
+    if arch.get("factory") is None:
         if base is None:
             raise PrunekitError("the architecture record is relative to a user's own network (no zoo factory); "
                                 "pass model= (a fresh instance of that network) to rebuild it")
+        history.replay(base, arch.get("history", []))
         return _apply_overrides(base, arch.get("overrides", {}), device)
-    if not isinstance(arch, dict) or not isinstance(arch.get("factory"), dict):
+    if not isinstance(arch.get("factory"), dict):
         raise PrunekitError("architecture record is malformed (no factory)")
     factory = arch["factory"]
     name, kwargs = factory.get("name"), factory.get("kwargs", {})
@@ -293,6 +335,7 @@ def build_from_architecture(arch: dict[str, Any], device: str | torch.device = "
             raise PrunekitError(f"cannot build zoo model {name[:100]!r} with {str(kwargs)[:200]}: "
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
                                 ) from None
+    history.replay(model, arch.get("history", []))
     return _apply_overrides(model, arch.get("overrides", {}), device)
 
 
@@ -433,7 +476,8 @@ def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None
     """Save ``model`` (pruned or not) to one safetensors file that :func:`load` rebuilds without its code.
 
     For a user's own network pass ``base`` (the network as built, before pruning): the file then records
-    the pruned shapes, and ``load(path, model=YourNet())`` rebuilds them onto a fresh instance.
+    the structural changes made since (:mod:`prunekit.surgery.history`), and ``load(path, model=YourNet())``
+    replays them on a fresh instance, whatever its module types, before loading the weights by name.
     """
     path = Path(path)
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
@@ -448,7 +492,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
 
     A sparse file (:func:`prunekit.surgery.save_sparse`) loads too, as the dense network it encodes. For a
     user's own (non-zoo) network pass ``model``, a fresh instance: when the file recorded pruned shapes
-    (``save(..., base=...)``) they are applied to it first, then the weights are loaded in place.
+    (``save(..., base=...)``) they are rebuilt on it first, then the weights are loaded in place.
+
+    Nothing is allocated beyond what the model needs: the structure is rebuilt and checked on the ``meta``
+    device (every tensor's shape, and one shape pass through the whole network) before any layer is
+    materialised.
     """
     tensors, doc = read_safetensors(path)
     if doc.get("format") == "prunekit-sparse/1":
@@ -456,25 +504,184 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, device: str | 
 
         return load_sparse(path, model=model, device=device)
     if doc.get("format") != FORMAT:
-        raise PrunekitError(f"{path}: not a prunekit model file (format {doc.get('format')!r}, want {FORMAT})")
+        raise PrunekitError(f"{path}: not a prunekit model file (format {_esc(doc.get('format'))}, want {FORMAT})")
     return model_from_state(tensors, doc.get("architecture"), str(path), model=model, device=device)
+
+
+def _esc(v: Any, n: int = 100) -> str:
+    """An untrusted value, escaped and cut, for a one-line message."""
+    return ascii(v)[:n]
+
+
+class Prepared:
+    """A file's network rebuilt and checked on the ``meta`` device, ready to receive its weights.
+
+    ``expected`` maps every state-dict key to the shape and dtype the network needs: sparse files check
+    their entries against it before decoding any.
+    """
+
+    def __init__(self, structure: nn.Module, arch: Any, where: str, model: nn.Module | None) -> None:
+        self.structure, self.arch, self.where, self.model = structure, arch, where, model
+        self.expected = {k: (tuple(v.shape), v.dtype) for k, v in structure.state_dict().items()}
+
+    def check(self, shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+        """Refuse (one line) unless ``shapes`` has exactly the expected keys, shapes and dtypes."""
+        missing = sorted(set(self.expected) - set(shapes))
+        unexpected = sorted(set(shapes) - set(self.expected))
+        if missing or unexpected:
+            raise PrunekitError(f"{self.where}: weights do not fit the architecture (missing {_esc(missing[:3])}, "
+                                f"unexpected {_esc(unexpected[:3])})")
+        for k, (shape, dtype) in self.expected.items():
+            if tuple(shapes[k][0]) != shape or shapes[k][1] != dtype:
+                raise PrunekitError(f"{self.where}: tensor {_esc(k)} has shape {tuple(shapes[k][0])} "
+                                    f"{shapes[k][1]}, the architecture needs {shape} {dtype}")
+
+    def materialise(self, tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> nn.Module:
+        """The network with ``tensors`` loaded (checked first); allocates only what the tensors hold."""
+        self.check({k: (tuple(v.shape), v.dtype) for k, v in tensors.items()})
+        arch, model = self.arch, self.model
+        if model is None:
+            model = self.structure  # built on meta from the zoo factory: take the file's tensors as they are
+            load_state(model, tensors, self.where, assign=True)
+            model._prunekit_factory = arch["factory"]
+        else:
+            if isinstance(arch, dict) and arch.get("factory") is None:
+                from prunekit.surgery import history
+
+                history.replay(model, arch.get("history", []))  # the same ops the meta twin took
+                _apply_overrides(model, arch.get("overrides", {}), "meta")
+                for name in arch.get("overrides", {}):  # checked against the file: bounded by its size
+                    model.get_submodule(name).to_empty(device="cpu")
+            load_state(model, tensors, self.where)
+        return model.to(device).eval()
+
+
+def prepare(arch: Any, where: str, model: nn.Module | None = None,
+            input_shape: tuple[int, ...] | None = None) -> Prepared:
+    """Rebuild the network a file describes on the ``meta`` device and check that it runs (a shape pass).
+
+    ``model`` (a user's network) is not touched here: its record is replayed on a meta twin. The shape pass
+    runs on ``input_shape`` (one sample, without the batch dimension), else the zoo model's
+    ``input_shape``, else the shapes the last structural change was made with; with none known it is
+    skipped.
+    """
+    batch_shapes: list[tuple[int, ...]] | None = None
+    if model is None:
+        if arch is None:
+            raise PrunekitError(f"{where}: holds no architecture (not a zoo model); pass model= to load into")
+        _check_record(arch)
+        if arch.get("factory") is None:
+            raise PrunekitError(f"{where}: the architecture record is relative to a user's own network (no zoo "
+                                "factory); pass model= (a fresh instance of that network) to rebuild it")
+        structure = build_from_architecture(arch, device="meta")
+    else:
+        rebuilds = isinstance(arch, dict) and arch.get("factory") is None and bool(
+            arch.get("history") or arch.get("overrides"))
+        try:
+            structure = _twin(model, "model")
+        except PrunekitError:
+            if rebuilds:
+                raise
+            structure = model  # only its state-dict shapes are read below: nothing is changed or allocated
+        if isinstance(arch, dict) and arch.get("factory") is None:
+            _check_record(arch)
+            structure = build_from_architecture(arch, device="meta", base=structure)
+            for op in reversed(arch.get("history") or []):  # validated by the replay just done
+                if isinstance(op, dict) and op.get("input_shapes"):
+                    batch_shapes = [tuple(s) for s in op["input_shapes"]]
+                    break
+    if input_shape is None:
+        input_shape = getattr(structure, "input_shape", None)
+    if input_shape is not None:
+        batch_shapes = [(1, *input_shape)]
+    if batch_shapes is not None and structure is not model:
+        shape_pass(structure, batch_shapes, where, strict=model is None)
+    return Prepared(structure, arch, where, model)
+
+
+class _Tracker:
+    """The modules being executed, outermost first (see :func:`layer_tracker`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.types = {n: type(m).__name__ for n, m in model.named_modules()}
+        self.stack: list[str] = []
+
+    @property
+    def failed(self) -> str | None:
+        """After an exception: the innermost named layer that was running (None: the top level)."""
+        inner = [n for n in self.stack if n]
+        return inner[-1] if inner else None
+
+    @property
+    def failed_type(self) -> str:
+        return self.types.get(self.failed or "", "?")
+
+
+@contextlib.contextmanager
+def layer_tracker(model: nn.Module) -> Iterator[_Tracker]:
+    """Track which layer of ``model`` is running, so an exception in a forward pass can name it."""
+    tr = _Tracker(model)
+
+    def pre(m: nn.Module, _args: Any) -> None:
+        tr.stack.append(tr.names.get(id(m), ""))
+
+    def post(m: nn.Module, _args: Any, _out: Any) -> None:
+        if tr.stack:
+            tr.stack.pop()
+
+    handles = []
+    for m in model.modules():
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        yield tr
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _twin(model: nn.Module, what: str) -> nn.Module:
+    """A structural copy of ``model`` on the meta device (see :func:`prunekit.surgery._graph.meta_twin`)."""
+    from prunekit.surgery._graph import meta_twin
+
+    try:
+        return meta_twin(model)
+    except Exception as exc:  # an attribute deepcopy cannot copy (a lock, an open file, ...)
+        raise PrunekitError(f"cannot copy the {what} network to rebuild its pruned shapes safely "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''!a})"
+                            ) from None
+
+
+def shape_pass(model: nn.Module, shapes: list[tuple[int, ...]], where: str, strict: bool = True) -> None:
+    """Run ``model`` (on the meta device) on empty inputs of ``shapes``: every layer must accept what the
+    previous one produces. A failure is one PrunekitError naming the innermost layer that failed. With
+    ``strict`` False an operation that has no meta implementation (data-dependent Python in a user's
+    forward) makes the pass inconclusive rather than a refusal."""
+    xs = [torch.empty(s, device="meta") for s in shapes]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with layer_tracker(model) as tr, torch.no_grad():
+            model.eval()
+            try:
+                model(*xs)
+            except Exception as exc:
+                msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                if not strict and ("meta" in msg.lower() or isinstance(exc, NotImplementedError)):
+                    return
+                layer = f"layer {_esc(tr.failed)} ({tr.failed_type})" if tr.failed else "the top-level forward"
+                raise PrunekitError(f"{where}: the network does not run on inputs of shape "
+                                    f"{', '.join(str(tuple(s)) for s in shapes)}: {layer} fails: "
+                                    f"{ascii(msg)[1:-1]}") from None
+    finally:
+        for m, t in modes:
+            m.training = t
 
 
 def model_from_state(tensors: dict[str, torch.Tensor], arch: Any, where: str, model: nn.Module | None = None,
                      device: str | torch.device = "cpu") -> nn.Module:
     """The network a file describes: rebuilt from its architecture record, or ``model`` (a user's network,
     given the record's pruned shapes first) with the weights loaded. Shared by dense and sparse files."""
-    if model is None:
-        if arch is None:
-            raise PrunekitError(f"{where}: holds no architecture (not a zoo model); pass model= to load into")
-        model = build_from_architecture(arch, device="meta")
-        load_state(model, tensors, where, assign=True)
-        model._prunekit_factory = arch["factory"]
-    else:
-        if isinstance(arch, dict) and arch.get("factory") is None and "factory" in arch:
-            model = build_from_architecture(arch, device="cpu", base=model)  # the user's network, pruned shapes
-        load_state(model, tensors, where)
-    return model.to(device).eval()
+    return prepare(arch, where, model).materialise(tensors, device)
 
 
 def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], where: str, assign: bool = False) -> None:
@@ -483,11 +690,11 @@ def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], where: str, a
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     if missing or unexpected:
-        raise PrunekitError(f"{where}: weights do not fit the architecture (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]})")
+        raise PrunekitError(f"{where}: weights do not fit the architecture (missing {_esc(missing[:3])}, "
+                            f"unexpected {_esc(unexpected[:3])})")
     for k, v in own.items():
         if tuple(v.shape) != tuple(tensors[k].shape) or v.dtype != tensors[k].dtype:
-            raise PrunekitError(f"{where}: tensor {k} has shape {tuple(tensors[k].shape)} "
+            raise PrunekitError(f"{where}: tensor {_esc(k)} has shape {tuple(tensors[k].shape)} "
                                 f"{tensors[k].dtype}, the architecture needs {tuple(v.shape)} {v.dtype}")
     model.load_state_dict(tensors, strict=True, assign=assign)
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]

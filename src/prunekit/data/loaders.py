@@ -79,11 +79,11 @@ def _repo_root() -> Path | None:
 
 
 def search_dirs(name: str, root: str | os.PathLike | None = None) -> list[Path]:
-    """Folders looked in for dataset ``name``, in order, without duplicates."""
+    """Folders looked in for dataset ``name``, in order, without duplicates (only ``root`` when given)."""
     dirs: list[Path] = []
-    if root is not None:
+    if root is not None:  # the user said where the data is: look nowhere else
         r = Path(root).expanduser()
-        dirs += [r, r / name]
+        return [r, r / name]
     env = os.environ.get("PRUNEKIT_DATA")
     if env:
         dirs.append(Path(env).expanduser() / name)

@@ -1,4 +1,5 @@
-"""Stages (the phases of a method's schedule) and learning-rate schedules as pure functions.
+"""Stages (the phases of a method's schedule), the optimizer settings and learning-rate schedules as pure
+functions.
 
 The learning rate is a function of (stage, position in the stage) only, so a resumed run gets exactly the
 learning rates an uninterrupted one would, with no scheduler state to save.
@@ -8,6 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
@@ -30,6 +35,37 @@ class Stage:
     gamma: float | None = None
     reset_optimizer: bool = True
     info: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """SGD settings (the papers all use momentum SGD)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: list[int] | None = None
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+
+
+def split_decay(model: nn.Module, exclude: set[int] | None = None) -> list[dict[str, Any]]:
+    """One parameter group of every trainable parameter except the ids in ``exclude``.
+
+    The four papers apply weight decay to all weights (Caffe / MXNet defaults), so do we; a method that
+    needs other treatment (SSS's factors get no decay) excludes its parameters and adds its own group.
+    """
+    exclude = exclude or set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]
+    return [{"params": params}]
+
+
+def default_optimizer(model: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """The engine's optimizer when no method supplies one: momentum SGD over every trainable parameter."""
+    return torch.optim.SGD(split_decay(model), lr=lr, momentum=optim.momentum,
+                           nesterov=optim.nesterov and optim.momentum > 0, weight_decay=optim.weight_decay)
 
 
 def lr_factor(schedule: str, progress: float, epoch: int, epochs: int, milestones: list[int] | None,

@@ -1,8 +1,8 @@
 """The training engine: stages of epochs, SGD with schedules, evaluation, checkpoints and exact resume.
 
-Methods plug in as callbacks (see :mod:`prunekit.engine.callbacks`); a callback may also supply the
-optimizers (``configure_optimizers``), the batch-size schedule (``batch_size_schedule``) and transform the
-model before training (``prepare``).
+Methods plug in as callbacks (see :mod:`prunekit.engine.callbacks`); the Trainer calls their declared
+members: ``prepare`` before training, ``configure_optimizers`` for the optimizers, ``batch_size_schedule``
+for the batch sizes, and the hooks. It is a :class:`~prunekit.engine.callbacks.TrainingLoop`.
 
 With ``torch.distributed`` initialised (``torchrun`` + :func:`prunekit.engine.distributed.init_from_env`)
 the model is wrapped in DistributedDataParallel and ``batch_size`` stays the **global** batch: every step the
@@ -36,25 +36,11 @@ from prunekit import io
 from prunekit._atomic import write_text
 from prunekit.data.pipeline import batch_size_fn
 from prunekit.engine import distributed as pdist
-from prunekit.engine.callbacks import Callback
+from prunekit.engine.callbacks import BatchSize, Callback, build_optimizers
 from prunekit.engine.checkpoint import load_checkpoint, save_checkpoint
-from prunekit.engine.stages import Stage, lr_factor
+from prunekit.engine.stages import OptimConfig, Stage, lr_factor
 from prunekit.errors import PrunekitError
-from prunekit.metrics.evaluation import topk_correct
-
-
-@dataclass
-class OptimConfig:
-    """SGD settings (the papers all use momentum SGD)."""
-
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "step"
-    milestones: list[int] | None = None
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
+from prunekit.metrics.evaluation import OutputTransform, forward_logits, topk_correct
 
 
 def seed_everything(seed: int) -> None:
@@ -74,22 +60,15 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def split_decay(model: nn.Module, exclude: set[int] | None = None) -> list[dict[str, Any]]:
-    """One parameter group of every trainable parameter except the ids in ``exclude``.
-
-    The four papers apply weight decay to all weights (Caffe / MXNet defaults), so do we; a method that
-    needs other treatment (SSS's factors get no decay) excludes its parameters and adds its own group.
-    """
-    exclude = exclude or set()
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]
-    return [{"params": params}]
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: pdata.Dataset, *, batch_size: int = 512,
              device: str | torch.device = "cpu", topk: Sequence[int] = (1, 5),
-             rank: int = 0, world_size: int = 1, amp: bool = False) -> dict[str, float]:
+             rank: int = 0, world_size: int = 1, amp: bool = False, input_key: str | None = "auto",
+             output_transform: OutputTransform | None = None) -> dict[str, float]:
     """Loss and top-k accuracy (percent) of ``model`` on ``dataset`` in eval mode.
+
+    The model may return a HF ``ModelOutput``, a dict or a tuple, and take its input by keyword
+    (:func:`prunekit.metrics.evaluation.forward_logits`).
 
     Under torch.distributed each rank evaluates its part of every batch (``batch_size`` is global) and the
     sums are all-reduced: every sample is counted exactly once, as in one process.
@@ -101,7 +80,7 @@ def evaluate(model: nn.Module, dataset: pdata.Dataset, *, batch_size: int = 512,
     for x, y in pdata.iterate(dataset, batch_size, shuffle=False, augment=None, device=device,
                               rank=rank, world_size=world_size, split="batch"):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
+            out = forward_logits(model, x, input_key=input_key, output_transform=output_transform)
         out = out.float()
         sums[0] += F.cross_entropy(out, y, reduction="sum")
         sums[1] += y.numel()
@@ -136,18 +115,27 @@ _FINITE_CHECK_EVERY = 32  # steps between NaN checks on an accelerator (each che
 
 
 class Trainer:
-    """Runs ``stages`` of training on ``model`` with ``callbacks`` (pruning methods) plugged in."""
+    """Runs ``stages`` of training on ``model`` with ``callbacks`` (pruning methods) plugged in.
+
+    ``input_key`` / ``output_transform``: how the model takes its input and where its logits are; by default
+    the Hugging Face convention is picked automatically (keyword ``main_input_name`` when the model has one,
+    ``.logits`` of a ``ModelOutput``, ``["logits"]`` of a dict, the first element of a tuple), so a HF
+    classifier trains unwrapped.
+    """
 
     def __init__(self, model: nn.Module, train_data: pdata.Dataset, val_data: pdata.Dataset | None = None,
                  *, optim: OptimConfig | None = None, config: TrainerConfig | None = None,
                  callbacks: Sequence[Callback] = (), out_dir: str | Path | None = None,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 input_key: str | None = "auto", output_transform: OutputTransform | None = None) -> None:
         self.optim_cfg = optim or OptimConfig()
         self.cfg = config or TrainerConfig()
         self.callbacks = list(callbacks)
         self.train_data, self.val_data = train_data, val_data
         self.out_dir = Path(out_dir) if out_dir else None
         self.loss_fn = loss_fn or F.cross_entropy
+        # a HF model (or any returning a ModelOutput / dict / tuple, or taking keyword inputs) trains unwrapped
+        self.input_key, self.output_transform = input_key, output_transform
         self.device = pick_device(self.cfg.device)
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if self.cfg.amp == "auto" else self.cfg.amp in ("on", "true", "bf16", True)
@@ -194,6 +182,11 @@ class Trainer:
         return self.rank == 0
 
     @property
+    def eval_batch_size(self) -> int:
+        """Batch size of evaluation passes (global across processes)."""
+        return self.cfg.eval_batch_size
+
+    @property
     def example_inputs(self) -> torch.Tensor:
         """One normalised batch-of-one input on the device (for surgery tracing and MAC counts)."""
         return torch.zeros((1, *self.train_data.input_shape), device=self.device)
@@ -219,18 +212,7 @@ class Trainer:
         """Ask the callbacks for optimizers (first answer wins), else momentum SGD over all parameters."""
         stage = self.stage
         lr = stage.lr if stage and stage.lr is not None else self.optim_cfg.lr
-        opts = None
-        for cb in self.callbacks:
-            make = getattr(cb, "configure_optimizers", None)
-            if make is not None:
-                opts = make(self, lr)
-                if opts is not None:
-                    break
-        if opts is None:
-            o = self.optim_cfg
-            opts = [torch.optim.SGD(split_decay(self.raw_model), lr=lr, momentum=o.momentum,
-                                    nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay)]
-        self.optimizers = list(opts)
+        self.optimizers = build_optimizers(self.callbacks, self, lr)
         self._base_lrs = [[g["lr"] for g in opt.param_groups] for opt in self.optimizers]
         self._built_lr = lr
 
@@ -252,13 +234,11 @@ class Trainer:
                 g["lr"] = b * f
         return f
 
-    def _batch_size(self) -> int | Callable[[int], int]:
+    def _batch_size(self) -> BatchSize:
         for cb in self.callbacks:
-            sched = getattr(cb, "batch_size_schedule", None)
-            if sched is not None:
-                bs = sched(self)
-                if bs is not None:
-                    return bs
+            bs = cb.batch_size_schedule(self)
+            if bs is not None:
+                return bs
         return self.cfg.batch_size
 
     # ------------------------------------------------------------------ the loop
@@ -277,9 +257,7 @@ class Trainer:
         else:
             model = self.raw_model
             for cb in self.callbacks:
-                prepare = getattr(cb, "prepare", None)
-                if prepare is not None:
-                    model = prepare(model) or model
+                model = cb.prepare(model)
             self._set_model(model)
             self.stage_index, self.stage_epoch, self.batch_in_epoch = 0, 0, 0
             self.stage = self.stages[0]
@@ -347,7 +325,8 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_batch_start(self, (x, y))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = self.model(x)
+                out = forward_logits(self.model, x, input_key=self.input_key,
+                                     output_transform=self.output_transform)
             loss = self.loss_fn(out.float(), y)
             if scale != 1.0:  # uneven split of the global batch: DDP's mean of rank means is the global mean
                 loss = loss * scale
@@ -396,7 +375,8 @@ class Trainer:
         last = self.stage_epoch + 1 == stage.epochs
         if self.val_data is not None and (last or (self.stage_epoch + 1) % max(self.cfg.eval_every, 1) == 0):
             ev = evaluate(self.raw_model, self.val_data, batch_size=self.cfg.eval_batch_size,
-                          device=self.device, rank=self.rank, world_size=self.world_size, amp=self.amp)
+                          device=self.device, rank=self.rank, world_size=self.world_size, amp=self.amp,
+                          input_key=self.input_key, output_transform=self.output_transform)
             metrics.update({"val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"]})
         for cb in self.callbacks:
             cb.on_epoch_end(self, metrics)
@@ -464,10 +444,37 @@ class Trainer:
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "base_lrs": self._base_lrs,
             "built_lr": self._built_lr,
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "callback_state": {key: cb.state_dict() for key, cb in self._callback_keys().items()},
             "rng": rng,
             "history": self.history,
         }
+
+    def _callback_keys(self) -> dict[str, Callback]:
+        """Each callback under its ``state_key`` (a second callback of the same key gets ``key#2``, ...)."""
+        out: dict[str, Callback] = {}
+        for cb in self.callbacks:
+            key, n = cb.state_key, 1
+            while key in out:
+                n += 1
+                key = f"{cb.state_key}#{n}"
+            out[key] = cb
+        return out
+
+    def _callback_states(self, path: Path, st: dict[str, Any]) -> list[tuple[Callback, dict[str, Any]]]:
+        """Pair every callback with its saved state: by name, or by position in an older checkpoint."""
+        named = st.get("callback_state")
+        if named is None:  # checkpoints before named state: a positional list
+            states = st.get("callbacks", [])
+            if len(states) != len(self.callbacks):
+                raise PrunekitError(f"{path}: checkpoint was made with other methods/callbacks")
+            return list(zip(self.callbacks, states, strict=True))
+        keys = self._callback_keys()
+        if not isinstance(named, dict) or not all(isinstance(v, dict) for v in named.values()):
+            raise PrunekitError(f"{path}: checkpoint is malformed (callback states)")
+        if set(named) != set(keys):
+            raise PrunekitError(f"{path}: checkpoint was made with other methods/callbacks (it holds "
+                                f"{', '.join(sorted(named)) or 'none'}; this run has {', '.join(keys) or 'none'})")
+        return [(cb, named[key]) for key, cb in keys.items()]
 
     def _save(self) -> None:
         """Rank 0 writes the checkpoint (atomically); the others wait until it is complete."""
@@ -502,11 +509,9 @@ class Trainer:
         self.history = list(st.get("history", []))
         self.stage = self.stages[min(self.stage_index, len(self.stages) - 1)]
         self._set_model(model)
-        cb_states = st.get("callbacks", [])
-        if len(cb_states) != len(self.callbacks):
-            raise PrunekitError(f"{path}: checkpoint was made with other methods/callbacks")
+        cb_states = self._callback_states(path, st)
         try:  # the checkpoint's structure was checked on reading; its contents must also fit this run
-            for cb, s in zip(self.callbacks, cb_states, strict=True):
+            for cb, s in cb_states:
                 cb.load_state_dict(s)
             for cb in self.callbacks:
                 cb.on_model_changed(self)

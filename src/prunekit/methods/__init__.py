@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
 
 # name -> "module:Class". The four papers first, then the peers they are compared with.
 _BUILTIN: dict[str, str] = {
@@ -17,16 +17,16 @@ _BUILTIN: dict[str, str] = {
     "sss": "prunekit.methods.sss:SparseStructureSelection",
     "sght": "prunekit.methods.sght:SGHT",
     # peers
-    "magnitude": "prunekit.methods.magnitude:OneShotMagnitude",
-    "dsd": "prunekit.methods.dsd:DenseSparseDense",
-    "slimming": "prunekit.methods.slimming:NetworkSlimming",
-    "tp-bnscale": "prunekit.methods.tp_bnscale:TPBNScale",
-    "l1-filter": "prunekit.methods.l1_filter:L1FilterPruning",
-    "sfp": "prunekit.methods.sfp:SoftFilterPruning",
-    "tp-magnitude": "prunekit.methods.tp_magnitude:TPMagnitude",
+    "magnitude": "prunekit.methods.peers.magnitude:OneShotMagnitude",
+    "dsd": "prunekit.methods.peers.dsd:DenseSparseDense",
+    "slimming": "prunekit.methods.peers.slimming:NetworkSlimming",
+    "tp-bnscale": "prunekit.methods.peers.tp_bnscale:TPBNScale",
+    "l1-filter": "prunekit.methods.peers.l1_filter:L1FilterPruning",
+    "sfp": "prunekit.methods.peers.sfp:SoftFilterPruning",
+    "tp-magnitude": "prunekit.methods.peers.tp_magnitude:TPMagnitude",
     # controls every comparison needs
-    "random-filter": "prunekit.methods.random_filter:RandomFilterPruning",
-    "torch-global": "prunekit.methods.torch_global:TorchGlobalMagnitude",
+    "random-filter": "prunekit.methods.peers.random_filter:RandomFilterPruning",
+    "torch-global": "prunekit.methods.peers.torch_global:TorchGlobalMagnitude",
 }
 _REGISTERED: dict[str, type[PruningMethod]] = {}
 
@@ -35,6 +35,11 @@ def register(cls: type[PruningMethod]) -> type[PruningMethod]:
     """Class decorator: make a user's own method available by ``cls.name``."""
     _REGISTERED[cls.name] = cls
     return cls
+
+
+def unregister(name: str) -> None:
+    """Forget a method registered with :func:`register` (built-ins stay)."""
+    _REGISTERED.pop(name, None)
 
 
 def register_builtin(name: str, target: str) -> None:
@@ -61,4 +66,5 @@ def get(name: str) -> type[PruningMethod]:
     return getattr(mod, cls)
 
 
-__all__ = ["FinalizeResult", "MethodConfig", "PruningMethod", "get", "names", "register", "register_builtin"]
+__all__ = ["FinalizeResult", "MethodConfig", "PruningMethod", "TrainingLoop", "get", "names", "register",
+           "register_builtin", "unregister"]

@@ -18,8 +18,10 @@ points may be pooled under one key (channels coupled by a residual addition are 
 
 from __future__ import annotations
 
+import fnmatch
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -344,4 +346,52 @@ def collect_apoz(model: nn.Module, batches: Iterable[Any], layers: LayerSpec = N
     return collector.result()
 
 
-__all__ = ["RELU_TYPES", "APoZCollector", "activation_points", "channel_counts", "collect_apoz"]
+@dataclass
+class ScoredGroup:
+    """A scorable unit: a surgery channel group and the ReLU modules whose outputs carry its channels."""
+
+    name: str
+    layers: tuple[str, ...]
+    size: int
+    points: list[str]
+
+
+def scored_groups(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[ScoredGroup], list[str]]:
+    """Every channel group of ``model`` (from :func:`prunekit.surgery.channel_groups`, in module order) whose
+    channels reach a measuring point unpermuted, with those points; and the names of the groups that do not."""
+    from prunekit import surgery
+
+    raw = _raw(model)
+    points = activation_points(raw, example_inputs)
+    out, unscorable = [], []
+    for g in surgery.channel_groups(raw, example_inputs):
+        ident = tuple(range(g.size))
+        measured: list[str] = []
+        for layer in g.layers:
+            if layer in points and tuple(g.index.get(layer, ident)) == ident:
+                measured += [p for p in points[layer] if p not in measured]
+        if measured:
+            out.append(ScoredGroup(g.name, tuple(g.layers), g.size, measured))
+        else:
+            unscorable.append(g.name)
+    return out, unscorable
+
+
+def choose_groups(groups: list[ScoredGroup], patterns: list[str] | None, unscorable: Sequence[str] = ()
+                  ) -> list[ScoredGroup]:
+    """The groups any of whose layers matches one of ``patterns`` (names or globs; None: all); a pattern
+    that matches no scorable layer is refused in one line listing the scorable ones."""
+    if patterns is None:
+        return list(groups)
+    out = [g for g in groups if any(fnmatch.fnmatchcase(layer, p) for layer in g.layers for p in patterns)]
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(layer, p) for g in groups for layer in g.layers):
+            names = ", ".join(g.name for g in groups)
+            extra = f"; not scorable (no ReLU after them): {', '.join(unscorable)}" if unscorable else ""
+            raise PrunekitError(f"trimming: layers pattern {p!r} matches no scorable layer; scorable layers "
+                                f"(first layer of each coupled group): {names}{extra}")
+    return out
+
+
+__all__ = ["RELU_TYPES", "APoZCollector", "ScoredGroup", "activation_points", "channel_counts", "choose_groups",
+           "collect_apoz", "scored_groups"]

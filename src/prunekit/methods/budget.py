@@ -20,7 +20,9 @@ Every method that keeps ``k`` filters per prunable layer gets its ``k`` from her
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 
-KINDS = ("macs", "params")
+KINDS = ("macs", "params", "latency")  # latency: a cost from prunekit.metrics.latency_model
 _EXHAUSTIVE = 200_000  # solve_keep tries every combination when there are at most this many
 
 
@@ -262,6 +264,12 @@ def _check_fraction(name: str, v: Any, *, closed_zero: bool = False) -> float:
     return float(v)
 
 
+def round_up(k: int, size: int, round_to: int) -> int:
+    """``k`` channels rounded up to a multiple of ``round_to``, at most ``size`` (the full width): the one
+    rounding of kept widths every method uses (``round_to`` 8 / 16 suits GPU kernels; 1 leaves ``k``)."""
+    return min(size, math.ceil(k / round_to) * round_to) if round_to > 1 else min(k, size)
+
+
 def keep_from_ratio(groups: Sequence[Any], ratio: float, overrides: Mapping[str, float] | None = None,
                     *, min_keep: int = 1, round_to: int = 1) -> list[int]:
     """``floor(ratio * size)`` channels per group (the SGHT authors' ``int(HTrate * out_channels)``), at least
@@ -272,7 +280,7 @@ def keep_from_ratio(groups: Sequence[Any], ratio: float, overrides: Mapping[str,
         per[group_index(groups, name)] = _check_fraction(f"layer_keep[{name!r}]", r)
     # the small epsilon keeps 0.7 * 10 = 7.000000000000001 and 0.29 * 100 = 28.999999999999996 exact
     keep = [min(g.size, max(min_keep, math.floor(r * g.size + 1e-9))) for g, r in zip(groups, per, strict=True)]
-    return [min(g.size, math.ceil(k / round_to) * round_to) for g, k in zip(groups, keep, strict=True)]
+    return [round_up(k, g.size, round_to) for g, k in zip(groups, keep, strict=True)]
 
 
 class _Rounded:
@@ -414,6 +422,30 @@ def resolve_keep(groups: Sequence[Any], cost: CostModel | None, *, keep_ratio: f
     return keep
 
 
+# ------------------------------------------------------------------------------------------- cost hook
+KeepHook = Callable[[nn.Module, Any, list[Any]], Sequence[int]]
+_KEEP_HOOK: ContextVar[KeepHook | None] = ContextVar("prunekit_keep_hook", default=None)
+
+
+@contextmanager
+def keep_hook(hook: KeepHook) -> Iterator[None]:
+    """Within this block :func:`groups_and_keep` takes keep counts from ``hook(model, example_inputs, groups)``
+    instead of the method's ratio / budget: an outside cost (e.g. measured latency,
+    :func:`prunekit.metrics.latency_model.latency_target`, which runs :func:`solve_keep` on its own cost)."""
+    token = _KEEP_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _KEEP_HOOK.reset(token)
+
+
+def _hooked_keep(hook: KeepHook, model: nn.Module, example_inputs: Any, groups: list[Any]) -> list[int]:
+    keep = [int(k) for k in hook(model, example_inputs, groups)]
+    if len(keep) != len(groups) or any(not 1 <= k <= g.size for k, g in zip(keep, groups, strict=False)):
+        raise PrunekitError(f"keep hook: expected {len(groups)} keep counts within the group widths, got {keep}")
+    return keep
+
+
 def groups_and_keep(model: nn.Module, example_inputs: Any, config: Any, who: str
                     ) -> tuple[list[Any], CostModel | None, list[int]]:
     """The filter groups of ``model`` and the keep count of each, from a filter-budget method's ``config``
@@ -423,6 +455,14 @@ def groups_and_keep(model: nn.Module, example_inputs: Any, config: Any, who: str
     groups = filter_groups(model, example_inputs, include_linear=c.include_linear, coupled=c.coupled)
     if not groups:
         raise PrunekitError(f"{who}: the model has no prunable filter groups (conv / hidden linear layers)")
+    hook = _KEEP_HOOK.get()
+    if hook is None and getattr(c, "latency", None) is not None:  # a config's {latency: 0.5, runtime: ...}
+        from prunekit.metrics.latency_model import latency_target
+
+        with latency_target(c.latency):
+            return groups_and_keep(model, example_inputs, config, who)
+    if hook is not None:
+        return groups, None, _hooked_keep(hook, model, example_inputs, groups)
     budgeted = c.macs_budget is not None or c.params_budget is not None
     cost = CostModel.build(model, example_inputs, groups) if budgeted else None
     keep = resolve_keep(groups, cost, keep_ratio=c.keep_ratio, layer_keep=c.layer_keep, macs_budget=c.macs_budget,
@@ -452,5 +492,6 @@ def validate_budget_options(method: str, keep_ratio: float | None, layer_keep: A
         raise PrunekitError(f"method {method!r}: budget_tol must be in (0, 0.5], got {tol!r}")
 
 
-__all__ = ["CostModel", "filter_groups", "group_index", "keep_from_ratio", "resolve_keep", "solve_keep",
+__all__ = ["CostModel", "filter_groups", "group_index", "keep_from_ratio", "keep_hook", "resolve_keep", "round_up",
+           "solve_keep",
            "validate_budget_options"]

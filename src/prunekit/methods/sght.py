@@ -60,10 +60,9 @@ once, and foreach multiplications apply the masks; there is no Python loop over 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -71,22 +70,11 @@ from torch import nn
 from prunekit.engine.distributed import check_same
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
-from prunekit.methods import budget as _budget
-from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
-
-NORMS = ("l2", "l1")
-
-
-def _foreach_mul_(tensors: list[torch.Tensor], others: list[torch.Tensor]) -> None:
-    """In-place ``t *= o`` for every pair (one fused kernel per dtype/device where torch offers it)."""
-    if not tensors:
-        return
-    fn = getattr(torch, "_foreach_mul_", None)
-    if fn is not None:
-        fn(tensors, others)
-    else:  # pragma: no cover - every supported torch has it
-        for t, o in zip(tensors, others, strict=True):
-            t.mul_(o)
+from prunekit.methods import budget
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
+from prunekit.methods.checks import BOOL, check_options, int_at_least, is_num, one_of
+from prunekit.methods.filters import NORMS, FilterThreshold, remove_zero_filters
+from prunekit.methods.optim import AHSGHT
 
 
 # --------------------------------------------------------------------------------------------- batches
@@ -107,263 +95,7 @@ class HybridBatchSchedule:
         return [self(i) for i in range(n)]
 
 
-# --------------------------------------------------------------------------------------------- optimizer
-class AHSGHT(torch.optim.Optimizer):
-    """The gradient part of AHSG-HT: Nesterov momentum SGD with weight decay plus the heavy-ball term.
-
-    ``w <- w - lr * d + nu * (w - w_prev)`` where ``d`` is torch's SGD direction (weight decay, momentum,
-    dampening, Nesterov exactly as :class:`torch.optim.SGD`) and ``w_prev`` is the iterate before the
-    previous step, kept in ``state["prev"]`` (after a hard threshold, that is the thresholded iterate).
-    With ``nu=0`` this is exactly :class:`torch.optim.SGD`. ``threshold``, if given, is called at the end
-    of :meth:`step` (``H_k``), for loops that want the whole AHSG-HT step in ``optimizer.step()``.
-    """
-
-    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9, dampening: float = 0.0,
-                 weight_decay: float = 5e-4, nesterov: bool = True, nu: float = 0.1,
-                 threshold: Callable[[], Any] | None = None) -> None:
-        if not (isinstance(lr, int | float) and lr >= 0):
-            raise PrunekitError(f"AHSGHT: lr must be >= 0, got {lr!r}")
-        if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
-            raise PrunekitError(f"AHSGHT: momentum must be in [0, 1), got {momentum!r}")
-        if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
-            raise PrunekitError(f"AHSGHT: weight_decay must be >= 0, got {weight_decay!r}")
-        if not (isinstance(nu, int | float) and 0 <= nu < 1):
-            raise PrunekitError(f"AHSGHT: nu (heavy-ball weight) must be in [0, 1), got {nu!r}")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise PrunekitError("AHSGHT: Nesterov momentum needs momentum > 0 and dampening 0")
-        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
-                    "nesterov": nesterov, "nu": nu}
-        super().__init__(params, defaults)
-        self.threshold = threshold
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
-            wd, nesterov, nu = group["weight_decay"], group["nesterov"], group["nu"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                d = p.grad if wd == 0 else p.grad.add(p, alpha=wd)          # g_t + lambda * w_t
-                if mu != 0:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = torch.clone(d).detach()
-                    else:
-                        buf.mul_(mu).add_(d, alpha=1 - damp)                # v_t = mu v_{t-1} + g
-                    d = d.add(buf, alpha=mu) if nesterov else buf           # Nesterov direction
-                if nu == 0:
-                    p.add_(d, alpha=-lr)
-                    continue
-                prev = state.get("prev")                                    # w_{t-1}
-                if prev is None:                                            # first step: no history
-                    state["prev"] = p.detach().clone()
-                    p.add_(d, alpha=-lr)
-                else:
-                    heavy = p - prev                                        # w_t - w_{t-1}
-                    prev.copy_(p)
-                    p.add_(d, alpha=-lr).add_(heavy, alpha=nu)              # w_t - eta d + nu (w_t - w_{t-1})
-        if self.threshold is not None:
-            self.threshold()                                                # H_k
-        return loss
-
-
-# --------------------------------------------------------------------------------------------- H_k
-class FilterThreshold:
-    """``H_k`` over filter groups: keep the ``keep[g]`` highest-norm channels of every group, zero the rest.
-
-    A channel's score is the L2 (or L1) norm of all its filters in the group's producing layers (one conv,
-    or every conv feeding one residual sum). Zeroing a channel zeroes those filters, their biases, the BN
-    shift and running mean of the channel (and its BN scale with ``zero_bn_scale``), and, when optimizers are
-    passed, the momentum buffer rows of those parameters. Exactly ``keep[g]`` channels survive in every
-    group (ties broken towards the lower index). Built once per model; call it after every step.
-    ``zero_shift=False`` touches only the filter weights, not their bias nor the BN (soft filter pruning's
-    masks).
-    """
-
-    def __init__(self, model: nn.Module, groups: Sequence[Any], keep: Sequence[int], *, norm: str = "l2",
-                 zero_shift: bool = True, zero_bn_scale: bool = False) -> None:
-        if norm not in NORMS:
-            raise PrunekitError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-        self.norm = norm
-        self.groups = list(groups)
-        mods = dict(model.named_modules())
-        sizes = [int(g.size) for g in self.groups]
-        self.sizes = sizes
-        self.n_groups = len(sizes)
-        self.cmax = max(sizes, default=1)
-        offsets = [0]
-        for s in sizes:
-            offsets.append(offsets[-1] + s)
-        self.n_slots = offsets[-1]
-        weights: list[torch.Tensor] = []
-        row_slot: list[torch.Tensor] = []
-        vec: list[torch.Tensor] = []
-        vec_slot: list[torch.Tensor] = []
-        self.momentum_params: list[tuple[torch.Tensor, int, str]] = []  # (param, index in its list, "w"/"v")
-        for gi, g in enumerate(self.groups):
-            base = offsets[gi]
-            for name in g.layers:
-                m = mods[name]
-                w = m.weight
-                if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
-                    raise PrunekitError(f"SGHT: layer {name!r} is a transposed convolution; its filters are not "
-                                        "rows of the weight. Exclude it or use another method")
-                slot = base + self._inverse(g.index[name], g.size, name)
-                weights.append(w)
-                row_slot.append(slot)
-                self.momentum_params.append((w, len(weights) - 1, "w"))
-                if zero_shift and getattr(m, "bias", None) is not None:
-                    vec.append(m.bias)
-                    vec_slot.append(slot)
-                    self.momentum_params.append((m.bias, len(vec) - 1, "v"))
-            for name in getattr(g, "norms", ()) if zero_shift else ():
-                m = mods[name]
-                slot = base + self._inverse(g.index[name], g.size, name)
-                if getattr(m, "bias", None) is not None:
-                    vec.append(m.bias)
-                    vec_slot.append(slot)
-                    self.momentum_params.append((m.bias, len(vec) - 1, "v"))
-                if getattr(m, "running_mean", None) is not None:
-                    vec.append(m.running_mean)
-                    vec_slot.append(slot)
-                if zero_bn_scale and getattr(m, "weight", None) is not None:
-                    vec.append(m.weight)
-                    vec_slot.append(slot)
-                    self.momentum_params.append((m.weight, len(vec) - 1, "v"))
-        dev = weights[0].device if weights else torch.device("cpu")
-        self.device = dev
-        self.weights = weights
-        self.rows = [w.shape[0] for w in weights]
-        # filters of equal size (fan-in) are scored together: one [filters, fan-in] matrix per bucket
-        buckets: dict[int, list[int]] = {}
-        for i, w in enumerate(weights):
-            buckets.setdefault(w[0].numel(), []).append(i)
-        self.buckets = [(idx, torch.cat([row_slot[i] for i in idx]).to(dev)) for idx in buckets.values()]
-        self.row_slot = torch.cat(row_slot).to(dev) if row_slot else torch.zeros(0, dtype=torch.long, device=dev)
-        self.vec = vec
-        self.vec_len = [v.numel() for v in vec]
-        self.vec_slot = torch.cat(vec_slot).to(dev) if vec_slot else torch.zeros(0, dtype=torch.long, device=dev)
-        self.slot_pos = torch.cat([gi * self.cmax + torch.arange(s) for gi, s in enumerate(sizes)]).to(dev) \
-            if sizes else torch.zeros(0, dtype=torch.long, device=dev)
-        self.arange = torch.arange(self.cmax, device=dev)
-        self.keep = torch.zeros(self.n_groups, dtype=torch.long, device=dev)
-        self.set_keep(keep)
-
-    @staticmethod
-    def _inverse(index: Sequence[int], size: int, name: str) -> torch.Tensor:
-        """Layer row -> group channel, from the group's channel -> layer row map."""
-        idx = torch.as_tensor(list(index), dtype=torch.long)
-        if idx.numel() != size or bool((idx < 0).any()) or sorted(idx.tolist()) != list(range(size)):
-            raise PrunekitError(f"SGHT: layer {name!r} does not map one-to-one onto its channel group")
-        inv = torch.empty(size, dtype=torch.long)
-        inv[idx] = torch.arange(size)
-        return inv
-
-    def set_keep(self, keep: Sequence[int]) -> None:
-        """Set ``k`` per group (1 <= k <= width)."""
-        keep = [int(k) for k in keep]
-        if len(keep) != self.n_groups or any(not 1 <= k <= s for k, s in zip(keep, self.sizes, strict=True)):
-            raise PrunekitError(f"SGHT: need one keep count in 1..width per group ({self.n_groups} groups), "
-                                f"got {keep}")
-        self.keep.copy_(torch.tensor(keep, dtype=torch.long))
-
-    @torch.no_grad()
-    def scores(self) -> torch.Tensor:
-        """Norm of every group channel (flat over groups), from the filters of all its producing layers."""
-        s = torch.zeros(self.n_slots, dtype=self.weights[0].dtype if self.weights else torch.float32,
-                        device=self.device)
-        for idx, slots in self.buckets:
-            ws = [self.weights[i].detach() for i in idx]
-            mat = torch.cat([w.reshape(w.shape[0], -1) for w in ws]) if len(ws) > 1 else ws[0].reshape(
-                ws[0].shape[0], -1)
-            per_row = torch.linalg.vector_norm(mat, ord=2 if self.norm == "l2" else 1, dim=1)  # per filter
-            s.index_add_(0, slots, per_row.square() if self.norm == "l2" else per_row)  # coupled: one score
-        return s.sqrt_() if self.norm == "l2" else s
-
-    @torch.no_grad()
-    def select(self, scores: torch.Tensor) -> torch.Tensor:
-        """Boolean keep mask over group channels: the top ``keep[g]`` scores of each group."""
-        g, c = self.n_groups, self.cmax
-        pad = scores.new_full((g * c,), -math.inf)
-        pad[self.slot_pos] = scores
-        order = torch.argsort(pad.view(g, c), dim=1, descending=True, stable=True)
-        rank = torch.empty_like(order)
-        rank.scatter_(1, order, self.arange.expand(g, c))                        # rank of every channel
-        return (rank < self.keep[:, None]).view(-1)[self.slot_pos]
-
-    @torch.no_grad()
-    def apply(self, keep_mask: torch.Tensor, optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
-        """Zero every channel not in ``keep_mask`` (filters, biases, BN shift / mean, momentum rows)."""
-        if not self.weights:
-            return
-        dtype = self.weights[0].dtype
-        row_mask = keep_mask[self.row_slot].to(dtype)
-        wmasks = [m.view(-1, *([1] * (w.dim() - 1)))  # one 0/1 per filter, broadcast over the filter
-                  for m, w in zip(row_mask.split(self.rows), self.weights, strict=True)]
-        _foreach_mul_(self.weights, wmasks)
-        vmasks = list(keep_mask[self.vec_slot].to(dtype).split(self.vec_len)) if self.vec else []
-        _foreach_mul_(self.vec, vmasks)
-        for opt in optimizers:
-            bufs, masks = [], []
-            for p, i, kind in self.momentum_params:
-                st = opt.state.get(p)
-                buf = st.get("momentum_buffer") if st else None
-                if buf is not None:
-                    bufs.append(buf)
-                    masks.append(wmasks[i] if kind == "w" else vmasks[i])
-            _foreach_mul_(bufs, masks)
-
-    def plan(self, keep_mask: torch.Tensor) -> dict[str, list[int]]:
-        """A :func:`prunekit.surgery.remove_channels` plan dropping every channel not in ``keep_mask``
-        (keyed by group root, in the root layer's numbering)."""
-        drop = (~keep_mask).cpu()
-        out, off = {}, 0
-        for g, size in zip(self.groups, self.sizes, strict=True):
-            chans = torch.nonzero(drop[off:off + size]).flatten().tolist()
-            if chans:
-                out[g.name] = sorted(int(g.index[g.name][c]) for c in chans)
-            off += size
-        return out
-
-    def __call__(self, optimizers: Sequence[torch.optim.Optimizer] = ()) -> torch.Tensor:
-        """``H_k``: score, select and zero; returns the keep mask over group channels."""
-        mask = self.select(self.scores())
-        self.apply(mask, optimizers)
-        return mask
-
-    def nonzero_filters(self) -> list[list[int]]:
-        """Non-zero filters per group, per producing layer (for checks and reports)."""
-        out, i = [], 0
-        for g in self.groups:
-            row = []
-            for _ in g.layers:
-                w = self.weights[i]
-                row.append(int((w.detach().reshape(w.shape[0], -1).abs().sum(1) > 0).sum()))
-                i += 1
-            out.append(row)
-        return out
-
-
-def remove_zero_filters(model: nn.Module, example_inputs: Any, layers: Iterable[str] | None = None) -> Any:
-    """Remove, in place, every channel whose filters are zero and whose BN maps zero to zero (exact)."""
-    from prunekit.surgery.structured import remove_channels, zero_channel_plan
-
-    plan = zero_channel_plan(model, example_inputs, layers=layers)
-    return remove_channels(model, plan, example_inputs)
-
-
 # --------------------------------------------------------------------------------------------- method
-def _raw(trainer: Any) -> nn.Module:
-    """The trainer's model without a DDP wrapper (a Trainer, a LoopState or anything with ``model``)."""
-    model = trainer.raw_model if hasattr(trainer, "raw_model") else trainer.model
-    return getattr(model, "module", model)
-
 
 @dataclass
 class SGHTConfig(MethodConfig):
@@ -392,43 +124,33 @@ class SGHTConfig(MethodConfig):
     finetune_lr: float = 0.01
 
     def validate(self) -> None:
-        name = "sght"
-        _budget.validate_budget_options(name, self.keep_ratio, self.layer_keep, self.macs_budget,
-                                        self.params_budget, self.budget_tol)
-        if self.norm not in NORMS:
-            raise PrunekitError(f"method {name!r}: norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if isinstance(self.nu, bool) or not isinstance(self.nu, int | float) or not 0 <= self.nu < 1:
-            raise PrunekitError(f"method {name!r}: nu (heavy-ball weight) must be in [0, 1), got {self.nu!r}")
-        for key, lo in (("batch_start", 1), ("batch_step", 0), ("batch_max", 1), ("min_keep", 1),
-                        ("round_to", 1), ("ramp_epochs", 0), ("finetune_epochs", 0)):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise PrunekitError(f"method {name!r}: {key} must be an integer >= {lo}, got {v!r}")
+        budget.validate_budget_options("sght", self.keep_ratio, self.layer_keep, self.macs_budget,
+                                       self.params_budget, self.budget_tol)
+        check_options("sght", self, {
+            "norm": one_of(NORMS), "nu": (lambda v: is_num(v) and 0 <= v < 1, "in [0, 1) (heavy-ball weight)"),
+            **{k: int_at_least(lo) for k, lo in (("batch_start", 1), ("batch_step", 0), ("batch_max", 1),
+                                                 ("min_keep", 1), ("round_to", 1), ("ramp_epochs", 0),
+                                                 ("finetune_epochs", 0))},
+            "finetune_lr": (lambda v: is_num(v) and v > 0, "a positive number"),
+            **dict.fromkeys(("hybrid_batch", "reset_momentum", "zero_shift", "zero_bn_scale", "include_linear",
+                             "coupled"), BOOL)})
         if self.hybrid_batch and self.batch_max < self.batch_start:
-            raise PrunekitError(f"method {name!r}: batch_max ({self.batch_max}) must be >= batch_start "
+            raise PrunekitError(f"method 'sght': batch_max ({self.batch_max}) must be >= batch_start "
                                 f"({self.batch_start})")
-        if isinstance(self.finetune_lr, bool) or not isinstance(self.finetune_lr, int | float) \
-                or not 0 < self.finetune_lr < math.inf:
-            raise PrunekitError(f"method {name!r}: finetune_lr must be a positive number, got {self.finetune_lr!r}")
-        for key in ("hybrid_batch", "reset_momentum", "zero_shift", "zero_bn_scale", "include_linear",
-                    "coupled"):
-            if not isinstance(getattr(self, key), bool):
-                raise PrunekitError(f"method {name!r}: {key} must be true or false, got {getattr(self, key)!r}")
 
 
 class SGHT(PruningMethod):
     """AHSG-HT filter hard thresholding, trained from scratch (see the module docstring).
 
     Trainer: ``Trainer(model, data, callbacks=[SGHT(keep_ratio=0.6)]).fit(method.stages(200))`` -- the
-    method supplies the :class:`AHSGHT` optimizer and the hybrid batch sizes. Own loop: build
-    ``AHSGHT(model.parameters(), ...)`` (or any optimizer), call ``method.bind(model, example_inputs)``
-    once, then the callback hooks as in :mod:`prunekit.engine.callbacks` (``on_after_optimizer_step``
-    applies ``H_k``); ``method.batch_size_schedule(state)`` gives the batch sizes. ``finalize`` removes
-    the zero filters.
+    method supplies the :class:`AHSGHT` optimizer and the hybrid batch sizes. A user's own loop drives it with
+    the sequence of calls every method shares (README.md, "Library"): ``on_after_optimizer_step`` applies
+    ``H_k``, ``finalize`` removes the zero filters.
     """
 
     name = "sght"
-    from_scratch = True  # AHSG-HT trains from a random init; no pre-trained dense model
+    starts_from_scratch = True  # AHSG-HT trains from a random init; no pre-trained dense model
+    budget_knobs: ClassVar[Mapping[str, str]] = {"macs": "macs_budget", "params": "params_budget"}
     Config = SGHTConfig
     config: SGHTConfig
 
@@ -438,7 +160,7 @@ class SGHT(PruningMethod):
         self.phase = "sght"  # "sght" (thresholding), "finetune" (compact net, plain SGD)
         self.threshold: FilterThreshold | None = None
         self.groups: list[Any] = []
-        self.cost: _budget.CostModel | None = None
+        self.cost: budget.CostModel | None = None
         self.target_keep: list[int] = []
         self._model: nn.Module | None = None
         self._example: Any = None
@@ -457,17 +179,17 @@ class SGHT(PruningMethod):
             st.append(Stage("finetune", ft, kind="finetune", lr=self.config.finetune_lr))
         return st
 
-    def batch_size_schedule(self, trainer: Any) -> HybridBatchSchedule | None:
+    def batch_size_schedule(self, trainer: TrainingLoop) -> HybridBatchSchedule | None:
         c = self.config
         if not c.hybrid_batch or self.phase != "sght":
             return None
         return HybridBatchSchedule(c.batch_start, c.batch_step, c.batch_max)
 
-    def configure_optimizers(self, trainer: Any, lr: float) -> list[torch.optim.Optimizer] | None:
+    def configure_optimizers(self, trainer: TrainingLoop, lr: float) -> list[torch.optim.Optimizer] | None:
         """AHSG-HT's step during the thresholding stage; the engine's SGD during fine-tuning."""
-        if self.phase != "sght" or not hasattr(trainer, "optim_cfg"):
+        if self.phase != "sght":
             return None
-        from prunekit.engine.trainer import split_decay
+        from prunekit.engine.stages import split_decay
 
         o = trainer.optim_cfg
         return [AHSGHT(split_decay(trainer.raw_model), lr=lr, momentum=o.momentum,
@@ -478,7 +200,7 @@ class SGHT(PruningMethod):
         """Find the filter groups of ``model``, solve ``k`` per group and build ``H_k`` for it."""
         c = self.config
         self._example = example_inputs
-        self.groups, self.cost, self.target_keep = _budget.groups_and_keep(model, example_inputs, c, "SGHT")
+        self.groups, self.cost, self.target_keep = budget.groups_and_keep(model, example_inputs, c, "SGHT")
         self.threshold = FilterThreshold(model, self.groups, self.target_keep, norm=c.norm,
                                          zero_shift=c.zero_shift, zero_bn_scale=c.zero_bn_scale)
         self._model = model
@@ -494,41 +216,41 @@ class SGHT(PruningMethod):
         return [max(k, round(g.size - (g.size - k) * f)) for g, k in
                 zip(self.groups, self.target_keep, strict=True)]
 
-    def _ensure(self, trainer: Any) -> FilterThreshold:
-        model = _raw(trainer)
+    def _ensure(self, trainer: TrainingLoop) -> FilterThreshold:
+        model = trainer.raw_model
         if self.threshold is None or self._model is not model:
-            example = getattr(trainer, "example_inputs", None)
+            example = trainer.example_inputs
             example = example if example is not None else self._example
             if example is None:
-                raise PrunekitError("SGHT: no example inputs to analyse the model; call "
-                                    "method.bind(model, example_inputs) before training in your own loop")
+                raise PrunekitError("SGHT: no example inputs to analyse the model; in your own loop set "
+                                    "LoopState(example_inputs=...) or call method.bind(model, example_inputs)")
             self.bind(model, example)
         assert self.threshold is not None
-        epoch = int(getattr(trainer, "epoch", 0))
+        epoch = trainer.epoch
         if self._keep_epoch != epoch:
             self.threshold.set_keep(self.keep_at(epoch))
             self._keep_epoch = epoch
         return self.threshold
 
     # -- hooks ------------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Any) -> None:
-        if self.phase == "sght" and getattr(trainer, "example_inputs", None) is not None:
-            self.bind(_raw(trainer), trainer.example_inputs)
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
+        if self.phase == "sght" and trainer.example_inputs is not None:
+            self.bind(trainer.raw_model, trainer.example_inputs)
 
-    def on_model_changed(self, trainer: Any) -> None:
+    def on_model_changed(self, trainer: TrainingLoop) -> None:
         self.threshold, self._model = None, None  # rebuilt lazily for the new model object
 
-    def on_train_batch_start(self, trainer: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        if self._example is None and getattr(trainer, "example_inputs", None) is None:
+    def on_train_batch_start(self, trainer: TrainingLoop, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        if self._example is None and trainer.example_inputs is None:
             self._example = batch[0][:1].detach().clone()
 
-    def on_stage_start(self, trainer: Any, stage: Stage) -> None:
+    def on_stage_start(self, trainer: TrainingLoop, stage: Stage) -> None:
         if stage.kind == "finetune" and self.phase == "sght":
-            model = _raw(trainer)
+            model = trainer.raw_model
             h = self._ensure(trainer)
             h.set_keep(self.target_keep)
             check_same(h(()), "SGHT filter choices before removal")
-            example = getattr(trainer, "example_inputs", None)
+            example = trainer.example_inputs
             remove_zero_filters(model, example if example is not None else self._example,
                                 layers=[n for g in self.groups for n in g.layers])
             self.phase = "finetune"
@@ -537,7 +259,7 @@ class SGHT(PruningMethod):
         elif stage.kind == "sght":
             self.phase = "sght"
 
-    def on_after_optimizer_step(self, trainer: Any) -> None:
+    def on_after_optimizer_step(self, trainer: TrainingLoop) -> None:
         if self.phase != "sght":
             return
         h = self._ensure(trainer)
@@ -548,7 +270,7 @@ class SGHT(PruningMethod):
         self._last_mask = mask
         self.steps += 1
 
-    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
         if self.phase == "sght" and self._last_mask is not None:  # under DDP: the same k filters on every rank
             check_same(self._last_mask, "SGHT filter choices")
 
@@ -612,4 +334,4 @@ class SGHT(PruningMethod):
         self.threshold, self._model = None, None
 
 
-__all__ = ["AHSGHT", "SGHT", "FilterThreshold", "HybridBatchSchedule", "SGHTConfig", "remove_zero_filters"]
+__all__ = ["SGHT", "HybridBatchSchedule", "SGHTConfig"]

@@ -42,12 +42,11 @@ means and histograms, and a per-layer plot.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -55,21 +54,16 @@ from torch import nn
 from prunekit.engine.distributed import check_same, is_main
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
-from prunekit.methods.apoz import activation_points
-from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
+from prunekit.methods import trimming_records
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
+from prunekit.methods.apoz import ScoredGroup, choose_groups, scored_groups
+from prunekit.methods.budget import round_up
+from prunekit.methods.checks import BOOL, Rule, check_options, int_at_least, is_int, is_num, one_of
+from prunekit.methods.loopdata import batches_of, example_inputs_of, val_top1
 
 RULES = ("paper", "threshold", "fraction")
 ORDERS = ("together", "highest_mean")
 APOZ_DATA = ("train", "val")
-HIST_BINS = 20
-
-
-def _is_int(v: Any, minimum: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -100,41 +94,24 @@ class TrimmingConfig(MethodConfig):
     progress: bool = True
 
     def validate(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise PrunekitError(f"method 'trimming': {msg}")
+        def fraction(lo_open: bool, hi_open: bool) -> Rule:
+            return ((lambda v: is_num(v) and (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)),
+                    f"a number in {'(' if lo_open else '['}0, 1{')' if hi_open else ']'}")
 
-        need(_is_int(self.iterations, 1), f"iterations must be an integer >= 1, got {self.iterations!r}")
-        for key in ("initial_epochs", "retrain_epochs"):
-            v = getattr(self, key)
-            need(v is None or _is_int(v, 0), f"{key} must be an integer >= 0 or null, got {v!r}")
-        need(self.retrain_lr is None or (_is_num(self.retrain_lr) and self.retrain_lr > 0),
-             f"retrain_lr must be a positive number or null, got {self.retrain_lr!r}")
-        need(self.rule in RULES, f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
-        need(_is_num(self.k), f"k must be a number, got {self.k!r}")
-        need(_is_num(self.threshold) and 0 <= self.threshold < 1,
-             f"threshold must be a number in [0, 1), got {self.threshold!r}")
-        need(_is_num(self.fraction) and 0 <= self.fraction < 1,
-             f"fraction must be a number in [0, 1), got {self.fraction!r}")
-        need(self.layers is None or (isinstance(self.layers, list) and self.layers
-                                     and all(isinstance(s, str) and s for s in self.layers)),
-             f"layers must be a non-empty list of layer names / patterns or null, got {self.layers!r}")
-        need(self.order in ORDERS, f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        need(_is_int(self.layers_per_iteration, 1),
-             f"layers_per_iteration must be an integer >= 1, got {self.layers_per_iteration!r}")
-        need(_is_int(self.min_channels, 1), f"min_channels must be an integer >= 1, got {self.min_channels!r}")
-        need(_is_num(self.max_fraction) and 0 < self.max_fraction <= 1,
-             f"max_fraction must be a number in (0, 1], got {self.max_fraction!r}")
-        need(_is_int(self.round_to, 1), f"round_to must be an integer >= 1, got {self.round_to!r}")
-        need(self.apoz_data in APOZ_DATA, f"apoz_data must be one of {', '.join(APOZ_DATA)}, got {self.apoz_data!r}")
-        need(_is_int(self.apoz_samples, 0), f"apoz_samples must be an integer >= 0, got {self.apoz_samples!r}")
-        need(_is_int(self.apoz_batch_size, 0),
-             f"apoz_batch_size must be an integer >= 0, got {self.apoz_batch_size!r}")
-        need(_is_int(self.apoz_threads, 0), f"apoz_threads must be an integer >= 0, got {self.apoz_threads!r}")
-        for key in ("evaluate_trims", "final_apoz", "progress"):
-            need(isinstance(getattr(self, key), bool), f"{key} must be true or false")
-        need(self.plot_path is None or (isinstance(self.plot_path, str) and self.plot_path),
-             f"plot_path must be a file path or null, got {self.plot_path!r}")
+        optional_int: Rule = (lambda v: v is None or is_int(v, 0), "an integer >= 0 or null")
+        check_options("trimming", self, {
+            "iterations": int_at_least(1), "initial_epochs": optional_int, "retrain_epochs": optional_int,
+            "retrain_lr": (lambda v: v is None or (is_num(v) and v > 0), "a positive number or null"),
+            "rule": one_of(RULES), "k": (is_num, "a number"), "threshold": fraction(False, True),
+            "fraction": fraction(False, True),
+            "layers": (lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(s, str) and s
+                                                                                   for s in v)),
+                       "a non-empty list of layer names / patterns or null"),
+            "order": one_of(ORDERS), "layers_per_iteration": int_at_least(1), "min_channels": int_at_least(1),
+            "max_fraction": fraction(True, False), "round_to": int_at_least(1), "apoz_data": one_of(APOZ_DATA),
+            "apoz_samples": int_at_least(0), "apoz_batch_size": int_at_least(0), "apoz_threads": int_at_least(0),
+            **dict.fromkeys(("evaluate_trims", "final_apoz", "progress"), BOOL),
+            "plot_path": (lambda v: v is None or (isinstance(v, str) and bool(v)), "a file path or null")})
 
 
 # ------------------------------------------------------------------------------------------------ selection
@@ -159,39 +136,26 @@ def select_channels(apoz: torch.Tensor, cfg: TrimmingConfig) -> tuple[list[int],
     order = sorted(range(c), key=lambda i: (-float(a[i]), i))
     n = min(n_cand, c - cfg.min_channels, math.floor(cfg.max_fraction * c + 1e-9))
     n = max(n, 0)
-    if cfg.round_to > 1 and n > 0:
-        keep = int(math.ceil((c - n) / cfg.round_to) * cfg.round_to)
-        n = max(c - min(keep, c), 0)
+    if n > 0:
+        n = c - round_up(c - n, c, cfg.round_to)
     return sorted(order[:n]), thr
-
-
-def _hist(a: torch.Tensor) -> list[int]:
-    return torch.histc(a.double(), bins=HIST_BINS, min=0.0, max=1.0).long().tolist()
 
 
 # ------------------------------------------------------------------------------------------------ the method
 
 
-@dataclass
-class _Group:
-    """A scorable unit: a surgery channel group and the ReLU modules whose outputs carry its channels."""
-
-    name: str
-    layers: tuple[str, ...]
-    size: int
-    points: list[str]
-
-
 class NetworkTrimming(PruningMethod):
     """Network Trimming (Hu et al. 2016): iteratively remove the neurons with the highest APoZ, retrain.
 
-    In the Trainer, APoZ is measured on the Trainer's data (``apoz_data``); in a user's own loop pass
-    ``apoz_data=`` (a :class:`prunekit.data.Dataset`, an iterable of batches, or a callable returning one)
-    and call ``on_stage_start(state, stage)`` for each stage of :meth:`stages`, rebuilding the optimizer
-    afterwards (the model object changes). :meth:`trim` does one iteration on any model directly.
+    APoZ is measured on the loop's data (``apoz_data``: its train or val split; in a user's own loop, a
+    ``DataLoader`` given as ``LoopState(train_data=...)``, or ``apoz_data=`` here: a dataset, an iterable of
+    batches or a callable returning one). A user's loop drives it with the sequence of calls every method
+    shares (README.md, "Library"); ``state.replace_model`` rebuilds the optimizers after each trim.
+    :meth:`trim` does one iteration on any model directly.
     """
 
     name = "trimming"
+    from_trained_options: ClassVar[Mapping[str, Any]] = {"initial_epochs": 0}
     Config = TrimmingConfig
     config: TrimmingConfig
 
@@ -209,7 +173,7 @@ class NetworkTrimming(PruningMethod):
         """[initial training] + ``iterations`` x [trim, retrain]; explicit epoch options win over ``epochs``."""
         cfg = self.config
         n = cfg.iterations
-        if not _is_int(epochs, 0):
+        if not is_int(epochs, 0):
             raise PrunekitError(f"trimming: epochs must be an integer >= 0, got {epochs!r}")
         initial, retrain = cfg.initial_epochs, cfg.retrain_epochs
         if initial is None and retrain is None:
@@ -228,42 +192,16 @@ class NetworkTrimming(PruningMethod):
         return out
 
     # -- analysis -------------------------------------------------------------------------------
-    def groups(self, model: nn.Module, example_inputs: torch.Tensor) -> list[_Group]:
+    def groups(self, model: nn.Module, example_inputs: torch.Tensor) -> list[ScoredGroup]:
         """Every scorable channel group of ``model`` (in module order) with its measuring ReLUs."""
-        from prunekit import surgery
-
-        raw = getattr(model, "module", model)
-        points = activation_points(raw, example_inputs)
-        out, unscorable = [], []
-        for g in surgery.channel_groups(raw, example_inputs):
-            ident = tuple(range(g.size))
-            measured: list[str] = []
-            for layer in g.layers:
-                if layer in points and tuple(g.index.get(layer, ident)) == ident:
-                    measured += [p for p in points[layer] if p not in measured]
-            if measured:
-                out.append(_Group(g.name, tuple(g.layers), g.size, measured))
-            else:
-                unscorable.append(g.name)
-        self._unscorable = unscorable
+        out, self._unscorable = scored_groups(model, example_inputs)
         return out
 
-    def chosen(self, groups: list[_Group]) -> list[_Group]:
+    def chosen(self, groups: list[ScoredGroup]) -> list[ScoredGroup]:
         """The groups the ``layers`` option names (a group matches if any of its layers does)."""
-        pats = self.config.layers
-        if pats is None:
-            return list(groups)
-        out = [g for g in groups if any(fnmatch.fnmatchcase(layer, p) for layer in g.layers for p in pats)]
-        for p in pats:
-            if not any(fnmatch.fnmatchcase(layer, p) for g in groups for layer in g.layers):
-                names = ", ".join(g.name for g in groups)
-                extra = (f"; not scorable (no ReLU after them): {', '.join(self._unscorable)}"
-                         if self._unscorable else "")
-                raise PrunekitError(f"trimming: layers pattern {p!r} matches no scorable layer; scorable layers "
-                                    f"(first layer of each coupled group): {names}{extra}")
-        return out
+        return choose_groups(groups, self.config.layers, self._unscorable)
 
-    def measure(self, model: nn.Module, batches: Iterable[Any], groups: list[_Group], *,
+    def measure(self, model: nn.Module, batches: Iterable[Any], groups: list[ScoredGroup], *,
                 device: torch.device | None = None, amp: bool = False) -> dict[str, torch.Tensor]:
         """APoZ per channel of every group in one pass over ``batches`` (pooled over a group's ReLUs)."""
         from prunekit.methods.apoz import collect_apoz
@@ -271,7 +209,7 @@ class NetworkTrimming(PruningMethod):
         return collect_apoz(model, batches, {g.name: g.points for g in groups}, device=device,
                             progress=self.config.progress, amp=amp, threads=self.config.apoz_threads)
 
-    def plan(self, apoz: Mapping[str, torch.Tensor], groups: list[_Group]
+    def plan(self, apoz: Mapping[str, torch.Tensor], groups: list[ScoredGroup]
              ) -> tuple[dict[str, list[int]], dict[str, float | None]]:
         """The removal plan ``{group: channels}`` for one iteration and the thresholds used."""
         cfg = self.config
@@ -313,16 +251,16 @@ class NetworkTrimming(PruningMethod):
         return raw, record
 
     # -- callback hooks -------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Any) -> None:
-        self.out_dir = getattr(trainer, "out_dir", None)
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
+        self.out_dir = trainer.out_dir
 
-    def on_model_changed(self, trainer: Any) -> None:
-        self.out_dir = getattr(trainer, "out_dir", None)
+    def on_model_changed(self, trainer: TrainingLoop) -> None:
+        self.out_dir = trainer.out_dir
 
-    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
         self._last_metrics = dict(metrics)
 
-    def on_stage_start(self, trainer: Any, stage: Stage) -> None:
+    def on_stage_start(self, trainer: TrainingLoop, stage: Stage) -> None:
         if stage.kind != "retrain":
             return
         t = int(stage.info.get("iteration", len(self.records)))
@@ -331,8 +269,8 @@ class NetworkTrimming(PruningMethod):
         model = trainer.raw_model
         batches = self._apoz_batches(trainer)
         example = self._example_inputs(trainer)
-        device = getattr(trainer, "device", None)
-        amp = bool(getattr(trainer, "amp", False))
+        device = trainer.device
+        amp = trainer.amp
         if not self.records:
             self.records.append(self._snapshot(model, example, 0, trainer))
         model, rec = self.trim(model, batches, example, device=device, amp=amp)
@@ -344,11 +282,11 @@ class NetworkTrimming(PruningMethod):
         new["removed"] = {g: len(v) for g, v in rec["removed"].items()}
         new["removed_channels"] = rec["removed"]
         if self.config.evaluate_trims:
-            new["top1_trimmed"] = self._evaluate(trainer)
+            new["top1_trimmed"] = val_top1(trainer)
         self.records.append(new)
         self._last_metrics = {}
 
-    def on_stage_end(self, trainer: Any, stage: Stage) -> None:
+    def on_stage_end(self, trainer: TrainingLoop, stage: Stage) -> None:
         top1 = self._last_metrics.get("val_top1")
         if stage.kind == "train":
             snap = self._snapshot(trainer.raw_model, self._example_inputs(trainer), 0, None)
@@ -361,14 +299,14 @@ class NetworkTrimming(PruningMethod):
             last["top1"] = top1
             last["train_loss"] = self._last_metrics.get("train_loss")
 
-    def on_fit_end(self, trainer: Any) -> None:
+    def on_fit_end(self, trainer: TrainingLoop) -> None:
         if not self.config.final_apoz or not self.records or "apoz" in self.records[-1]:
             return
         model = trainer.raw_model
         example = self._example_inputs(trainer)
         groups = self.groups(model, example)
-        apoz = self.measure(model, self._apoz_batches(trainer), groups, device=getattr(trainer, "device", None),
-                            amp=bool(getattr(trainer, "amp", False)))
+        apoz = self.measure(model, self._apoz_batches(trainer), groups, device=trainer.device,
+                            amp=trainer.amp)
         plan, thresholds = self.plan(apoz, groups)  # what one more iteration would remove (not applied)
         last = self.records[-1]
         last["apoz"] = {g: a.float() for g, a in apoz.items()}
@@ -376,156 +314,42 @@ class NetworkTrimming(PruningMethod):
         last["next_removed"] = {g: len(v) for g, v in plan.items()}
 
     # -- helpers --------------------------------------------------------------------------------
-    def _example_inputs(self, trainer: Any) -> torch.Tensor:
-        ex = getattr(trainer, "example_inputs", None)
-        if isinstance(ex, torch.Tensor):
-            return ex
-        data = self.apoz_data
-        shape = getattr(data, "input_shape", None) or getattr(trainer.raw_model, "input_shape", None)
-        if shape is None:
-            if data is None:
-                raise PrunekitError("trimming: cannot make example inputs; give the model an input_shape "
-                                    "attribute or pass apoz_data= to NetworkTrimming")
-            first = next(iter(self._resolve(data)))
-            x = first[0] if isinstance(first, tuple | list) else first
-            shape = tuple(x.shape[1:])
-        p = next(trainer.raw_model.parameters(), None)
-        return torch.zeros((1, *shape), device=p.device if p is not None else "cpu")
+    def _example_inputs(self, trainer: TrainingLoop) -> torch.Tensor:
+        return example_inputs_of(trainer, self.apoz_data)
 
-    @staticmethod
-    def _resolve(data: Any) -> Iterable[Any]:
-        from prunekit import data as pdata
-
-        if isinstance(data, pdata.Dataset):
-            return pdata.iterate(data, 512, shuffle=False, augment=None)
-        if callable(data):
-            return data()
-        return data
-
-    def _apoz_batches(self, trainer: Any) -> Iterable[Any]:
-        from prunekit import data as pdata
-
+    def _apoz_batches(self, trainer: TrainingLoop) -> Iterable[Any]:
         cfg = self.config
         ds = self.apoz_data
         if ds is None:
-            ds = getattr(trainer, "train_data" if cfg.apoz_data == "train" else "val_data", None)
+            ds = trainer.train_data if cfg.apoz_data == "train" else trainer.val_data
             if ds is None:
                 raise PrunekitError(f"trimming: no data to measure APoZ on ({cfg.apoz_data!r} split missing); "
                                     "pass apoz_data= to NetworkTrimming in your own loop")
-        if not isinstance(ds, pdata.Dataset):
-            return self._resolve(ds)
-        if cfg.apoz_samples:
-            ds = ds.subset(cfg.apoz_samples)
-        tcfg = getattr(trainer, "cfg", None)
-        bs = cfg.apoz_batch_size or getattr(tcfg, "eval_batch_size", 512)
-        # split="batch": under DDP the ranks' parts together are the whole data set, as in one process
-        return pdata.iterate(ds, bs, shuffle=False, augment=None, device=getattr(trainer, "device", "cpu"),
-                             rank=getattr(trainer, "rank", 0), world_size=getattr(trainer, "world_size", 1),
-                             split="batch")
+        return batches_of(ds, trainer, batch_size=cfg.apoz_batch_size, samples=cfg.apoz_samples)
 
-    def _evaluate(self, trainer: Any) -> float | None:
-        val = getattr(trainer, "val_data", None)
-        if val is None:
-            return None
-        from prunekit.engine.trainer import evaluate
-
-        ev = evaluate(trainer.raw_model, val, batch_size=trainer.cfg.eval_batch_size, device=trainer.device,
-                      rank=trainer.rank, world_size=trainer.world_size, amp=trainer.amp)
-        return ev["top1"]
-
-    def _snapshot(self, model: nn.Module, example: torch.Tensor, iteration: int, trainer: Any) -> dict[str, Any]:
-        """Widths of every conv/linear layer, parameters and MACs of ``model`` (plus accuracy if known)."""
-        from prunekit import metrics
-
-        widths = {n: (m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
-                  for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)}
-        counts = metrics.count(model, example)
-        rec: dict[str, Any] = {"iteration": iteration, "widths": widths, "params": counts.params,
-                               "macs": counts.macs}
+    def _snapshot(self, model: nn.Module, example: torch.Tensor, iteration: int,
+                  trainer: TrainingLoop | None) -> dict[str, Any]:
+        """:func:`trimming_records.snapshot` of ``model``, with its accuracy when ``trainer`` is given."""
+        rec = trimming_records.snapshot(model, example, iteration)
         if trainer is not None:
             top1 = self._last_metrics.get("val_top1")
-            rec["top1"] = top1 if top1 is not None else self._evaluate(trainer)
+            rec["top1"] = top1 if top1 is not None else val_top1(trainer)
         return rec
 
     # -- report ---------------------------------------------------------------------------------
     def table_rows(self) -> list[dict[str, Any]]:
         """One row per network: iteration, widths of the trimmed layers, parameters, MACs, accuracy."""
-        layers: list[str] = []
-        for r in self.records[1:]:
-            layers += [g for g in r.get("removed_channels", {}) if g not in layers]
-        rows = []
-        for r in self.records:
-            row: dict[str, Any] = {"iteration": r["iteration"]}
-            for g in layers:
-                row[g] = r["widths"].get(g)
-            row.update({"params": r["params"], "macs": r["macs"], "top1_trimmed": r.get("top1_trimmed"),
-                        "top1": r.get("top1")})
-            rows.append(row)
-        return rows
+        return trimming_records.table_rows(self.records)
 
     def plot(self, path: str | Path) -> Path:
-        """Per-layer APoZ histograms of every iteration's network (matplotlib, Agg backend) saved to ``path``."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        from prunekit._atomic import atomic_path
-
-        names: list[str] = []
-        for r in self.records:
-            names += [g for g in r.get("apoz", {}) if g not in names]
-        chosen = [g for g in names if any(g in r.get("removed_channels", {}) for r in self.records)] or names
-        if not chosen:
-            raise PrunekitError("trimming: no APoZ measured yet, nothing to plot")
-        cols = min(3, len(chosen))
-        rows = math.ceil(len(chosen) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
-        colors = plt.get_cmap("viridis")
-        for ax, g in zip(axes.flat, chosen, strict=False):
-            n = max(len(self.records) - 1, 1)
-            for r in self.records:
-                a = r.get("apoz", {}).get(g)
-                if a is None:
-                    continue
-                col = colors(r["iteration"] / n)
-                ax.hist(a.double().numpy(), bins=HIST_BINS, range=(0, 1), histtype="step", color=col,
-                        label=f"net {r['iteration']} ({a.numel()} ch, mean {float(a.mean()):.2f})")
-                thr = r.get("thresholds", {}).get(g)
-                if thr is not None:
-                    ax.axvline(thr, color=col, linestyle="--", linewidth=0.8)
-            ax.set_title(g, fontsize=9)
-            ax.set_xlabel("APoZ")
-            ax.set_ylabel("channels")
-            ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(chosen):]:
-            ax.axis("off")
-        fig.suptitle("Network Trimming: APoZ per layer and iteration (dashed: removal threshold)", fontsize=10)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
-        plt.close(fig)
-        return path
+        """Per-layer APoZ histograms of every iteration's network saved to ``path``."""
+        return trimming_records.plot(self.records, path)
 
     def report(self, plot_path: str | Path | None = None) -> dict[str, Any]:
         """Iterations (widths, parameters, MACs, accuracy, APoZ summary per layer), a text table, the plot."""
-        from prunekit.metrics import format_table
-
-        iters = []
-        for r in self.records:
-            entry = {k: v for k, v in r.items() if k not in ("apoz", "removed_channels")}
-            apoz = r.get("apoz", {})
-            entry["apoz_mean"] = {g: round(float(a.mean()), 6) for g, a in apoz.items()}
-            entry["apoz_hist"] = {g: _hist(a) for g, a in apoz.items()}
-            iters.append(entry)
-        rows = self.table_rows()
-        out: dict[str, Any] = {"iterations": iters, "table": format_table(rows) if rows else "",
-                               "unscorable": list(self._unscorable)}
         target = plot_path or self.config.plot_path or (self.out_dir / "trimming_apoz.png" if self.out_dir else None)
-        if target is not None and any(r.get("apoz") for r in self.records) and is_main():  # one writer
-            out["plot"] = str(self.plot(target))
+        out = trimming_records.report(self.records, target if is_main() else None)  # one writer
+        out["unscorable"] = list(self._unscorable)
         return out
 
     def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,13 @@ from prunekit.metrics.counting import batch_size_of, eval_mode, model_device, pr
 
 
 def latency(model: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...], *, repeats: int = 30,
-            warmup: int = 5, threads: int | None = None) -> dict[str, Any]:
+            warmup: int = 5, threads: int | None = None, clock: str = "wall") -> dict[str, Any]:
     """Time ``repeats`` forward passes (after ``warmup`` untimed ones) in eval mode under inference_mode.
 
     CPU: wall clock around each pass, with ``torch.set_num_threads(threads)`` fixed for the measurement
     (default: the current count) and restored afterwards. CUDA: CUDA events around each pass, synchronised.
+    ``clock="thread"`` (CPU, one thread only) times the calling thread's CPU time instead of the wall clock:
+    the same figure on an idle machine, but immune to other processes sharing the cores.
     Returns ``median_ms``, ``p10_ms``, ``p90_ms``, ``mean_ms``, ``min_ms`` (one pass over the whole batch),
     plus ``repeats``, ``warmup``, ``threads``, ``batch_size`` and ``device``.
     """
@@ -29,7 +31,11 @@ def latency(model: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...], *,
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if clock not in ("wall", "thread"):
+        raise ValueError(f"clock must be 'wall' or 'thread', got {clock!r}")
     device = model_device(model)
+    if clock == "thread" and (device.type != "cpu" or (threads or torch.get_num_threads()) != 1):
+        raise PrunekitError("latency: clock='thread' measures one CPU thread; use threads=1 on the CPU")
     if device.type == "meta":
         raise PrunekitError("latency: the model is on the meta device (no weights); move it to cpu or cuda")
     args = prepare_inputs(model, example_inputs)
@@ -52,10 +58,11 @@ def latency(model: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...], *,
                     end.synchronize()
                     times.append(start.elapsed_time(end))
             else:
+                timer = time.perf_counter if clock == "wall" else time.thread_time
                 for _ in range(repeats):
-                    t0 = time.perf_counter()
+                    t0 = timer()
                     model(*args)
-                    times.append((time.perf_counter() - t0) * 1000.0)
+                    times.append((timer() - t0) * 1000.0)
     finally:
         torch.set_num_threads(old_threads)
     arr = np.asarray(times)
@@ -63,8 +70,50 @@ def latency(model: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...], *,
         "median_ms": float(np.median(arr)), "p10_ms": float(np.percentile(arr, 10)),
         "p90_ms": float(np.percentile(arr, 90)), "mean_ms": float(arr.mean()), "min_ms": float(arr.min()),
         "repeats": repeats, "warmup": warmup, "threads": used, "batch_size": batch_size_of(args),
-        "device": str(device),
+        "device": str(device), "clock": clock,
     }
+
+
+#: a model's output -> its logits (``[batch, classes]``)
+OutputTransform = Callable[[Any], torch.Tensor]
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """The logits in a model's output, by the Hugging Face convention: a tensor as is, ``.logits`` of a
+    ``ModelOutput`` (or any object with that attribute), ``["logits"]`` of a mapping, else the first element
+    of a tuple / list / mapping. Anything else is refused in one line."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, Mapping):
+        first = out["logits"] if "logits" in out else next(iter(out.values()), None)
+    elif isinstance(out, tuple | list):
+        first = out[0] if out else None
+    else:
+        first = None
+    if isinstance(first, torch.Tensor):
+        return first
+    raise PrunekitError(f"the model returned a {type(out).__name__} without logits (a tensor, .logits, a "
+                        "'logits' key or a tensor first); pass output_transform= to say where they are")
+
+
+def input_key_of(model: nn.Module) -> str | None:
+    """The keyword a model takes its input by, by the Hugging Face convention (``main_input_name``, e.g.
+    ``pixel_values``); None: positional, as plain PyTorch modules take it."""
+    name = getattr(getattr(model, "module", model), "main_input_name", None)
+    return name if isinstance(name, str) else None
+
+
+def forward_logits(model: nn.Module, x: torch.Tensor, *, input_key: str | None = "auto",
+                   output_transform: OutputTransform | None = None) -> torch.Tensor:
+    """``model``'s logits for inputs ``x``: ``input_key="auto"`` passes ``x`` by the model's
+    :func:`input_key_of` (positionally when it has none), a name passes it by that keyword, None positionally;
+    the output goes through ``output_transform`` (default :func:`logits_of`)."""
+    key = input_key_of(model) if input_key == "auto" else input_key
+    out = model(**{key: x}) if key else model(x)
+    return (output_transform or logits_of)(out)
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, topk: Sequence[int]) -> torch.Tensor:
@@ -76,8 +125,12 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, topk: Sequence[int]
 
 
 def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             topk: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+             topk: tuple[int, ...] = (1, 5), *, input_key: str | None = "auto",
+             output_transform: OutputTransform | None = None) -> dict[str, float]:
     """Top-k accuracy (fractions in [0, 1]) over ``(inputs, labels)`` batches, in eval mode without grad.
+
+    The model may return a HF ``ModelOutput``, a dict or a tuple and take its input by keyword (see
+    :func:`forward_logits` for ``input_key`` and ``output_transform``).
 
     Returns ``{"top1": ..., "top5": ..., "samples": n}``. A k above the number of classes counts every
     sample as correct. Each module's train/eval flag is restored afterwards.
@@ -89,7 +142,7 @@ def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     n = 0
     with eval_mode(model), torch.inference_mode():
         for x, y in batches:
-            logits = model(x.to(device))
+            logits = forward_logits(model, x.to(device), input_key=input_key, output_transform=output_transform)
             y = y.to(logits.device).reshape(-1)
             if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
                 raise PrunekitError(f"accuracy: model output has shape {tuple(logits.shape)} for "

@@ -9,17 +9,27 @@ appends one JSON-able operation to the root module it was given:
 
 Replaying the operations in order on an unpruned instance of the same network class rebuilds the pruned
 shapes whatever its module types, so saving a pruned user network needs no registration of its classes
-and loading it executes nothing from the file.
+and loading it executes nothing from the file: :func:`replay` treats the operations as untrusted JSON and
+checks every type, name, index and shape before it calls the surgery functions.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
+import torch
 from torch import nn
 
+from prunekit.errors import PrunekitError
+
 ATTR = "_prunekit_surgery"
+MAX_OPS = 10_000  # operations one record may hold
+MAX_INPUTS = 8  # example input tensors per operation
+MAX_DIMS = 8
+MAX_INPUT_ELEMENTS = 2**24  # elements of all example inputs of one operation together (64 MB as float32)
+_KEYS = {"channels": {"op", "removed", "input_shapes", "num_heads"}, "blocks": {"op", "names", "input_shapes"}}
 
 
 def record(model: nn.Module, op: dict[str, Any]) -> None:
@@ -31,3 +41,168 @@ def record(model: nn.Module, op: dict[str, Any]) -> None:
 def history(model: nn.Module) -> list[dict[str, Any]]:
     """A copy of the structural operations applied to ``model`` so far (oldest first)."""
     return copy.deepcopy(model.__dict__.get(ATTR, []))
+
+
+def input_shapes(example_inputs: Any) -> list[list[int]] | None:
+    """The shapes of ``example_inputs`` (a tensor, or a list / tuple of tensors) as a JSON list, or None when
+    they are anything else (a dict, a non-float tensor): such a call cannot be replayed from its record."""
+    items = example_inputs if isinstance(example_inputs, list | tuple) else [example_inputs]
+    if not items or not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in items):
+        return None
+    return [list(t.shape) for t in items]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validation of untrusted records
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _width(m: nn.Module) -> int | None:
+    for attr in ("out_channels", "out_features", "num_features", "num_channels", "num_parameters"):
+        v = getattr(m, attr, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    shape = getattr(m, "normalized_shape", None)
+    if isinstance(m, nn.LayerNorm) and isinstance(shape, tuple) and len(shape) == 1:
+        return int(shape[0])
+    return None
+
+
+def _short(v: Any) -> str:
+    """A short, escaped rendering of an untrusted value for a one-line message."""
+    return ascii(v)[:80]
+
+
+def _check_shapes(where: str, shapes: Any) -> list[tuple[int, ...]]:
+    if not isinstance(shapes, list) or not 1 <= len(shapes) <= MAX_INPUTS:
+        raise PrunekitError(f"{where}: input_shapes must be a list of 1 to {MAX_INPUTS} shapes")
+    out, total = [], 0
+    for s in shapes:
+        if (not isinstance(s, list) or not 1 <= len(s) <= MAX_DIMS
+                or not all(_int(d) and 1 <= d <= MAX_INPUT_ELEMENTS for d in s)):
+            raise PrunekitError(f"{where}: bad input shape {_short(s)}")
+        total += math.prod(s)
+        if total > MAX_INPUT_ELEMENTS:
+            raise PrunekitError(f"{where}: example inputs of {total:,}+ elements exceed the bound of "
+                                f"{MAX_INPUT_ELEMENTS:,}")
+        out.append(tuple(s))
+    return out
+
+
+def _check_channels(where: str, model: nn.Module, removed: Any, modules: dict[str, nn.Module]
+                    ) -> dict[str, list[int]]:
+    if not isinstance(removed, dict) or not removed or len(removed) > len(modules):
+        raise PrunekitError(f"{where}: 'removed' must map layer names to channel lists")
+    plan: dict[str, list[int]] = {}
+    for name, idxs in removed.items():
+        if not isinstance(name, str) or not name or name not in modules:
+            raise PrunekitError(f"{where}: the model has no layer {_short(name)}")
+        width = _width(modules[name])
+        if not isinstance(idxs, list) or not idxs or not all(_int(i) for i in idxs):
+            raise PrunekitError(f"{where}: layer {name!r}: channels must be a non-empty list of integers")
+        if len(set(idxs)) != len(idxs):
+            raise PrunekitError(f"{where}: layer {name!r}: a channel is listed twice")
+        bound = width if width is not None else 2**31
+        bad = [i for i in idxs if not 0 <= i < bound]
+        if bad:
+            raise PrunekitError(f"{where}: layer {name!r}: channel {_short(bad[0])} is out of range "
+                                f"({width} channels)")
+        if width is not None and len(idxs) >= width:
+            raise PrunekitError(f"{where}: layer {name!r}: removes all {width} channels")
+        plan[name] = list(idxs)
+    return plan
+
+
+def _check_blocks(where: str, names: Any, modules: dict[str, nn.Module]) -> list[str]:
+    if not isinstance(names, list) or not names or len(names) > len(modules):
+        raise PrunekitError(f"{where}: 'names' must be a non-empty list of block names")
+    for n in names:
+        if not isinstance(n, str) or not n or n not in modules:
+            raise PrunekitError(f"{where}: the model has no block {_short(n)}")
+    if len(set(names)) != len(names):
+        raise PrunekitError(f"{where}: a block is listed twice")
+    return list(names)
+
+
+def validate(model: nn.Module, op: Any, where: str = "structural change") -> dict[str, Any]:
+    """Check one untrusted operation against ``model`` as it is now; return it in canonical form."""
+    if not isinstance(op, dict) or op.get("op") not in _KEYS:
+        raise PrunekitError(f"{where}: not a structural operation (want op 'channels' or 'blocks')")
+    kind = op["op"]
+    extra = set(op) - _KEYS[kind]
+    if extra:
+        raise PrunekitError(f"{where}: unexpected fields {_short(sorted(map(str, extra))[:5])}")
+    modules = dict(model.named_modules())
+    shapes = op.get("input_shapes")
+    if kind == "channels":
+        plan = _check_channels(where, model, op.get("removed"), modules)
+        heads = op.get("num_heads") or {}
+        if not isinstance(heads, dict) or len(heads) > len(modules) or not all(
+                isinstance(k, str) and k in modules and _int(v) and 0 < v <= 2**16 for k, v in heads.items()):
+            raise PrunekitError(f"{where}: 'num_heads' must map layer names of the network to head counts")
+        return {"op": kind, "removed": plan, "input_shapes": _check_shapes(where, shapes), "num_heads": heads}
+    names = _check_blocks(where, op.get("names"), modules)
+    return {"op": kind, "names": names,
+            "input_shapes": None if shapes in (None, []) else _check_shapes(where, shapes)}
+
+
+def validate_all(ops: Any) -> list[Any]:
+    """The structure of a record (a list of at most :data:`MAX_OPS` objects); ops are checked on replay."""
+    if not isinstance(ops, list) or len(ops) > MAX_OPS:
+        raise PrunekitError(f"the structural history must be a list of at most {MAX_OPS:,} operations")
+    return ops
+
+
+# ---------------------------------------------------------------------------------------------------------
+# replay
+
+
+def example_inputs(model: nn.Module, shapes: list[tuple[int, ...]], seed: int = 0) -> Any:
+    """Inputs of ``shapes`` for a replay: empty on a meta model, seeded random values otherwise."""
+    ref = next(iter(list(model.parameters()) + list(model.buffers())), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+    if device.type == "meta":
+        xs = [torch.empty(s, device="meta", dtype=dtype) for s in shapes]
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        xs = [torch.randn(s, generator=gen, dtype=dtype).to(device) for s in shapes]
+    return xs[0] if len(xs) == 1 else tuple(xs)
+
+
+def replay(model: nn.Module, ops: Any) -> nn.Module:
+    """Apply recorded structural operations to ``model`` (an unpruned instance of the network), in place.
+
+    ``ops`` comes from a file: every operation is validated against the model as it stands before that
+    operation (types, names that exist, channel ranges, bounded input shapes), then replayed with
+    :func:`~prunekit.surgery.remove_channels` / :func:`~prunekit.surgery.remove_blocks` on example inputs
+    of the recorded shapes. Works on a ``meta`` model too (nothing allocated). Any failure is one
+    :class:`PrunekitError` naming the operation.
+    """
+    from prunekit.surgery import remove_blocks, remove_channels
+
+    ops = validate_all(ops)
+    # a meta model has no values to compare: its shapes are checked by the trace alone
+    check = not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+    for i, raw in enumerate(ops):
+        where = f"structural change {i + 1} of {len(ops)}"
+        op = validate(model, raw, where)
+        try:
+            if op["op"] == "channels":
+                x = example_inputs(model, op["input_shapes"])
+                rep = remove_channels(model, op["removed"], x, check=check, num_heads=op["num_heads"] or None)
+                if sorted(rep.removed.items()) != sorted(op["removed"].items()):
+                    raise PrunekitError(f"removed {_short(rep.removed)} instead of {_short(op['removed'])}")
+            else:
+                x = None if op["input_shapes"] is None else example_inputs(model, op["input_shapes"])
+                remove_blocks(model, op["names"], x, check=check)
+        except PrunekitError as exc:
+            raise PrunekitError(f"{where} cannot be replayed on this network: {exc}") from None
+        except Exception as exc:  # anything a hostile record provokes in the user's own forward
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise PrunekitError(f"{where} cannot be replayed on this network ({type(exc).__name__}: "
+                                f"{ascii(first)[1:-1]})") from None
+    return model

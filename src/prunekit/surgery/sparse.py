@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.io import architecture, model_from_state, read_safetensors, write_safetensors
+from prunekit.io import architecture, prepare, read_safetensors, write_safetensors
 
 FORMAT = "prunekit-sparse/1"
 
@@ -93,11 +93,15 @@ def ideal_bytes(t: torch.Tensor) -> int:
     return min(n * b, nnz * b + min(math.ceil(n / 8), nnz * _INDEX[_index_dtype(n)].itemsize))
 
 
-def save_sparse(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` storing only its non-zeros; :func:`load_sparse` rebuilds it (zoo models) or fills it."""
+def save_sparse(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+                base: nn.Module | None = None) -> Path:
+    """Save ``model`` storing only its non-zeros; :func:`load_sparse` rebuilds it (zoo models) or fills it.
+
+    ``base`` (a user's network as built) records the structural history, as :func:`prunekit.io.save` does.
+    """
     path = Path(path)
     model = getattr(model, "module", model)
-    arch = architecture(model)
+    arch = architecture(model, base=base)
     values: dict[str, list[torch.Tensor]] = {}
     bitmaps: list[torch.Tensor] = []
     index: dict[str, list[torch.Tensor]] = {}
@@ -155,13 +159,11 @@ def _check_entry(path: Any, i: int, e: Any) -> tuple[str, str, list[int], str, i
     return key, dname, shape, enc, nnz, idt
 
 
-def decode_file(path: str | os.PathLike, max_expand: float = 1024.0
-                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and fully validate a sparse file: ``(state dict, metadata)``."""
-    tensors, doc = read_safetensors(path)
+def _entries(path: Any, doc: dict[str, Any]) -> list[tuple[str, str, list[int], str, int, str | None]]:
+    """The validated entry list of a sparse file's metadata (nothing decoded yet)."""
     if doc.get("format") != FORMAT:
-        raise PrunekitError(f"{path}: not a prunekit sparse model file (format {doc.get('format')!r}, want "
-                            f"{FORMAT}); dense files load with prunekit.load")
+        raise PrunekitError(f"{path}: not a prunekit sparse model file (format {ascii(doc.get('format'))[:100]}, "
+                            f"want {FORMAT}); dense files load with prunekit.load")
     entries = doc.get("entries")
     if not isinstance(entries, list) or len(entries) > _MAX_ENTRIES:
         raise _bad(path, "entry list missing or malformed")
@@ -169,6 +171,23 @@ def decode_file(path: str | os.PathLike, max_expand: float = 1024.0
     keys = [c[0] for c in checked]
     if len(set(keys)) != len(keys):
         raise _bad(path, "a tensor key appears twice")
+    return checked
+
+
+def decode_file(path: str | os.PathLike, max_expand: float = 1024.0
+                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and fully validate a sparse file: ``(state dict, metadata)``.
+
+    Nothing is checked against an architecture here: :func:`load_sparse` checks every entry's key, shape
+    and dtype against the network first, so a file cannot make it decode more than the network holds.
+    """
+    tensors, doc = read_safetensors(path)
+    return _decode(path, tensors, _entries(path, doc), max_expand), doc
+
+
+def _decode(path: Any, tensors: dict[str, torch.Tensor],
+            checked: list[tuple[str, str, list[int], str, int, str | None]], max_expand: float
+            ) -> dict[str, torch.Tensor]:
     # size bound before allocating anything: decoded bytes vs bytes really stored
     stored = sum(t.numel() * t.element_size() for t in tensors.values())
     decoded = sum(math.prod(c[2]) * _DTYPES[c[1]].itemsize for c in checked)
@@ -231,14 +250,20 @@ def decode_file(path: str | os.PathLike, max_expand: float = 1024.0
                 raise _bad(path, f"{key}: indices out of range or not strictly increasing")
             flat[pos] = vals
         out[key] = flat.reshape(shape)
-    return out, doc
+    return out
 
 
 def load_sparse(path: str | os.PathLike, model: nn.Module | None = None, device: str | torch.device = "cpu",
                 max_expand: float = 1024.0) -> nn.Module:
     """Load a file written by :func:`save_sparse`: the zoo architecture it records, or into ``model``.
 
-    ``max_expand`` bounds decoded bytes / stored bytes (a forged header cannot make us allocate more).
+    The network is rebuilt on the ``meta`` device first and every entry's key, shape and dtype is checked
+    against it before any entry is decoded: a file can make us allocate no more than the network needs.
+    ``max_expand`` also bounds decoded bytes / stored bytes.
     """
-    state, doc = decode_file(path, max_expand=max_expand)
-    return model_from_state(state, doc.get("architecture"), str(path), model=model, device=device)
+    tensors, doc = read_safetensors(path)
+    checked = _entries(path, doc)
+    prepared = prepare(doc.get("architecture"), str(path), model)
+    prepared.check({key: (tuple(shape), _DTYPES[dname]) for key, dname, shape, *_ in checked})
+    state = _decode(path, tensors, checked, max_expand)
+    return prepared.materialise(state, device)

@@ -12,13 +12,15 @@ and optimizer handling are shared with :mod:`prunekit.methods.iht`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodConfig
-from prunekit.methods.iht import PhasedHardThresholding, SparsityConfig, _check_epochs, _check_phase_lrs
+from prunekit.methods.api import MethodConfig
+from prunekit.methods.checks import check_epochs, check_phase_lrs
+from prunekit.methods.phased import PhasedHardThresholding, SparsityConfig
 
 
 @dataclass
@@ -32,9 +34,9 @@ class MagnitudeConfig(SparsityConfig):
 
     def validate(self) -> None:
         super().validate()
-        _check_epochs(self.dense_epochs, "dense_epochs", 0)
-        _check_epochs(self.sparse_epochs, "sparse_epochs", 1)
-        _check_phase_lrs(self, ("dense_lr", "sparse_lr"))
+        check_epochs(self.dense_epochs, "dense_epochs", 0)
+        check_epochs(self.sparse_epochs, "sparse_epochs", 1)
+        check_phase_lrs(self, ("dense_lr", "sparse_lr"))
 
 
 class OneShotMagnitude(PhasedHardThresholding):
@@ -43,6 +45,7 @@ class OneShotMagnitude(PhasedHardThresholding):
     name: ClassVar[str] = "magnitude"
     Config: ClassVar[type[MethodConfig]] = MagnitudeConfig
     ends_sparse: ClassVar[bool] = True
+    from_trained_options: ClassVar[Mapping[str, Any]] = {"dense_epochs": 0}
 
     def stages(self, epochs: int) -> list[Stage]:
         """[dense (d epochs), sparse (epochs - d)]; the lengths add up to ``epochs``."""

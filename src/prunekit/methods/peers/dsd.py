@@ -16,15 +16,17 @@ re-dense phase always starts with a fresh optimizer, since that is where its low
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodConfig
-from prunekit.methods.iht import PhasedHardThresholding, SparsityConfig, _check_epochs, _check_lr, _check_phase_lrs
+from prunekit.methods.api import MethodConfig, TrainingLoop
+from prunekit.methods.checks import check_epochs, check_lr, check_phase_lrs
+from prunekit.methods.phased import PhasedHardThresholding, SparsityConfig
 
 
 @dataclass
@@ -42,10 +44,10 @@ class DSDConfig(SparsityConfig):
     def validate(self) -> None:
         super().validate()
         for key in ("dense_epochs", "sparse_epochs", "redense_epochs"):
-            _check_epochs(getattr(self, key), key, 1)
-        _check_phase_lrs(self, ("dense_lr", "sparse_lr"))
-        _check_lr(self.redense_lr, "redense_lr")
-        _check_lr(self.redense_lr_scale, "redense_lr_scale")
+            check_epochs(getattr(self, key), key, 1)
+        check_phase_lrs(self, ("dense_lr", "sparse_lr"))
+        check_lr(self.redense_lr, "redense_lr")
+        check_lr(self.redense_lr_scale, "redense_lr_scale")
 
 
 class DenseSparseDense(PhasedHardThresholding):
@@ -54,6 +56,7 @@ class DenseSparseDense(PhasedHardThresholding):
     name: ClassVar[str] = "dsd"
     Config: ClassVar[type[MethodConfig]] = DSDConfig
     ends_sparse: ClassVar[bool] = False
+    budget_knobs: ClassVar[Mapping[str, str]] = {}  # ends dense: no budget to aim at
 
     def stages(self, epochs: int) -> list[Stage]:
         """[dense, sparse, re-dense]; unset lengths share what the set ones leave, summing to ``epochs``."""
@@ -80,13 +83,13 @@ class DenseSparseDense(PhasedHardThresholding):
             self._stage("redense", n["redense"], "dense", c.redense_lr, reset=True, phase="redense"),
         ])
 
-    def configure_optimizers(self, trainer: Any, lr: float) -> list[torch.optim.Optimizer] | None:
+    def configure_optimizers(self, trainer: TrainingLoop, lr: float) -> list[torch.optim.Optimizer] | None:
         """In the re-dense phase without an absolute ``redense_lr``: the run's SGD at ``scale x lr``."""
-        stage = getattr(trainer, "stage", None)
+        stage = trainer.stage
         scale = self.config.redense_lr_scale
         if stage is None or stage.info.get("phase") != "redense" or stage.lr is not None or math.isclose(scale, 1):
             return None
-        from prunekit.engine.trainer import split_decay
+        from prunekit.engine.stages import split_decay
 
         o = trainer.optim_cfg
         return [torch.optim.SGD(split_decay(trainer.raw_model), lr=lr * scale, momentum=o.momentum,

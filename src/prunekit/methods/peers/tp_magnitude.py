@@ -14,7 +14,7 @@ width)``, or ``macs_budget`` / ``params_budget`` solved within 1%), handed to th
 ``pruning_ratio_dict``; which channels go is Torch-Pruning's own choice (its group magnitude importance:
 filter, BN scale and the next layers' input slices, mean-reduced), and so is the surgery. The layers it may
 prune are the producing layers of prunekit's filter groups (the classifier and, with ``coupled=False``,
-residual groups are ignored), so its scope matches SGHT's. Schedule as :class:`~prunekit.methods.l1_filter.
+residual groups are ignored), so its scope matches SGHT's. Schedule as :class:`~prunekit.methods.peers.l1_filter.
 L1FilterPruning`: ``dense_fraction`` of the epochs dense, prune, fine-tune the rest.
 """
 
@@ -25,7 +25,8 @@ from typing import Any
 
 from torch import nn
 
-from prunekit.methods.l1_filter import FilterBudgetConfig, OneShotFilterPruning, _check_split
+from prunekit.methods.api import FinalizeResult
+from prunekit.methods.peers.l1_filter import FilterBudgetConfig, OneShotFilterPruning, check_dense_split
 
 
 @dataclass
@@ -39,7 +40,7 @@ class TPMagnitudeConfig(FilterBudgetConfig):
 
     def validate(self) -> None:
         self._check_common("tp-magnitude")
-        _check_split("tp-magnitude", self.dense_fraction, self.finetune_lr)
+        check_dense_split("tp-magnitude", self.dense_fraction, self.finetune_lr)
 
 
 class TPMagnitude(OneShotFilterPruning):
@@ -49,7 +50,7 @@ class TPMagnitude(OneShotFilterPruning):
     Config = TPMagnitudeConfig
     config: TPMagnitudeConfig
 
-    def prune(self, model: nn.Module, example_inputs: Any) -> dict[str, Any]:
+    def prune(self, model: nn.Module, example_inputs: Any) -> FinalizeResult:
         """Prune ``model`` in place with Torch-Pruning to the per-group counts of the ratio or budget."""
         import torch_pruning as tp
 
@@ -81,7 +82,7 @@ class TPMagnitude(OneShotFilterPruning):
                                                                      zip(groups, keep, strict=True)},
                              "params_before": dense.params, "macs_before": dense.macs,
                              "macs_fraction": after.macs / dense.macs}
-        return self.prune_report
+        return FinalizeResult(model, report=dict(self.prune_report))
 
 
 __all__ = ["TPMagnitude", "TPMagnitudeConfig"]

@@ -1,4 +1,6 @@
-"""The modified stochastic Accelerated Proximal Gradient (APG) of Huang & Wang (2018), as a torch optimizer.
+"""The papers' optimizers in the ``torch.optim`` idiom: SSS's APG and SGHT's AHSG-HT gradient step.
+
+APG: the modified stochastic Accelerated Proximal Gradient of Huang & Wang (2018).
 
 SSS trains its scaling factors ``lambda`` with the objective ``loss(W, lambda) + gamma * ||lambda||_1``. The
 L1 term is not smooth, so instead of a sub-gradient the factors take a proximal step (soft-thresholding,
@@ -30,7 +32,7 @@ same tensors. The momentum buffers stay per parameter (``state[p]["momentum_buff
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -153,4 +155,69 @@ def _check_hparams(**hp: Any) -> None:
                 raise PrunekitError(f"APG: {key} must be {want}, got {x!r}")
 
 
-__all__ = ["APG", "apg_update", "soft_threshold"]
+class AHSGHT(torch.optim.Optimizer):
+    """The gradient part of AHSG-HT: Nesterov momentum SGD with weight decay plus the heavy-ball term.
+
+    ``w <- w - lr * d + nu * (w - w_prev)`` where ``d`` is torch's SGD direction (weight decay, momentum,
+    dampening, Nesterov exactly as :class:`torch.optim.SGD`) and ``w_prev`` is the iterate before the
+    previous step, kept in ``state["prev"]`` (after a hard threshold, that is the thresholded iterate).
+    With ``nu=0`` this is exactly :class:`torch.optim.SGD`. ``threshold``, if given, is called at the end
+    of :meth:`step` (``H_k``), for loops that want the whole AHSG-HT step in ``optimizer.step()``.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9, dampening: float = 0.0,
+                 weight_decay: float = 5e-4, nesterov: bool = True, nu: float = 0.1,
+                 threshold: Callable[[], Any] | None = None) -> None:
+        if not (isinstance(lr, int | float) and lr >= 0):
+            raise PrunekitError(f"AHSGHT: lr must be >= 0, got {lr!r}")
+        if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
+            raise PrunekitError(f"AHSGHT: momentum must be in [0, 1), got {momentum!r}")
+        if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
+            raise PrunekitError(f"AHSGHT: weight_decay must be >= 0, got {weight_decay!r}")
+        if not (isinstance(nu, int | float) and 0 <= nu < 1):
+            raise PrunekitError(f"AHSGHT: nu (heavy-ball weight) must be in [0, 1), got {nu!r}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise PrunekitError("AHSGHT: Nesterov momentum needs momentum > 0 and dampening 0")
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
+                    "nesterov": nesterov, "nu": nu}
+        super().__init__(params, defaults)
+        self.threshold = threshold
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, damp = group["lr"], group["momentum"], group["dampening"]
+            wd, nesterov, nu = group["weight_decay"], group["nesterov"], group["nu"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                d = p.grad if wd == 0 else p.grad.add(p, alpha=wd)          # g_t + lambda * w_t
+                if mu != 0:
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = torch.clone(d).detach()
+                    else:
+                        buf.mul_(mu).add_(d, alpha=1 - damp)                # v_t = mu v_{t-1} + g
+                    d = d.add(buf, alpha=mu) if nesterov else buf           # Nesterov direction
+                if nu == 0:
+                    p.add_(d, alpha=-lr)
+                    continue
+                prev = state.get("prev")                                    # w_{t-1}
+                if prev is None:                                            # first step: no history
+                    state["prev"] = p.detach().clone()
+                    p.add_(d, alpha=-lr)
+                else:
+                    heavy = p - prev                                        # w_t - w_{t-1}
+                    prev.copy_(p)
+                    p.add_(d, alpha=-lr).add_(heavy, alpha=nu)              # w_t - eta d + nu (w_t - w_{t-1})
+        if self.threshold is not None:
+            self.threshold()                                                # H_k
+        return loss
+
+
+__all__ = ["AHSGHT", "APG", "apg_update", "soft_threshold"]

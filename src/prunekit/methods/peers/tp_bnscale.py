@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodConfig, PenaltyThenPrune
+from prunekit.methods.api import FinalizeResult, MethodConfig, TrainingLoop
+from prunekit.methods.base import PenaltyThenPrune
 
 
 @dataclass
@@ -80,6 +81,9 @@ def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Mod
     return [seen[id(o)] for o in outs if id(o) in seen]
 
 
+_MAX_RATIO = 0.99  # the largest Torch-Pruning ratio the target_macs search tries
+
+
 class TPBNScale(PenaltyThenPrune):
     """Torch-Pruning's BNScalePruner with prunekit's schedule and a matched-MACs target."""
 
@@ -113,19 +117,19 @@ class TPBNScale(PenaltyThenPrune):
             ignored_layers=output_layers(model, example_inputs))
 
     # -- training -------------------------------------------------------------------------------------
-    def on_model_changed(self, trainer: Any) -> None:
+    def on_model_changed(self, trainer: TrainingLoop) -> None:
         self._pruner = None
 
-    def on_train_batch_start(self, trainer: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def on_train_batch_start(self, trainer: TrainingLoop, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         if self._example is None:
             self._example = batch[0][:1].detach().clone()
 
-    def on_before_optimizer_step(self, trainer: Any) -> None:
+    def on_before_optimizer_step(self, trainer: TrainingLoop) -> None:
         if not self.penalty_active(trainer):
             return
-        model = getattr(trainer, "raw_model", trainer.model)
+        model = trainer.raw_model
         if self._pruner is None:
-            ex = getattr(trainer, "example_inputs", None)
+            ex = trainer.example_inputs
             ex = ex if ex is not None else self._example
             if ex is None:
                 raise PrunekitError("tp-bnscale: no example input to build the pruner; call "
@@ -134,8 +138,17 @@ class TPBNScale(PenaltyThenPrune):
         self._pruner.regularize(model)  # Torch-Pruning: grad(gamma) += reg * sign(gamma)
 
     # -- pruning --------------------------------------------------------------------------------------
-    def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
-        """Prune in place at ``pruning_ratio`` (or at the ratio meeting ``target_macs``); returns the model."""
+    def _macs_at(self, model: nn.Module, example_inputs: torch.Tensor, ratio: float) -> int:
+        """MACs of a copy of ``model`` pruned at ``ratio``."""
+        from prunekit import metrics
+
+        trial = copy.deepcopy(model)
+        with torch.enable_grad():
+            self.make_pruner(trial, example_inputs, ratio).step()
+        return metrics.count(trial, example_inputs).macs
+
+    def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
+        """Prune in place at ``pruning_ratio`` (or at the ratio meeting ``target_macs``); returns the result."""
         from prunekit import metrics
 
         model = getattr(model, "module", model)
@@ -145,21 +158,21 @@ class TPBNScale(PenaltyThenPrune):
         ratio = self.config.pruning_ratio
         if self.config.target_macs is not None:
             goal = self.config.target_macs * base.macs
-
-            def macs_at(r: float) -> int:
-                trial = copy.deepcopy(model)
-                with torch.enable_grad():
-                    self.make_pruner(trial, example_inputs, r).step()
-                return metrics.count(trial, example_inputs).macs
-
-            lo, hi = 0.0, 0.99
-            if macs_at(lo) > goal:
+            lo, hi = 0.0, _MAX_RATIO
+            if self._macs_at(model, example_inputs, lo) > goal:
+                least = math.inf  # the fewest MACs any ratio tried gave
                 for _ in range(14):
                     mid = (lo + hi) / 2
-                    if macs_at(mid) <= goal:
+                    macs = self._macs_at(model, example_inputs, mid)
+                    least = min(least, macs)
+                    if macs <= goal:
                         hi = mid
                     else:
                         lo = mid
+                if least > goal:
+                    raise PrunekitError(f"{self.name}: target_macs={self.config.target_macs:g} is unreachable: "
+                                        f"Torch-Pruning leaves at least {least / base.macs:.4g} of the dense MACs "
+                                        "at any ratio tried; raise target_macs")
                 ratio = hi
             else:
                 ratio = 0.0
@@ -172,7 +185,7 @@ class TPBNScale(PenaltyThenPrune):
         self.report = {"method": self.name, "pruning_ratio": ratio,
                        "params": {"before": base.params, "after": after.params},
                        "macs": {"before": base.macs, "after": after.macs}}
-        return model
+        return FinalizeResult(model, report=dict(self.report))
 
 
 __all__ = ["TPBNScale", "TPBNScaleConfig", "output_layers"]

@@ -1,7 +1,7 @@
 """Baseline: random filter (channel) pruning to the same budget, then fine-tuning.
 
 The control every structured method must beat: which filters go is decided by a seeded random draw, not
-by an importance score; how many go per layer is decided exactly as for :mod:`prunekit.methods.l1_filter`
+by an importance score; how many go per layer is decided exactly as for :mod:`prunekit.methods.peers.l1_filter`
 (``keep_ratio`` / ``layer_keep`` or a global ``macs_budget`` / ``params_budget``). Several papers (e.g.
 Mittal et al. 2018, Liu et al. 2019) found random selection plus fine-tuning close to norm-based criteria;
 a comparison without this row cannot show that a criterion matters.
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from prunekit.errors import PrunekitError
-from prunekit.methods.l1_filter import L1FilterConfig, OneShotFilterPruning
+from prunekit.methods.peers.l1_filter import L1FilterConfig, OneShotFilterPruning
 
 
 @dataclass

@@ -28,8 +28,9 @@ training, then :meth:`finalize` (which prunes if that has not happened yet).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -37,14 +38,10 @@ from torch import nn
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods import budget as _budget
-from prunekit.methods.base import FinalizeResult, MethodConfig, PruningMethod
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
 
 NORMS = ("l1", "l2")
 
-
-def _raw(trainer: Any) -> nn.Module:
-    model = trainer.raw_model if hasattr(trainer, "raw_model") else trainer.model
-    return getattr(model, "module", model)
 
 
 @dataclass
@@ -85,10 +82,10 @@ class L1FilterConfig(FilterBudgetConfig):
 
     def validate(self) -> None:
         self._check_common("l1-filter")
-        _check_split("l1-filter", self.dense_fraction, self.finetune_lr)
+        check_dense_split("l1-filter", self.dense_fraction, self.finetune_lr)
 
 
-def _check_split(name: str, dense_fraction: Any, finetune_lr: Any) -> None:
+def check_dense_split(name: str, dense_fraction: Any, finetune_lr: Any) -> None:
     if isinstance(dense_fraction, bool) or not isinstance(dense_fraction, int | float) \
             or not 0 <= dense_fraction <= 1:
         raise PrunekitError(f"method {name!r}: dense_fraction must be in [0, 1], got {dense_fraction!r}")
@@ -102,6 +99,8 @@ class OneShotFilterPruning(PruningMethod):
 
     name = "one-shot-filter"
     Config = L1FilterConfig
+    budget_knobs: ClassVar[Mapping[str, str]] = {"macs": "macs_budget", "params": "params_budget"}
+    from_trained_options: ClassVar[Mapping[str, Any]] = {"dense_fraction": 0}
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
@@ -129,9 +128,9 @@ class OneShotFilterPruning(PruningMethod):
         """One importance score per group channel (flat over groups); the filter norm by default."""
         return h.scores()
 
-    def prune(self, model: nn.Module, example_inputs: Any) -> dict[str, Any]:
-        """Remove the lowest-norm filters of every group in place (one shot); returns the surgery report."""
-        from prunekit.methods.sght import FilterThreshold
+    def prune(self, model: nn.Module, example_inputs: Any) -> FinalizeResult:
+        """Remove the lowest-norm filters of every group in place (one shot); the model and the surgery report."""
+        from prunekit.methods.filters import FilterThreshold
         from prunekit.surgery.structured import remove_channels
 
         groups, keep = self._groups_and_keep(model, example_inputs)
@@ -141,24 +140,24 @@ class OneShotFilterPruning(PruningMethod):
         self.pruned = True
         self.keep = {g.name: int(k) for g, k in zip(groups, keep, strict=True)}
         self.prune_report = {"keep": dict(self.keep), "surgery": rep.summary()}
-        return self.prune_report
+        return FinalizeResult(model, report=dict(self.prune_report))
 
     # -- hooks ------------------------------------------------------------------------------------
-    def on_train_batch_start(self, trainer: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def on_train_batch_start(self, trainer: TrainingLoop, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         if self._example is None:
             self._example = batch[0][:1].detach().clone()
 
-    def _example_of(self, trainer: Any) -> Any:
-        ex = getattr(trainer, "example_inputs", None)
+    def _example_of(self, trainer: TrainingLoop) -> Any:
+        ex = trainer.example_inputs
         ex = ex if ex is not None else self._example
         if ex is None:
             raise PrunekitError(f"{self.name}: no example inputs; call method.prune(model, example_inputs) "
                                 "yourself in your own loop")
         return ex
 
-    def on_stage_start(self, trainer: Any, stage: Stage) -> None:
+    def on_stage_start(self, trainer: TrainingLoop, stage: Stage) -> None:
         if stage.kind == "finetune" and not self.pruned:
-            model = _raw(trainer)
+            model = trainer.raw_model
             self.prune(model, self._example_of(trainer))
             trainer.replace_model(model)
 

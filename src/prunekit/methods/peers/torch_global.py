@@ -6,7 +6,7 @@ The unstructured reference a PyTorch user already has::
     torch.nn.utils.prune.global_unstructured(conv and linear weights, L1Unstructured, amount=1 - keep)
     fine-tune with the pruned weights held at zero
 
-It differs from :mod:`prunekit.methods.magnitude` in one respect: one threshold over all layers together
+It differs from :mod:`prunekit.methods.peers.magnitude` in one respect: one threshold over all layers together
 (global ranking, as PyTorch's tutorial does) rather than ``k`` per layer. The mask is computed by PyTorch's
 own ``global_unstructured`` and then made permanent with ``prune.remove``; during fine-tuning the zeros are
 held by prunekit's mask (gradient and weight masked every step) instead of PyTorch's forward pre-hook
@@ -25,8 +25,8 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.methods.base import MethodConfig
-from prunekit.methods.magnitude import MagnitudeConfig, OneShotMagnitude
+from prunekit.methods.api import MethodConfig
+from prunekit.methods.peers.magnitude import MagnitudeConfig, OneShotMagnitude
 from prunekit.surgery import MaskSet
 
 

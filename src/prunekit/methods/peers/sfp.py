@@ -13,7 +13,7 @@ once per epoch instead of after every mini-batch, with plain momentum SGD and fi
 
 Where we follow the paper and where we chose:
 
-* Selection uses :class:`prunekit.methods.sght.FilterThreshold` with SFP's L2 norm; residual-coupled
+* Selection uses :class:`prunekit.methods.filters.FilterThreshold` with SFP's L2 norm; residual-coupled
   filters form one group (``coupled=True``, default) so every zeroed channel can be removed (SFP's code
   masks every conv separately and reports theoretical speed-ups).
 * SFP's code zeroes only the conv weights, and so do we by default (``zero_shift=False``): the BN after
@@ -31,16 +31,17 @@ Where we follow the paper and where we chose:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.methods import budget as _budget
-from prunekit.methods.base import FinalizeResult, PruningMethod
-from prunekit.methods.l1_filter import FilterBudgetConfig, _raw
+from prunekit.methods.api import FinalizeResult, PruningMethod, TrainingLoop
+from prunekit.methods.peers.l1_filter import FilterBudgetConfig
 
 
 @dataclass
@@ -67,7 +68,8 @@ class SoftFilterPruning(PruningMethod):
     """Zero the smallest-norm filters after every epoch; they keep training; remove them at the end."""
 
     name = "sfp"
-    from_scratch = True  # He et al. train from scratch with soft zeroing every epoch
+    starts_from_scratch = True  # He et al. train from scratch with soft zeroing every epoch
+    budget_knobs: ClassVar[Mapping[str, str]] = {"macs": "macs_budget", "params": "params_budget"}
     Config = SFPConfig
     config: SFPConfig
 
@@ -83,7 +85,7 @@ class SoftFilterPruning(PruningMethod):
 
     def bind(self, model: nn.Module, example_inputs: Any) -> Any:
         """Find the filter groups, solve ``k`` per group, build the selector for ``model``."""
-        from prunekit.methods.sght import FilterThreshold
+        from prunekit.methods.filters import FilterThreshold
 
         c = self.config
         self._example = example_inputs
@@ -108,32 +110,32 @@ class SoftFilterPruning(PruningMethod):
         return mask
 
     # -- hooks ------------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Any) -> None:
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
         if self.config.mask_at_start:
-            self.select_and_zero(_raw(trainer), getattr(trainer, "example_inputs", None))
+            self.select_and_zero(trainer.raw_model, trainer.example_inputs)
 
-    def on_model_changed(self, trainer: Any) -> None:
+    def on_model_changed(self, trainer: TrainingLoop) -> None:
         self.threshold, self._model = None, None
 
-    def on_train_batch_start(self, trainer: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def on_train_batch_start(self, trainer: TrainingLoop, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         if self._example is None:
             self._example = batch[0][:1].detach().clone()
 
-    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        e = int(getattr(trainer, "epoch", 0)) + 1  # epochs completed, counting this one
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
+        e = trainer.epoch + 1  # epochs completed, counting this one
         if e % self.config.update_every == 0:
-            self.select_and_zero(_raw(trainer), getattr(trainer, "example_inputs", None))
+            self.select_and_zero(trainer.raw_model, trainer.example_inputs)
 
     # -- deliverable ------------------------------------------------------------------------------
     def finalize(self, model: nn.Module, example_inputs: Any) -> FinalizeResult:
         """Select once more (the final masks), then remove the zero filters for real (in place)."""
         from prunekit import metrics
-        from prunekit.methods.sght import remove_zero_filters
+        from prunekit.methods.filters import remove_zero_filters
 
         before = metrics.count(model, example_inputs)
         report: dict[str, Any] = {"method": self.name}
         if not self.done:
-            from prunekit.methods.sght import FilterThreshold
+            from prunekit.methods.filters import FilterThreshold
 
             self._ensure(model, example_inputs)
             # the last selection, zeroing the BN shift / running mean too so the channels can be removed

@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.io import set_submodule
-from prunekit.methods.base import MethodConfig, PenaltyThenPrune
-from prunekit.methods.sss import _NORMS, ChannelScale, _layer_sites, factor_modules, fold_factors
+from prunekit.methods.api import FinalizeResult, MethodConfig, TrainingLoop
+from prunekit.methods.base import PenaltyThenPrune
+from prunekit.methods.factors import NORM_LAYERS, ChannelScale, factor_modules, fold_factors, layer_sites
 
 
 @dataclass
@@ -72,8 +72,8 @@ def scale_layers(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
         if isinstance(m, ChannelScale):
             wrapper = name.rpartition(".")[0]
             out[wrapper] = (name, m)
-    for s in _layer_sites(model, modules):
-        if s.kind == "channel" and isinstance(modules[s.target], _NORMS):
+    for s in layer_sites(model, modules):
+        if s.kind == "channel" and isinstance(modules[s.target], NORM_LAYERS):
             out[s.layer] = (s.target, modules[s.target])
     return out
 
@@ -106,15 +106,15 @@ class NetworkSlimming(PenaltyThenPrune):
     """Network Slimming as a plug-in (see the module docstring)."""
 
     name = "slimming"
-    from_scratch = True  # Liu et al. train with the sparsity penalty from scratch, then prune and fine-tune
+    starts_from_scratch = True  # Liu et al. train with the sparsity penalty from scratch, then prune and fine-tune
     Config = SlimmingConfig
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Give BN-free prunable layers a channel scale (idempotent); BN layers use their own scale."""
         modules = dict(model.named_modules())
         if not factor_modules(model):
-            for s in _layer_sites(model, modules):
-                if s.kind == "channel" and not isinstance(modules[s.target], _NORMS):
+            for s in layer_sites(model, modules):
+                if s.kind == "channel" and not isinstance(modules[s.target], NORM_LAYERS):
                     set_submodule(model, s.target, nn.Sequential(modules[s.target], ChannelScale(s.channels)))
         if not scale_layers(model):
             raise PrunekitError("slimming: the model has no prunable channel with a BN scale")
@@ -122,19 +122,38 @@ class NetworkSlimming(PenaltyThenPrune):
 
     # -- training: the L1 sub-gradient -------------------------------------------------------------
     @torch.no_grad()
-    def on_before_optimizer_step(self, trainer: Any) -> None:
+    def on_before_optimizer_step(self, trainer: TrainingLoop) -> None:
         if not self.penalty_active(trainer):
             return
         s = self.config.sparsity
-        for m in getattr(trainer, "raw_model", trainer.model).modules():
-            p = m.weight if isinstance(m, _NORMS) and m.affine else m.factor if isinstance(m, ChannelScale) \
+        for m in trainer.raw_model.modules():
+            p = m.weight if isinstance(m, NORM_LAYERS) and m.affine else m.factor if isinstance(m, ChannelScale) \
                 else None
             if p is not None and p.grad is not None:
                 p.grad.add_(torch.sign(p), alpha=s)  # d/dgamma of s * |gamma|
 
     # -- pruning ----------------------------------------------------------------------------------------
-    def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
-        """Fold channel scales, remove the channels under the global threshold; in place, returns the model."""
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
+        if self.config.target_macs is not None and trainer.example_inputs is not None:
+            self.check_reachable(trainer.raw_model, trainer.example_inputs)  # before any training
+
+    def check_reachable(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
+        """Refuse (one line) a ``target_macs`` below what removing every channel but one per layer leaves."""
+        from prunekit import metrics
+
+        model = getattr(model, "module", model)
+        trial = copy.deepcopy(model).eval()
+        base = metrics.count(trial, example_inputs).macs
+        self._apply(trial, sum(_scale_of(m).numel() for _, m in scale_layers(trial).values()), example_inputs)
+        least = metrics.count(trial, example_inputs).macs / max(base, 1)
+        target = self.config.target_macs
+        if target is not None and least > target:
+            raise PrunekitError(f"{self.name}: target_macs={target:g} is unreachable: removing every prunable "
+                                f"channel but one per layer still leaves {least:.4g} of the dense MACs; raise "
+                                f"target_macs to at least {least:.4g}")
+
+    def prune(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
+        """Fold channel scales, remove the channels under the global threshold; in place, returns the result."""
         from prunekit import metrics
 
         model = getattr(model, "module", model)
@@ -143,6 +162,7 @@ class NetworkSlimming(PenaltyThenPrune):
         base = metrics.count(model, example_inputs)
         total = sum(_scale_of(m).numel() for _, m in scale_layers(model).values())
         if self.config.target_macs is not None:
+            self.check_reachable(model, example_inputs)
             goal = self.config.target_macs * base.macs
 
             def macs_after(k: int) -> int:
@@ -169,7 +189,7 @@ class NetworkSlimming(PenaltyThenPrune):
                        "params": {"before": base.params, "after": after.params},
                        "macs": {"before": base.macs, "after": after.macs},
                        "width_per_layer": {k2: _width(model.get_submodule(k2)) for k2 in plan}}
-        return model
+        return FinalizeResult(model, report=dict(self.report))
 
     @staticmethod
     def _apply(model: nn.Module, k: int, example_inputs: torch.Tensor) -> dict[str, list[int]]:

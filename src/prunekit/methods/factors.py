@@ -1,0 +1,443 @@
+"""Scaling factors on structures (the lambda of SSS, the channel scales of Network Slimming): the factor
+modules, where they go in a network, folding them into the layer before, and removing the structures whose
+factor is zero. Shared by :mod:`prunekit.methods.sss` and the Network Slimming peer.
+
+Factors are real modules (a layer becomes ``Sequential(layer, scale)``; a block factor is a ``branch`` child
+named ``block_scale``), registered with :func:`prunekit.io.register_module` so that checkpoints describe them
+and resume is exact.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.io import register_module, set_submodule
+
+# ---------------------------------------------------------------------------------------------------------
+# the scaling factors (the paper's lambda)
+
+
+class Scale(nn.Module):
+    """Base of the factor modules: one learnable ``factor`` tensor, initialised to 1."""
+
+    kind = "base"
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.factor = nn.Parameter(torch.ones(size))
+
+    def per_channel(self, num_channels: int) -> torch.Tensor:
+        """The factor of every channel of an output with ``num_channels`` channels."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = self.per_channel(x.shape[1])
+        return x * lam.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+@register_module
+class ChannelScale(Scale):
+    """One factor per channel (conv) or neuron (linear): ``y[:, c] = lambda_c * x[:, c]``."""
+
+    kind = "channel"
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__(num_channels)
+        self.num_channels = num_channels
+
+    def per_channel(self, num_channels: int) -> torch.Tensor:
+        return self.factor
+
+    def to_config(self) -> dict[str, Any]:
+        return {"num_channels": self.num_channels}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> ChannelScale:
+        return cls(_pos_int(cfg, "num_channels"))
+
+
+@register_module
+class GroupScale(Scale):
+    """One factor per group of a grouped convolution's output (contiguous blocks of channels)."""
+
+    kind = "group"
+
+    def __init__(self, num_channels: int, groups: int) -> None:
+        if num_channels % groups:
+            raise PrunekitError(f"GroupScale: {num_channels} channels do not split into {groups} groups")
+        super().__init__(groups)
+        self.num_channels, self.groups = num_channels, groups
+
+    def per_channel(self, num_channels: int) -> torch.Tensor:
+        return self.factor.repeat_interleave(self.num_channels // self.groups)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"num_channels": self.num_channels, "groups": self.groups}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> GroupScale:
+        return cls(_pos_int(cfg, "num_channels"), _pos_int(cfg, "groups"))
+
+
+@register_module
+class BlockScale(Scale):
+    """One factor for a whole residual branch."""
+
+    kind = "block"
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def per_channel(self, num_channels: int) -> torch.Tensor:
+        return self.factor.expand(num_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def to_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> BlockScale:
+        if cfg:
+            raise PrunekitError(f"BlockScale takes no configuration, got keys {sorted(cfg)}")
+        return cls()
+
+
+def _pos_int(cfg: dict[str, Any], key: str) -> int:
+    v = cfg.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 1 << 20:
+        raise PrunekitError(f"scaling factor config: {key} must be a positive integer, got {v!r}")
+    return v
+
+
+FACTOR_TYPES = (ChannelScale, GroupScale, BlockScale)
+BLOCK_CHILD = "block_scale"
+
+
+def factor_modules(model: nn.Module) -> list[tuple[str, Scale]]:
+    """Every scaling-factor module of ``model`` with its name, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, FACTOR_TYPES)]
+
+
+def factor_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The factor tensors by kind (``channel``, ``group``, ``block``)."""
+    out: dict[str, list[nn.Parameter]] = {"channel": [], "group": [], "block": []}
+    for _, m in factor_modules(model):
+        out[m.kind].append(m.factor)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# where the factors go
+
+
+@dataclass
+class Site:
+    """One place for a factor: wrap module ``target`` (or append to block ``target``'s branch)."""
+
+    kind: str  # channel | group | block
+    target: str  # the module whose output is scaled (BN, or conv / linear without BN; the block)
+    layer: str  # the conv / linear producing those channels ("" for a block)
+    channels: int
+    groups: int = 1
+
+
+_PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool1d,
+                 nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_PASS_FUNCTIONS = {F.relu, torch.relu, torch.flatten, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+                   F.dropout}
+_PASS_METHODS = {"relu", "relu_", "flatten", "view", "reshape"}
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _block_kind(m: nn.Module) -> str | None:
+    """'residual' (prunekit's ResidualBlock protocol), 'torchvision' (BasicBlock / Bottleneck), or None."""
+    from prunekit.surgery.blocks import block_kind
+
+    return block_kind(m)
+
+
+def is_block(m: nn.Module) -> bool:
+    return _block_kind(m) is not None
+
+
+def _last_bn_name(m: nn.Module) -> str:
+    """torchvision blocks: the BN whose output meets the shortcut (``bn3`` of a Bottleneck, else ``bn2``)."""
+    return "bn3" if isinstance(getattr(m, "bn3", None), NORM_LAYERS) else "bn2"
+
+
+def _plain_conv(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or (isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1
+                                        and not m.transposed)
+
+
+def _grouped_conv(m: nn.Module) -> bool:
+    return (isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not m.transposed
+            and not (m.groups == m.in_channels == m.out_channels))
+
+
+def find_sites(model: nn.Module, channels: bool = True, blocks: bool = True, groups: bool = False) -> list[Site]:
+    """Where :func:`insert_factors` would put factors (see the module docstring), in module order."""
+    modules = dict(model.named_modules())
+    sites: list[Site] = []
+    if blocks:
+        for name, m in modules.items():
+            kind = _block_kind(m)
+            if kind == "residual":
+                if not isinstance(m.branch, nn.Sequential):
+                    raise PrunekitError(f"residual block {name!r}: branch must be an nn.Sequential")
+                sites.append(Site("block", name, "", _out_channels(m.branch)))
+            elif kind == "torchvision":
+                bn = _last_bn_name(m)
+                sites.append(Site("block", f"{name}.{bn}", "", getattr(m, bn).num_features))
+    if channels or groups:
+        for site in layer_sites(model, modules):
+            if (site.kind == "channel" and channels) or (site.kind == "group" and groups):
+                sites.append(site)
+    order = {n: i for i, n in enumerate(modules)}
+    return sorted(sites, key=lambda s: order[s.target])
+
+
+def _out_channels(seq: nn.Sequential) -> int:
+    for m in reversed(list(seq)):
+        if isinstance(m, NORM_LAYERS):
+            return m.num_features
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return m.out_channels
+        if isinstance(m, nn.Linear):
+            return m.out_features
+    return 0
+
+
+def layer_sites(model: nn.Module, modules: dict[str, nn.Module]) -> list[Site]:
+    """Channel / group sites from a ``torch.fx`` trace; a Sequential-only scan when tracing fails."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # any tracing failure: fall back to the conservative scan
+        return _sequential_sites(modules)
+
+    def mod(node: Any) -> nn.Module | None:
+        return modules.get(node.target) if node.op == "call_module" else None
+
+    def passes(node: Any) -> bool:
+        m = mod(node)
+        if m is not None:
+            return isinstance(m, _PASS_MODULES)
+        if node.op == "call_function":
+            return node.target in _PASS_FUNCTIONS or (node.target in (torch.mean, torch.amax)
+                                                      and _spatial_dims(node))
+        if node.op == "call_method":
+            return node.target in _PASS_METHODS or (node.target in ("mean", "amax") and _spatial_dims(node))
+        return False
+
+    def only_consumed_by_layers(node: Any) -> bool:
+        terminals, todo, seen = [], [node], set()
+        while todo:
+            n = todo.pop()
+            for u in n.users:
+                if u in seen:
+                    continue
+                seen.add(u)
+                if passes(u) and u.args and u.args[0] is n:
+                    todo.append(u)
+                else:
+                    terminals.append((u, n))
+        return bool(terminals) and all(
+            (m := mod(u)) is not None and _plain_conv(m) and u.args and u.args[0] is src for u, src in terminals)
+
+    out = []
+    for node in graph.nodes:
+        m = mod(node)
+        if m is None or not (_plain_conv(m) or _grouped_conv(m)):
+            continue
+        end, target = node, node.target
+        users = list(node.users)
+        if len(users) == 1 and isinstance(mod(users[0]), NORM_LAYERS):
+            end, target = users[0], users[0].target
+        if not only_consumed_by_layers(end):
+            continue
+        width = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+        if _plain_conv(m):
+            out.append(Site("channel", target, node.target, width))
+        else:
+            out.append(Site("group", target, node.target, width, m.groups))
+    return out
+
+
+def _spatial_dims(node: Any) -> bool:
+    """A reduction over explicit spatial dims only (e.g. ``x.mean((2, 3))``): channels map one to one."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = (dims,) if isinstance(dims, int) else dims
+    return isinstance(dims, tuple | list) and len(dims) > 0 and all(isinstance(d, int) and d >= 2 for d in dims)
+
+
+def _sequential_sites(modules: dict[str, nn.Module]) -> list[Site]:
+    """Fallback for untraceable models: inside an ``nn.Sequential``, a conv/linear (+ BN) followed by a ReLU
+    and then a plain conv/linear sibling: the only consumer of those channels is that sibling."""
+    out = []
+    for name, seq in modules.items():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        kids = list(seq.named_children())
+        for i, (cname, layer) in enumerate(kids):
+            if not (_plain_conv(layer) or _grouped_conv(layer)):
+                continue
+            j, target = i + 1, cname
+            if j < len(kids) and isinstance(kids[j][1], NORM_LAYERS):
+                target, j = kids[j][0], j + 1
+            if j + 1 < len(kids) and isinstance(kids[j][1], nn.ReLU) and _plain_conv(kids[j + 1][1]):
+                width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+                prefix = f"{name}." if name else ""
+                kind = "channel" if _plain_conv(layer) else "group"
+                out.append(Site(kind, prefix + target, prefix + cname, width,
+                                1 if kind == "channel" else layer.groups))
+    return out
+
+
+def insert_factors(model: nn.Module, channels: bool = True, blocks: bool = True,
+                   groups: bool = False) -> list[Site]:
+    """Insert SSS scaling factors (all 1) into ``model`` in place; returns the sites used.
+
+    A model that already holds factors is left as it is (so preparing twice is harmless).
+    """
+    if factor_modules(model):
+        return []
+    sites = find_sites(model, channels=channels, blocks=blocks, groups=groups)
+    for s in sites:
+        target = model.get_submodule(s.target)
+        device = next((t.device for t in list(target.parameters()) + list(target.buffers())), None)
+        if s.kind == "block" and _block_kind(target) == "residual":
+            scale: Scale = BlockScale()
+            target.branch.add_module(BLOCK_CHILD, scale.to(device) if device else scale)
+            continue
+        if s.kind == "channel":
+            scale = ChannelScale(s.channels)
+        elif s.kind == "group":
+            scale = GroupScale(s.channels, s.groups)
+        else:  # a torchvision block: Sequential(last BN, BlockScale)
+            scale = BlockScale()
+        set_submodule(model, s.target, nn.Sequential(target, scale.to(device) if device else scale))
+    return sites
+
+
+# ---------------------------------------------------------------------------------------------------------
+# folding and removal
+
+
+@torch.no_grad()
+def _fold_into(layer: nn.Module, lam: torch.Tensor, where: str) -> None:
+    """Multiply ``layer``'s output channels by ``lam`` through its parameters (exact up to rounding)."""
+    if isinstance(layer, NORM_LAYERS):
+        if not layer.affine:
+            raise PrunekitError(f"{where}: cannot fold a factor into a BatchNorm without affine parameters")
+        layer.weight.mul_(lam)
+        layer.bias.mul_(lam)
+    elif isinstance(layer, nn.Linear | nn.modules.conv._ConvNd) and not getattr(layer, "transposed", False):
+        layer.weight.mul_(lam.view(-1, *([1] * (layer.weight.dim() - 1))))
+        if layer.bias is not None:
+            layer.bias.mul_(lam)
+    else:
+        raise PrunekitError(f"{where}: cannot fold a scaling factor into {type(layer).__name__}")
+
+
+def fold_factors(model: nn.Module) -> int:
+    """Fold every factor into the layer before it and remove the factor modules; returns how many."""
+    n = 0
+    for name, m in factor_modules(model):
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(m, BlockScale) and leaf == BLOCK_CHILD and isinstance(parent, nn.Sequential):
+            kids = [k for k in parent.named_children() if k[0] != BLOCK_CHILD]
+            if not kids:
+                raise PrunekitError(f"{name}: the residual branch is empty, nothing to fold into")
+            last_name, last = kids[-1]
+            _fold_into(last, m.per_channel(_out_channels(parent)).detach(), f"{parent_name}.{last_name}")
+            del parent._modules[BLOCK_CHILD]
+        elif isinstance(parent, nn.Sequential) and len(parent) == 2 and parent[1] is m:
+            layer = parent[0]
+            width = layer.num_features if isinstance(layer, NORM_LAYERS) else (
+                layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
+            _fold_into(layer, m.per_channel(width).detach(), parent_name)
+            set_submodule(model, parent_name, layer)
+        else:
+            raise PrunekitError(f"{name}: scaling factor is not where insert_factors puts it; cannot fold")
+        n += 1
+    return n
+
+
+def zero_structures(model: nn.Module) -> tuple[list[str], dict[str, list[int]], dict[str, dict[str, Any]]]:
+    """Blocks whose factor is 0, zero channels (or conv groups) per wrapped layer, and a per-site summary."""
+    blocks: list[str] = []
+    zeros: dict[str, list[int]] = {}
+    summary: dict[str, dict[str, Any]] = {}
+    for name, m in factor_modules(model):
+        lam = m.factor.detach()
+        zero = (lam == 0).nonzero().flatten().tolist()
+        if isinstance(m, BlockScale):
+            block = name.rpartition(".")[0].rpartition(".")[0]  # <block>.branch.block_scale / <block>.bn3.1
+            summary[block] = {"kind": "block", "factor": float(lam.item())}
+            if zero:
+                blocks.append(block)
+            continue
+        wrapper = name.rpartition(".")[0]
+        summary[wrapper] = {"kind": m.kind, "factors": int(lam.numel()), "zero": len(zero)}
+        if zero:
+            zeros[wrapper] = zero
+    return blocks, zeros, summary
+
+
+def remove_blocks(model: nn.Module, names: list[str]) -> None:
+    """Drop the branch of each block: identity-shortcut blocks become their activation (surgery), a block
+    with a projection shortcut becomes ``Sequential(shortcut, act)`` (exact, since its branch is 0)."""
+    from prunekit import surgery
+
+    plain = set(surgery.removable_blocks(model))
+    if any(n in plain for n in names):
+        surgery.remove_blocks(model, [n for n in names if n in plain])
+    for n in names:
+        if n not in plain:
+            block = model.get_submodule(n)
+            if _block_kind(block) == "residual":
+                shortcut, act = block.shortcut, block.act
+            else:
+                shortcut, act = block.downsample, copy.deepcopy(block.relu)
+                act.inplace = False
+            set_submodule(model, n, nn.Sequential(OrderedDict([("shortcut", shortcut), ("act", act)])))
+
+
+def channel_plan(model: nn.Module, zeros: dict[str, list[int]], summary: dict[str, dict[str, Any]],
+                  example_inputs: torch.Tensor) -> dict[str, list[int]]:
+    """Surgery plan (keyed by the producing conv / linear) for zero channel factors and zero group factors."""
+    from prunekit import surgery
+
+    layer_of = {s.target: s.layer for s in layer_sites(model, dict(model.named_modules()))}
+    plan: dict[str, list[int]] = {}
+    for wrapper, zero in zeros.items():
+        layer = layer_of.get(wrapper)
+        if layer is None:  # inside a removed block, or no longer a separable layer
+            continue
+        if summary[wrapper]["kind"] == "group":
+            conv = model.get_submodule(layer)
+            if len(zero) == conv.groups:
+                zero = zero[:-1]  # keep one group (it outputs zeros)
+            if zero:
+                for k, v in surgery.conv_group_plan(model, example_inputs, layer, zero).items():
+                    plan.setdefault(k, []).extend(v)
+        else:
+            plan.setdefault(layer, []).extend(zero)
+    return plan
+
+
+__all__ = ["BLOCK_CHILD", "FACTOR_TYPES", "NORM_LAYERS", "BlockScale", "ChannelScale", "GroupScale", "Scale", "Site",
+           "channel_plan", "factor_modules", "factor_parameters", "find_sites", "fold_factors", "insert_factors",
+           "is_block", "layer_sites", "remove_blocks", "zero_structures"]
