@@ -392,6 +392,46 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+# What each command imports (torch, numpy, matplotlib through these): imported up front, see below.
+_COMMON = ("torch", "prunekit.io", "prunekit.engine", "prunekit.errors")
+_MODULES: dict[str, tuple[str, ...]] = {
+    "train": (*_COMMON, "prunekit.config", "prunekit.experiment", "prunekit.reports"),
+    "prune": (*_COMMON, "prunekit.config", "prunekit.experiment", "prunekit.reports"),
+    "compare": (*_COMMON, "prunekit.compare"),
+    "eval": (*_COMMON, "prunekit.data", "prunekit.models", "prunekit.metrics"),
+    "info": (*_COMMON, "prunekit.models", "prunekit.metrics"),
+    "export": (*_COMMON, "prunekit.models", "prunekit.metrics", "prunekit.surgery", "prunekit.exporter"),
+    "bench": (*_COMMON, "prunekit.models", "prunekit.metrics"),
+    "report": ("prunekit.reports",),
+    "demo": (*_COMMON, "prunekit.demo"),
+}
+
+
+def _import_deferring_ctrl_c(modules: Sequence[str]) -> None:
+    """Import ``modules`` with Ctrl-C held back until they are complete, then act on it (KeyboardInterrupt).
+
+    A KeyboardInterrupt in the middle of a third-party import can leave a half-initialised module behind
+    (``numpy has no attribute 'lib'`` later) or be swallowed by a library's ``except`` around an optional
+    import, so the interrupt would be lost or turn into a traceback. Off the main thread nothing is deferred.
+    """
+    import importlib
+    import signal
+
+    pending: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:  # not the main thread: signals are not ours to handle
+        previous = None
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunekit`` command.
 
@@ -404,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = args.command
+        _import_deferring_ctrl_c(_MODULES.get(command, ()))
         from prunekit.engine import distributed
 
         shutdown = distributed.shutdown
