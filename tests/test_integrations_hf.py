@@ -132,3 +132,32 @@ def test_the_trainer_must_step_the_methods_optimizer(tmp_path):
     with pytest.raises(PrunekitError, match=r"optimizers=pk.optimizers\(model\)") as err:
         trainer.train()
     assert "\n" not in str(err.value)
+
+
+class Replacing(methods.PruningMethod):
+    """A toy method that hands the loop a new network object at its second stage (as in the Lightning test)."""
+
+    name = "toy-replacing"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.new: nn.Module | None = None
+        self.snapshot: list[torch.Tensor] = []
+
+    def stages(self, epochs: int) -> list:
+        from prunekit.engine.stages import Stage
+
+        return [Stage("before", 1), Stage("after", epochs - 1)]
+
+    def on_stage_start(self, trainer, stage) -> None:
+        if stage.name == "after":
+            self.new = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(4, 4))
+            self.snapshot = [p.detach().clone() for p in self.new.parameters()]
+            trainer.replace_model(self.new)
+
+
+def test_a_new_network_object_during_training_is_refused_in_one_line(tmp_path):
+    with pytest.raises(PrunekitError, match="replaced the model by a new object during training") as err:
+        _train(TinyCNN(), Replacing(), tmp_path, epochs=2)
+    assert "\n" not in str(err.value)

@@ -154,3 +154,35 @@ def test_a_wrong_attribute_and_a_missing_package_are_one_line_errors():
     with pytest.raises(PrunekitError, match=r"pip install 'prunekit\[lightning\]'") as err:
         require("lightning_not_installed_here", "lightning", "lightning")
     assert "\n" not in str(err.value)
+
+
+class Replacing(methods.PruningMethod):
+    """A toy method that hands the loop a new network object at its second stage (``replace_model``)."""
+
+    name = "toy-replacing"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.new: nn.Module | None = None
+        self.snapshot: list[torch.Tensor] = []
+
+    def stages(self, epochs: int) -> list:
+        from prunekit.engine.stages import Stage
+
+        return [Stage("before", 1), Stage("after", epochs - 1)]
+
+    def on_stage_start(self, trainer, stage) -> None:
+        if stage.name == "after":
+            self.new = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(4, 4))
+            self.snapshot = [p.detach().clone() for p in self.new.parameters()]
+            trainer.replace_model(self.new)
+
+
+def test_a_new_network_object_takes_the_lightning_modules_attribute_and_is_trained():
+    method = Replacing()
+    module, pk, trainer = _fit(method, epochs=2)
+    assert module.net is method.new and pk.result.model is method.new
+    assert {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]} == \
+        {id(p) for p in method.new.parameters()}
+    assert all(not torch.equal(a, b) for a, b in zip(method.snapshot, method.new.parameters(), strict=True))
