@@ -20,14 +20,14 @@ from prunekit.reports.compare import markdown, plots
 CSV_COLUMNS = ["run", "label", "method", "seed", "start", "target_kind", "target", "matched", "train_epochs",
                "params", "nonzero_params", "macs", "params_frac", "nonzero_frac", "macs_frac", "top1", "top5",
                "test_loss", "latency_ms_b1", "latency_batch", "latency_ms_batch", "file_bytes", "sparse_file",
-               "train_seconds"]
+               "train_seconds", "latency_runtime", "latency_frac_b1", "latency_frac_batch"]
 
 
 INT_COLUMNS = {"seed", "train_epochs", "params", "nonzero_params", "macs", "latency_batch", "file_bytes"}
 
 
 FLOAT_COLUMNS = {"target", "params_frac", "nonzero_frac", "macs_frac", "top1", "top5", "test_loss", "latency_ms_b1",
-          "latency_ms_batch", "train_seconds"}
+          "latency_ms_batch", "train_seconds", "latency_frac_b1", "latency_frac_batch"}
 
 
 BOOL_COLUMNS = {"matched", "sparse_file"}
@@ -100,12 +100,13 @@ def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                                "target": rs[0].get("target"), "seeds": len(rs),
                                "matched": all(bool(r.get("matched")) for r in rs)}
         for k in ("top1", "macs", "params", "nonzero_params", "macs_frac", "nonzero_frac", "latency_ms_b1",
-                  "latency_ms_batch", "file_bytes", "train_epochs"):
+                  "latency_ms_batch", "latency_frac_b1", "latency_frac_batch", "file_bytes", "train_epochs"):
             vals = [float(r[k]) for r in rs if r.get(k) is not None]
             if vals:
                 row[k] = statistics.fmean(vals)
                 row[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         row["latency_batch"] = rs[0].get("latency_batch")
+        row["latency_runtime"] = rs[0].get("latency_runtime")
         out.append(row)
     return out
 
