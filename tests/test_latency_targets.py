@@ -141,8 +141,25 @@ def test_smoke_grid_with_a_latency_target_runs_and_reports(tmp_path, monkeypatch
     for r in lat:  # thinner than dense: fewer MACs than the dense row
         assert r["macs"] < dense["macs"] and r["target"] == 0.7
     assert (out / "accuracy_vs_latency.png").stat().st_size > 0
-    assert "latency b1 / dense" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "latency b1 / dense" in summary and "at equal measured latency" in summary
     timing = json.loads((out / "latency.json").read_text())
     assert timing["runtime"] == "eager" and "__dense__@b1" in timing["median_ms"]
     # the latency solve left its tables in the cache (measured once, reused by the next row)
     assert list((tmp_path / "cache" / "latency").glob("eager-b1-t1-*.json"))
+
+
+def test_latency_rows_are_compared_with_macs_rows_at_equal_measured_latency():
+    from prunekit.reports.compare import latency_vs_macs
+
+    def row(label: str, kind: str, ms: float, top1: float) -> dict:
+        return {"label": label, "method": "sght", "target_kind": kind, "target": 0.5, "latency_ms_b1": ms,
+                "top1": top1}
+
+    summary = [row("sght@macs=0.5", "macs", 0.04, 90.0), row("sght@macs=0.33", "macs", 0.02, 80.0),
+               row("sght@latency=0.5", "latency", 0.03, 86.0), row("sght@latency=0.1", "latency", 0.01, 70.0)]
+    text = latency_vs_macs(summary)
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in text.splitlines()[2:]}
+    assert "| 85.00 | +1.00 |" in lines["sght@latency=0.5"] and lines["sght@latency=0.5"].endswith("| yes |")
+    assert "outside the MACs rows' measured range" in lines["sght@latency=0.1"]  # no claim outside the range
+    assert latency_vs_macs([row("sght@macs=0.5", "macs", 0.04, 90.0)]) == ""

@@ -15,7 +15,7 @@ from typing import Any
 
 from prunekit._atomic import write_text
 from prunekit.errors import PrunekitError
-from prunekit.reports.compare import markdown, plots
+from prunekit.reports.compare import latency_vs_macs, markdown, plots
 
 CSV_COLUMNS = ["run", "label", "method", "seed", "start", "target_kind", "target", "matched", "train_epochs",
                "params", "nonzero_params", "macs", "params_frac", "nonzero_frac", "macs_frac", "top1", "top5",
@@ -119,6 +119,10 @@ def report(out_dir: str | os.PathLike, results: Sequence[dict[str, Any]] | None 
         raise PrunekitError(f"{d}: no results to report")
     summary = summarize(results)
     text = markdown(summary)
+    pairs = latency_vs_macs(summary)
+    if pairs:
+        text += ("\n\nLatency-targeted rows against the same method's MACs-targeted rows at equal measured latency "
+                 "(batch 1, seed means; MACs rows' top-1 interpolated):\n\n" + pairs)
     write_text(d / "summary.md", f"# {d.name}\n\n{text}\n\nMean over seeds (± standard deviation). Rebuild with: "
                                  f"prunekit report {d}\n")
     written = [d / "summary.md"]
@@ -129,6 +133,11 @@ def report(out_dir: str | os.PathLike, results: Sequence[dict[str, Any]] | None 
 def print_summary(results: Sequence[dict[str, Any]], out_dir: Path) -> None:
     """Print the summary table and where the files are."""
     print()
-    print(markdown(summarize(results)))
+    summary = summarize(results)
+    print(markdown(summary))
+    pairs = latency_vs_macs(summary)
+    if pairs:
+        print("\nAt equal measured latency (batch 1, seed means):\n")
+        print(pairs)
     print(f"\nresults: {out_dir / 'results.csv'}; summary and plots: {out_dir}/summary.md, *.png, *.svg",
           file=sys.stdout)

@@ -46,6 +46,40 @@ def markdown(summary: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def latency_vs_macs(summary: Sequence[dict[str, Any]]) -> str:
+    """Each latency-targeted row against the same method's MACs-targeted rows at equal measured latency
+    (batch 1, seed means): the MACs rows' accuracy interpolated linearly at the latency row's measured
+    latency (only inside the MACs rows' measured range; outside it, no comparison is claimed). Empty when
+    the grid has no latency rows beside MACs rows."""
+    lines = []
+    for s in sorted(summary, key=lambda s: (s["method"], -(s.get("target") or 0))):
+        if s.get("target_kind") != "latency" or not s.get("latency_ms_b1"):
+            continue
+        macs = sorted((m["latency_ms_b1"], m["top1"], m["label"]) for m in summary
+                       if m["method"] == s["method"] and m.get("target_kind") == "macs" and m.get("latency_ms_b1"))
+        if not macs:
+            continue
+        x = s["latency_ms_b1"]
+        below = [p for p in macs if p[0] <= x]
+        above = [p for p in macs if p[0] >= x]
+        if below and above:
+            lo, hi = below[-1], above[0]
+            w = 0.0 if hi[0] == lo[0] else (x - lo[0]) / (hi[0] - lo[0])
+            acc = lo[1] + w * (hi[1] - lo[1])
+            ref = lo[2] if lo is hi else f"{lo[2]} .. {hi[2]}"
+            verdict = "yes" if s["top1"] >= acc else "no"
+            cells = [s["label"], f"{x:.4f}", f"{s['top1']:.2f}", f"{acc:.2f}", f"{s['top1'] - acc:+.2f}", ref, verdict]
+        else:
+            cells = [s["label"], f"{x:.4f}", f"{s['top1']:.2f}", "-", "-", "outside the MACs rows' measured range",
+                     "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    heads = ["latency row", "measured b1 ms", "top-1 %", "MACs rows at that latency, top-1 %", "difference",
+             "interpolated between", "at least as accurate"]
+    return "\n".join(["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|", *lines])
+
+
 def pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """The points no other point beats on both cost (lower) and accuracy (higher), by increasing cost."""
     front: list[tuple[float, float]] = []
