@@ -581,3 +581,9 @@ def test_bounds_count_what_count_counts(name: str) -> None:
     m = models.create(name)
     b = check_bounds(m, tuple(m.input_shape))
     assert b is not None and b.macs == metrics.count(m, torch.zeros((1, *m.input_shape))).macs
+
+
+@pytest.mark.parametrize("argv", [["--batch", "100000"], ["--rounds", "1000000"], ["--max-macs", "1000"]])
+def test_bench_is_bounded_before_it_runs(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    err = _one_line(capsys, cli.main(["bench", "resnet20", "--runtime", "eager", *argv]))
+    assert "bounded" in err or "more than the limit" in err, err

@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default="auto", choices=["auto", "wall", "thread"],
                    help="wall clock, or the thread's CPU time (one thread: immune to other processes); "
                         "auto = thread for --threads 1 on the CPU")
+    _add_max_macs(p)
     p = sub.add_parser("demo", help="train LeNet-5 on the embedded digits and prune it with every method")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     p.add_argument("--out", default="runs/demo")
@@ -347,6 +348,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from prunekit import metrics
     from prunekit.metrics import runtime
+    from prunekit.metrics.counting import check_bounds
 
     runtimes = runtime.check_runtimes(args.runtime.split(","))
     try:
@@ -355,13 +357,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise PrunekitError(f"--batch {args.batch!r}: expected comma-separated integers such as 1,64") from None
     if not batches or min(batches) < 1 or args.threads < 1 or args.rounds < 1:
         raise PrunekitError("--batch, --threads and --rounds must be positive")
+    if max(batches) > 4096 or args.threads > 1024 or args.rounds > 1000 or len(batches) > 16:
+        raise PrunekitError("bench is bounded: at most 16 batch sizes of at most 4096, 1024 threads, 1000 rounds")
     model = _load_any(args.model).eval()
     shape = _shape(args.input_shape) or _default_shape(model)
+    _check_bounds(model, shape, args)  # per sample, before anything runs; a batch multiplies it
     x = torch.randn((1, *shape))
     named = {args.model: model}
     macs_ratio = None
     if args.against:
         dense = _load_any(args.against).eval()
+        check_bounds(dense, shape, max_macs=args.max_macs, what=args.against)
         named = {args.against: dense, **named}
         macs_ratio = metrics.count(dense, x).macs / max(1, metrics.count(model, x).macs)
     rows = runtime.measure(named, x, runtimes=runtimes, batches=batches, threads=args.threads, rounds=args.rounds,

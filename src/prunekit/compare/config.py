@@ -17,7 +17,7 @@ from prunekit.config import MAX_EPOCHS, ExperimentConfig, Section, error_line, n
 from prunekit.configio import short
 from prunekit.errors import PrunekitError
 
-KINDS = ("macs", "params")
+KINDS = ("macs", "params", "latency")
 RESERVED = ("kinds", "start", "sweep")  # keys of a method's entry that are not its options
 MAX_SEEDS = 100
 MAX_LATENCY_BATCH = 4096
@@ -31,12 +31,31 @@ def _distinct(v: list[int]) -> list[int]:
     return v
 
 
+LATENCY_TARGET_KEYS = ("latency", "runtime", "batch", "threads", "round_to", "tol")
+
+
 def _target(v: Any) -> Any:
-    """One ``{kind: fraction}`` pair (checked before the types, for one message that shows the form)."""
+    """One ``{kind: fraction}`` pair, or ``{latency: f}`` with optional ``runtime`` / ``batch`` / ``threads`` /
+    ``round_to`` (checked before the types, for one message that shows the form)."""
+    form = ("expected {macs: f}, {params: f} or {latency: f, runtime: ..., batch: ..., threads: ...} with 0 < f < 1 "
+            "(the fraction of the dense network kept)")
+    if isinstance(v, dict) and "latency" in v:
+        extra = sorted(set(v) - set(LATENCY_TARGET_KEYS))
+        if extra:
+            raise ValueError(f"unknown key(s) {', '.join(map(str, extra))} in a latency target; valid keys: "
+                             f"{', '.join(LATENCY_TARGET_KEYS)}")
+        f = v["latency"]
+        if not (isinstance(f, int | float) and not isinstance(f, bool) and 0 < f < 1):
+            raise ValueError(form)
+        try:
+            pconfig.latency_target(v)
+        except PrunekitError as exc:
+            raise ValueError(str(exc).removeprefix("latency: ")) from None
+        return v
     ok = isinstance(v, dict) and len(v) == 1 and next(iter(v)) in KINDS
     f = next(iter(v.values())) if ok else None
     if not (ok and isinstance(f, int | float) and not isinstance(f, bool) and 0 < f < 1):
-        raise ValueError("expected {macs: f} or {params: f} with 0 < f < 1 (the fraction of the dense network kept)")
+        raise ValueError(form)
     return v
 
 
@@ -48,10 +67,10 @@ def _base(v: dict[str, Any]) -> dict[str, Any]:
 
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
-Kind = Literal["macs", "params"]
+Kind = Literal["macs", "params", "latency"]
 
 
-def _default_targets() -> list[dict[Kind, float]]:
+def _default_targets() -> list[dict[str, Any]]:
     return [{"macs": 0.5}]
 
 
@@ -71,7 +90,7 @@ class CompareConfig(Section):
         default_factory=dict, description="an experiment config without method (see: prunekit schema)")
     dense_epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 10
     budget_epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 10
-    targets: Annotated[list[Annotated[dict[Kind, Fraction], BeforeValidator(_target)]],
+    targets: Annotated[list[Annotated[dict[str, Any], BeforeValidator(_target)]],
                        Field(max_length=100)] = Field(default_factory=_default_targets)
     methods: Annotated[dict[str, dict[str, Any] | None], Field(min_length=1)] = Field(default_factory=_default_methods)
     latency: bool = True
@@ -79,6 +98,8 @@ class CompareConfig(Section):
     latency_rounds: Annotated[int, Field(ge=1, le=MAX_LATENCY_ROUNDS)] = 15
     latency_threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] = 1
     latency_deployed: bool = True
+    # where rows are timed: None = PyTorch (deployed form when latency_deployed), else a prunekit runtime
+    latency_runtime: Literal["eager", "deployed", "onnxruntime", "cuda"] | None = None
     tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.05
 
 

@@ -105,8 +105,17 @@ def plan(cfg: dict[str, Any], dense_model: Callable[[int], nn.Module] | None = N
             points: list[tuple[str, dict[str, Any], str | None, float | None]] = []
             supported = cls.budget_knobs
             for t in cfg["targets"]:
-                kind, frac = next(iter(t.items()))
+                kind, frac = ("latency", t["latency"]) if "latency" in t else next(iter(t.items()))
                 if kind in supported and (kinds is None or kind in kinds):
+                    if kind == "latency":  # with its runtime / batch / threads (defaults filled in)
+                        extra_opts = cls.latency_options(t, opts)
+                        settings = ",".join(f"{p}{t[k]}" for k, p in (("runtime", ""), ("batch", "b"),
+                                                                       ("threads", "t"), ("round_to", "r"),
+                                                                       ("tol", "tol"))
+                                            if k in t)  # e.g. sght@latency=0.5[onnxruntime,b1,t1]
+                        points.append((f"{name}@latency={frac:g}" + (f"[{settings}]" if settings else ""),
+                                       extra_opts, kind, float(frac)))
+                        continue
                     points.append((f"{name}@{kind}={frac:g}", cls.target_options(kind, float(frac), ref(), opts),
                                    kind, float(frac)))
             if not points and not supported:

@@ -15,19 +15,19 @@ from typing import Any
 
 from prunekit._atomic import write_text
 from prunekit.errors import PrunekitError
-from prunekit.reports.compare import markdown, plots
+from prunekit.reports.compare import latency_vs_macs, markdown, plots
 
 CSV_COLUMNS = ["run", "label", "method", "seed", "start", "target_kind", "target", "matched", "train_epochs",
                "params", "nonzero_params", "macs", "params_frac", "nonzero_frac", "macs_frac", "top1", "top5",
                "test_loss", "latency_ms_b1", "latency_batch", "latency_ms_batch", "file_bytes", "sparse_file",
-               "train_seconds"]
+               "train_seconds", "latency_runtime", "latency_frac_b1", "latency_frac_batch"]
 
 
 INT_COLUMNS = {"seed", "train_epochs", "params", "nonzero_params", "macs", "latency_batch", "file_bytes"}
 
 
 FLOAT_COLUMNS = {"target", "params_frac", "nonzero_frac", "macs_frac", "top1", "top5", "test_loss", "latency_ms_b1",
-          "latency_ms_batch", "train_seconds"}
+          "latency_ms_batch", "train_seconds", "latency_frac_b1", "latency_frac_batch"}
 
 
 BOOL_COLUMNS = {"matched", "sparse_file"}
@@ -100,12 +100,13 @@ def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                                "target": rs[0].get("target"), "seeds": len(rs),
                                "matched": all(bool(r.get("matched")) for r in rs)}
         for k in ("top1", "macs", "params", "nonzero_params", "macs_frac", "nonzero_frac", "latency_ms_b1",
-                  "latency_ms_batch", "file_bytes", "train_epochs"):
+                  "latency_ms_batch", "latency_frac_b1", "latency_frac_batch", "file_bytes", "train_epochs"):
             vals = [float(r[k]) for r in rs if r.get(k) is not None]
             if vals:
                 row[k] = statistics.fmean(vals)
                 row[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         row["latency_batch"] = rs[0].get("latency_batch")
+        row["latency_runtime"] = rs[0].get("latency_runtime")
         out.append(row)
     return out
 
@@ -118,6 +119,10 @@ def report(out_dir: str | os.PathLike, results: Sequence[dict[str, Any]] | None 
         raise PrunekitError(f"{d}: no results to report")
     summary = summarize(results)
     text = markdown(summary)
+    pairs = latency_vs_macs(summary)
+    if pairs:
+        text += ("\n\nLatency-targeted rows against the same method's MACs-targeted rows at equal measured latency "
+                 "(batch 1, seed means; MACs rows' top-1 interpolated):\n\n" + pairs)
     write_text(d / "summary.md", f"# {d.name}\n\n{text}\n\nMean over seeds (± standard deviation). Rebuild with: "
                                  f"prunekit report {d}\n")
     written = [d / "summary.md"]
@@ -128,6 +133,11 @@ def report(out_dir: str | os.PathLike, results: Sequence[dict[str, Any]] | None 
 def print_summary(results: Sequence[dict[str, Any]], out_dir: Path) -> None:
     """Print the summary table and where the files are."""
     print()
-    print(markdown(summarize(results)))
+    summary = summarize(results)
+    print(markdown(summary))
+    pairs = latency_vs_macs(summary)
+    if pairs:
+        print("\nAt equal measured latency (batch 1, seed means):\n")
+        print(pairs)
     print(f"\nresults: {out_dir / 'results.csv'}; summary and plots: {out_dir}/summary.md, *.png, *.svg",
           file=sys.stdout)

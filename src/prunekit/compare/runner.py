@@ -151,7 +151,10 @@ def run(cfg: dict[str, Any], *, out: str | os.PathLike | None = None, only: Sequ
         return []
     if cfg["latency"]:
         measure_latency(results, out_dir, cfg, example_shape=tuple(data_for(rows[0].seed)[1].input_shape)
-                         if rows else None)
+                         if rows else None, dense=dense_model(rows[0].seed) if rows else None)
+        for row in results:  # a latency row's target is met (or not) in measured latency
+            if row.get("target_kind") == "latency":
+                row["matched"] = matched(row, cfg["tolerance"])
     write_results(results, out_dir)
     report(out_dir, results)
     return results
@@ -162,13 +165,20 @@ def matched(row: dict[str, Any], tol: float) -> bool:
     kind, target = row.get("target_kind"), row.get("target")
     if not kind or target in (None, ""):
         return False
-    reached = row["macs_frac"] if kind == "macs" else row["nonzero_frac"]
+    if kind == "latency":  # the measured fraction of the dense latency, at batch 1 (the grid's timing)
+        reached = row.get("latency_frac_b1")
+        if reached is None:
+            return False
+    else:
+        reached = row["macs_frac"] if kind == "macs" else row["nonzero_frac"]
     return abs(reached - float(target)) <= tol * float(target)
 
 
 def measure_latency(results: list[dict[str, Any]], out_dir: Path, cfg: dict[str, Any],
-                     example_shape: tuple[int, ...] | None) -> None:
-    """Median latency of every final model at batch 1 and ``latency_batch``, interleaved round-robin."""
+                    example_shape: tuple[int, ...] | None, dense: nn.Module | None = None) -> None:
+    """Median latency of every final model (and of the dense architecture, ``dense``, for the fractions
+    ``latency_frac_*``) at batch 1 and ``latency_batch``, interleaved round-robin: in PyTorch (the deployed
+    form when ``latency_deployed``) or, with ``latency_runtime``, in that prunekit runtime."""
     from prunekit import metrics
 
     if not results or example_shape is None:
@@ -176,27 +186,43 @@ def measure_latency(results: list[dict[str, Any]], out_dir: Path, cfg: dict[str,
     from prunekit.surgery import deployed
 
     models = {r["run"]: load_model(out_dir / r["run"] / "model.safetensors").eval() for r in results}
-    if cfg["latency_deployed"]:
-        models = {k: deployed(m) for k, m in models.items()}
-    times: dict[tuple[str, int], list[float]] = {}
+    ref_key = "__dense__"
+    if dense is not None:
+        models[ref_key] = copy.deepcopy(dense).eval()
     batches = sorted({1, int(cfg["latency_batch"])})
-    inputs = {b: torch.zeros((b, *example_shape)) for b in batches}
-    if cfg["latency_deployed"] and len(example_shape) == 3:
-        inputs = {b: x.to(memory_format=torch.channels_last) for b, x in inputs.items()}
-    for m in models.values():  # one untimed warm-up pass each
-        for b in batches:
-            metrics.latency(m, inputs[b], repeats=1, warmup=1, threads=cfg["latency_threads"])
-    for _ in range(cfg["latency_rounds"]):
-        for run_id, m in models.items():
+    runtime = cfg.get("latency_runtime")
+    if runtime:
+        from prunekit.metrics import runtime as rt
+
+        rows = rt.measure(models, torch.zeros((1, *example_shape)), runtimes=[runtime], batches=batches,
+                          threads=cfg["latency_threads"], rounds=cfg["latency_rounds"], repeats=3, warmup=1)
+        med = {(r["model"], r["batch"]): r["median_ms"] for r in rows}
+    else:
+        if cfg["latency_deployed"]:
+            models = {k: deployed(m) for k, m in models.items()}
+        times: dict[tuple[str, int], list[float]] = {}
+        inputs = {b: torch.zeros((b, *example_shape)) for b in batches}
+        if cfg["latency_deployed"] and len(example_shape) == 3:
+            inputs = {b: x.to(memory_format=torch.channels_last) for b, x in inputs.items()}
+        for m in models.values():  # one untimed warm-up pass each
             for b in batches:
-                lat = metrics.latency(m, inputs[b], repeats=3, warmup=0, threads=cfg["latency_threads"])
-                times.setdefault((run_id, b), []).append(lat["median_ms"])
+                metrics.latency(m, inputs[b], repeats=1, warmup=1, threads=cfg["latency_threads"])
+        for _ in range(cfg["latency_rounds"]):
+            for run_id, m in models.items():
+                for b in batches:
+                    lat = metrics.latency(m, inputs[b], repeats=3, warmup=0, threads=cfg["latency_threads"])
+                    times.setdefault((run_id, b), []).append(lat["median_ms"])
+        med = {k: statistics.median(v) for k, v in times.items()}
     for r in results:
-        r["latency_ms_b1"] = statistics.median(times[(r["run"], 1)])
+        r["latency_ms_b1"] = med[(r["run"], 1)]
         r["latency_batch"] = batches[-1]
-        r["latency_ms_batch"] = statistics.median(times[(r["run"], batches[-1])])
+        r["latency_ms_batch"] = med[(r["run"], batches[-1])]
+        r["latency_runtime"] = runtime or ("deployed" if cfg["latency_deployed"] else "eager")
+        if dense is not None:
+            r["latency_frac_b1"] = r["latency_ms_b1"] / med[(ref_key, 1)]
+            r["latency_frac_batch"] = r["latency_ms_batch"] / med[(ref_key, batches[-1])]
     write_text(out_dir / "latency.json", json.dumps(
         {"rounds": cfg["latency_rounds"], "threads": cfg["latency_threads"], "batches": batches,
-         "deployed_form": cfg["latency_deployed"],
-         "device": "cpu", "torch": torch.__version__,
-         "median_ms": {f"{k[0]}@b{k[1]}": statistics.median(v) for k, v in times.items()}}, indent=1))
+         "deployed_form": cfg["latency_deployed"], "runtime": runtime or "torch",
+         "device": "cuda" if runtime == "cuda" else "cpu", "torch": torch.__version__,
+         "median_ms": {f"{k[0]}@b{k[1]}": v for k, v in med.items()}}, indent=1))

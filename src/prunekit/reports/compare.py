@@ -22,6 +22,9 @@ def markdown(summary: Sequence[dict[str, Any]]) -> str:
     heads = ["row", "seeds", "top-1 %", "vs dense", "MACs", "MACs x", "non-zeros", "size x", "matched"]
     if any(s.get("latency_ms_b1") for s in summary):
         heads += ["latency b1 ms", f"latency b{lb} ms", f"speed-up b{lb}"]
+    fracs = any(s.get("latency_frac_b1") for s in summary)
+    if fracs:
+        heads += ["latency b1 / dense"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
     for s in order:
         spread = f" ± {s['top1_std']:.2f}" if s["seeds"] > 1 else ""
@@ -36,8 +39,45 @@ def markdown(summary: Sequence[dict[str, Any]]) -> str:
                       f"{s['latency_ms_batch']:.2f}" if s.get("latency_ms_batch") else "-",
                       f"{dense['latency_ms_batch'] / s['latency_ms_batch']:.2f}"
                       if dense and s.get("latency_ms_batch") and dense.get("latency_ms_batch") else "-"]
+        if fracs:
+            spread = f" ± {s['latency_frac_b1_std']:.3f}" if s["seeds"] > 1 and s.get("latency_frac_b1_std") else ""
+            cells.append(f"{s['latency_frac_b1']:.3f}{spread}" if s.get("latency_frac_b1") else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def latency_vs_macs(summary: Sequence[dict[str, Any]]) -> str:
+    """Each latency-targeted row against the same method's MACs-targeted rows at equal measured latency
+    (batch 1, seed means): the MACs rows' accuracy interpolated linearly at the latency row's measured
+    latency (only inside the MACs rows' measured range; outside it, no comparison is claimed). Empty when
+    the grid has no latency rows beside MACs rows."""
+    lines = []
+    for s in sorted(summary, key=lambda s: (s["method"], -(s.get("target") or 0))):
+        if s.get("target_kind") != "latency" or not s.get("latency_ms_b1"):
+            continue
+        macs = sorted((m["latency_ms_b1"], m["top1"], m["label"]) for m in summary
+                       if m["method"] == s["method"] and m.get("target_kind") == "macs" and m.get("latency_ms_b1"))
+        if not macs:
+            continue
+        x = s["latency_ms_b1"]
+        below = [p for p in macs if p[0] <= x]
+        above = [p for p in macs if p[0] >= x]
+        if below and above:
+            lo, hi = below[-1], above[0]
+            w = 0.0 if hi[0] == lo[0] else (x - lo[0]) / (hi[0] - lo[0])
+            acc = lo[1] + w * (hi[1] - lo[1])
+            ref = lo[2] if lo is hi else f"{lo[2]} .. {hi[2]}"
+            verdict = "yes" if s["top1"] >= acc else "no"
+            cells = [s["label"], f"{x:.4f}", f"{s['top1']:.2f}", f"{acc:.2f}", f"{s['top1'] - acc:+.2f}", ref, verdict]
+        else:
+            cells = [s["label"], f"{x:.4f}", f"{s['top1']:.2f}", "-", "-", "outside the MACs rows' measured range",
+                     "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    heads = ["latency row", "measured b1 ms", "top-1 %", "MACs rows at that latency, top-1 %", "difference",
+             "interpolated between", "at least as accurate"]
+    return "\n".join(["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|", *lines])
 
 
 def pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -68,21 +108,30 @@ def plots(d: Path, results: Sequence[dict[str, Any]], summary: Sequence[dict[str
             written.append(p)
         plt.close(fig)
 
-    def scatter(x: str, y: str, xlabel: str, ylabel: str, stem: str, front: bool) -> None:
+    def scatter(x: str, y: str, xlabel: str, ylabel: str, stem: str, front: bool, by_kind: bool = False,
+                log: bool = True) -> None:
+        """``y`` against ``x`` per method (and per target kind when ``by_kind``: filled markers for
+        latency-targeted rows, hollow ones for the rest)."""
         fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
         pts = []
-        for m in methods:
-            ss = [s for s in summary if s["method"] == m and s.get(x) and s.get(y) is not None]
+        series = sorted({(s["method"], (s.get("target_kind") or "") if by_kind else "") for s in summary},
+                        key=lambda k: (k[0] != "dense", k))
+        for m, kind in series:
+            ss = [s for s in summary if s["method"] == m and ((s.get("target_kind") or "") == kind or not by_kind)
+                  and s.get(x) and s.get(y) is not None]
             if not ss:
                 continue
             xs, ys = [s[x] for s in ss], [s[y] for s in ss]
+            hollow = by_kind and kind not in ("latency", "") and m != "dense"
             ax.errorbar(xs, ys, yerr=[s.get(y + "_std", 0.0) for s in ss], fmt=markers[m], color=colors[m],
-                        label=m, capsize=2, markersize=6, linestyle="none")
+                        label=f"{m} @{kind}" if by_kind and kind else m, capsize=2, markersize=6,
+                        linestyle="none", markerfacecolor="white" if hollow else colors[m])
             pts += list(zip(xs, ys, strict=True))
         if front and pts:
             fx, fy = zip(*pareto(pts), strict=True)
             ax.step(fx, fy, where="post", color="0.4", linestyle="--", linewidth=1, label="Pareto front")
-        ax.set_xscale("log")
+        if log:
+            ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3, which="both")
@@ -96,6 +145,10 @@ def plots(d: Path, results: Sequence[dict[str, Any]], summary: Sequence[dict[str
     if any(s.get("latency_ms_batch") for s in summary):
         lb = next(s["latency_batch"] for s in summary if s.get("latency_batch"))
         scatter("macs", "latency_ms_batch", "MACs per image", f"latency at batch {lb}, ms", "latency_vs_macs", False)
+    if any(s.get("latency_ms_b1") for s in summary):  # accuracy against what a deployment sees
+        rt = next((s.get("latency_runtime") for s in summary if s.get("latency_runtime")), None) or "PyTorch"
+        scatter("latency_ms_b1", "top1", f"measured latency at batch 1, ms ({rt})", "top-1 %",
+                "accuracy_vs_latency", True, by_kind=True, log=False)
     _layer_plot(d, results, colors, save)
     return written
 
