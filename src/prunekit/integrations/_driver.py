@@ -96,7 +96,7 @@ class MethodOptimizer(torch.optim.Optimizer):
         for o in self._inner:
             o.zero_grad(set_to_none=set_to_none)
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -78,7 +78,7 @@ class FollowStages:
         """Nothing to restore."""
 
 
-class PrunekitTrainerCallback(transformers.TrainerCallback):  # type: ignore[misc,name-defined]
+class PrunekitTrainerCallback(transformers.TrainerCallback):  # type: ignore[name-defined]  # transformers is bound at run time
     """Drive a prunekit method from ``transformers.Trainer.train`` (module docstring for the exact mapping).
 
     ``epochs``: the schedule's budget (default: the Trainer's number of epochs). ``lr`` / ``optim``: the base

@@ -52,7 +52,7 @@ from prunekit.methods.api import FinalizeResult, PruningMethod
 pl = require("lightning.pytorch", "lightning", "lightning")
 
 
-class PrunekitCallback(pl.Callback):  # type: ignore[misc,name-defined]
+class PrunekitCallback(pl.Callback):  # type: ignore[name-defined]  # pl is a module object bound at run time
     """Drive a prunekit method from a Lightning ``Trainer.fit`` (module docstring for the exact mapping).
 
     ``attr``: the LightningModule attribute holding the network (None: the LightningModule itself).
