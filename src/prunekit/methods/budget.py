@@ -346,7 +346,7 @@ def solve_keep(cost: CostModel, fraction: float, kind: str = "macs", *, tol: flo
                             f"channel(s) per group ({floor_cost / cost.dense(kind):.4f} of dense); raise it")
 
     def at(r: float) -> np.ndarray:
-        k = np.floor(r * sizes + 0.5).astype(np.int64)
+        k = np.floor(r * sizes + 0.5).astype(np.int64)  # surgery.keep_count's rule (half up), per group
         return np.where(frozen_mask, sizes, np.clip(k, lo_keep, sizes))
 
     lo, hi = 0.0, 1.0
