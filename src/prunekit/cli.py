@@ -406,7 +406,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "compare": (*_COMMON, "prunekit.compare"),
     "eval": (*_COMMON, "prunekit.data", "prunekit.models", "prunekit.metrics"),
     "info": (*_COMMON, "prunekit.models", "prunekit.metrics"),
-    "export": (*_COMMON, "prunekit.models", "prunekit.metrics", "prunekit.surgery", "prunekit.exporter"),
+    "export": (*_COMMON, "prunekit.models", "prunekit.metrics", "prunekit.surgery", "prunekit.exporting"),
     "bench": (*_COMMON, "prunekit.models", "prunekit.metrics"),
     "report": ("prunekit.reports",),
     "demo": (*_COMMON, "prunekit.demo"),
