@@ -55,6 +55,9 @@ class GroupInfo:
     activation: str | None
     """The element-wise activation after the group's root layer (``relu``, ``gelu``, ``silu``, ...), through
     norms, layer-scales and residual sums; None when there is none or its paths disagree."""
+    pre_activation: str = ""
+    """The module whose output the activation reads (the root layer or its BatchNorm), "" when the activation
+    reads something else (a residual sum, a scaled or permuted tensor)."""
 
     @property
     def name(self) -> str:
@@ -106,17 +109,20 @@ class NetworkAnalysis:
         return ok, skipped
 
 
-def _activations(dg: Any, layers: Sequence[str], names: dict[Any, str]) -> set[str]:
-    """Activations reached from the output of ``layers`` through norms, scales, sums and layout changes."""
+def _activations(dg: Any, layers: Sequence[str], names: dict[Any, str]) -> tuple[set[str], set[str]]:
+    """Activations reached from the output of ``layers`` through norms, scales, sums and layout changes, and
+    the module whose output each activation reads when that path holds only modules (root, BatchNorm): its
+    pre-activation ("" when it passes a sum, a scale or a layout change)."""
     mod_of = {n: m for m, n in names.items()}
     found: set[str] = set()
+    pre: set[str] = set()
     todo, seen = [], set()
     for layer in layers:
         node = dg.module2node.get(mod_of.get(layer))
         if node is not None:
-            todo.extend((o, 0) for o in node.outputs)
+            todo.extend((o, 0, layer) for o in node.outputs)
     while todo:
-        node, depth = todo.pop()
+        node, depth, last = todo.pop()
         if id(node) in seen or depth > 8:
             continue
         seen.add(id(node))
@@ -124,13 +130,14 @@ def _activations(dg: Any, layers: Sequence[str], names: dict[Any, str]) -> set[s
         module = node.module
         if fn in ACTIVATIONS:
             found.add(ACTIVATIONS[fn])
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm) or fn.startswith(_PASS):
-            todo.extend((o, depth + 1) for o in node.outputs)
-        elif isinstance(module, nn.LayerNorm | nn.GroupNorm):
-            todo.extend((o, depth + 1) for o in node.outputs)
+            pre.add(last)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            todo.extend((o, depth + 1, names.get(module, "")) for o in node.outputs)
+        elif fn.startswith(_PASS) or isinstance(module, nn.LayerNorm | nn.GroupNorm):
+            todo.extend((o, depth + 1, "") for o in node.outputs)
         else:
             found.add("")  # a layer, a matmul, a concat...: no element-wise activation on this path
-    return found
+    return found, pre
 
 
 def analyse(model: nn.Module, example_inputs: Any) -> NetworkAnalysis:
@@ -154,9 +161,10 @@ def analyse(model: nn.Module, example_inputs: Any) -> NetworkAnalysis:
         renorm = tuple(n for n in norms if isinstance(mods[n], nn.LayerNorm | nn.GroupNorm))
         dw = tuple(n for n in g.layers if isinstance(mods[n], nn.modules.conv._ConvNd)
                    and mods[n].groups > 1 and mods[n].groups == mods[n].out_channels == mods[n].in_channels)
-        acts = _activations(dg, [g.name], names)  # the root's path (an SE gate's sigmoid is another path)
+        acts, pre = _activations(dg, [g.name], names)  # the root's path (an SE gate's sigmoid is another)
         act = next(iter(acts)) if len(acts) == 1 and "" not in acts else None
-        groups.append(GroupInfo(g, norms, params, renorm, dw, act))
+        before = next(iter(pre)) if act and len(pre) == 1 else ""
+        groups.append(GroupInfo(g, norms, params, renorm, dw, act, before))
     try:
         blocks = list(residual_blocks(model, example_inputs))
     except PrunekitError:  # a block analysis that cannot run means no blocks, never a failed analysis
