@@ -58,6 +58,9 @@ class GroupInfo:
     pre_activation: str = ""
     """The module whose output the activation reads (the root layer or its BatchNorm), "" when the activation
     reads something else (a residual sum, a scaled or permuted tensor)."""
+    tails: tuple[tuple[str, str | None, str], ...] = ()
+    """``(depthwise conv, its activation, its pre-activation)`` for each depthwise conv of the group: the
+    channels leave the group through the last of them (an inverted residual's expand -> depthwise)."""
 
     @property
     def name(self) -> str:
@@ -164,7 +167,12 @@ def analyse(model: nn.Module, example_inputs: Any) -> NetworkAnalysis:
         acts, pre = _activations(dg, [g.name], names)  # the root's path (an SE gate's sigmoid is another)
         act = next(iter(acts)) if len(acts) == 1 and "" not in acts else None
         before = next(iter(pre)) if act and len(pre) == 1 else ""
-        groups.append(GroupInfo(g, norms, params, renorm, dw, act, before))
+        tails = []
+        for d in dw:
+            a, p = _activations(dg, [d], names)
+            tails.append((d, next(iter(a)) if len(a) == 1 and "" not in a else None,
+                          next(iter(p)) if len(a) == 1 and "" not in a and len(p) == 1 else ""))
+        groups.append(GroupInfo(g, norms, params, renorm, dw, act, before, tuple(tails)))
     try:
         blocks = list(residual_blocks(model, example_inputs))
     except PrunekitError:  # a block analysis that cannot run means no blocks, never a failed analysis
