@@ -193,8 +193,9 @@ def foreign_params(model: nn.Module, info: GroupInfo) -> list[str]:
 
 
 def removal_refusal(model: nn.Module, example_inputs: Any, info: GroupInfo) -> str:
-    """Why removing a channel (or a head) of the group from a copy of ``model`` is refused by the surgery's
-    removal-equals-masking check, "" when it is not. Bind-time methods call it for groups they doubt."""
+    """Why removing half of the group's channels (whole heads, the same share of every chunk) from a copy of
+    ``model`` is refused by the surgery's removal-equals-masking check, or is only approximate (checked
+    against a renormalised reference), "" when it is exact. Bind-time methods call it for groups they doubt."""
     import copy
 
     from prunekit.surgery import remove_channels
@@ -205,9 +206,12 @@ def removal_refusal(model: nn.Module, example_inputs: Any, info: GroupInfo) -> s
     half = max(unit, (per // 2) // unit * unit)
     chans = [c * per + i for c in range(max(1, info.chunks)) for i in range(half)]
     try:
-        remove_channels(twin, {info.name: chans}, example_inputs)
+        report = remove_channels(twin, {info.name: chans}, example_inputs)
     except PrunekitError as exc:
         return str(exc).split("; the model was restored")[0]
+    if report.approximate:  # checked only against a renormalised reference: not plain masking
+        why = next(iter(report.approximate.values()))
+        return f"removing channels of group {info.name!r} is not masking them: {why}"
     return ""
 
 
