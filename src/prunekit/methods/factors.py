@@ -127,6 +127,37 @@ class BlockScale(Scale):
         return cls(cfg.get("block", ""), cfg.get("fold", ""))
 
 
+@register_module
+class HeadScale(Scale):
+    """One factor per attention head, on a value projection's output (channels last, ``head_dim`` each):
+    a head's output is ``softmax(q k^T) (lambda_h v_h)``, so a zero factor silences the whole head. Counted
+    with the group factors (the paper's "groups", ``gamma_group``)."""
+
+    kind = "group"
+
+    def __init__(self, num_channels: int, heads: int, layer: str = "") -> None:
+        if num_channels % heads:
+            raise PrunekitError(f"HeadScale: {num_channels} channels do not split into {heads} heads")
+        super().__init__(heads)
+        self.num_channels, self.heads, self.layer = num_channels, heads, layer
+
+    def per_channel(self, num_channels: int) -> torch.Tensor:
+        return self.factor.repeat_interleave(self.num_channels // self.heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.per_channel(self.num_channels)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"num_channels": self.num_channels, "heads": self.heads, "layer": self.layer}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> HeadScale:
+        layer = cfg.get("layer", "")
+        if not isinstance(layer, str) or set(cfg) - {"num_channels", "heads", "layer"}:
+            raise PrunekitError(f"HeadScale: bad configuration {sorted(cfg)}")
+        return cls(_pos_int(cfg, "num_channels"), _pos_int(cfg, "heads"), layer)
+
+
 def _pos_int(cfg: dict[str, Any], key: str) -> int:
     v = cfg.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 1 << 20:
@@ -134,7 +165,7 @@ def _pos_int(cfg: dict[str, Any], key: str) -> int:
     return v
 
 
-FACTOR_TYPES = (ChannelScale, GroupScale, BlockScale)
+FACTOR_TYPES = (ChannelScale, GroupScale, BlockScale, HeadScale)
 BLOCK_CHILD = "block_scale"
 
 
@@ -159,7 +190,7 @@ def factor_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 class Site:
     """One place for a factor: wrap module ``target`` (or append to block ``target``'s branch)."""
 
-    kind: str  # channel | group | block
+    kind: str  # channel | group | block | head
     target: str  # the module whose output is scaled (BN, or conv / linear without BN; the block)
     layer: str  # the conv / linear producing those channels ("" for a block)
     channels: int
@@ -331,6 +362,20 @@ def _foldable(m: nn.Module) -> bool:
         isinstance(m, nn.modules.conv._ConvNd) and not m.transposed)
 
 
+_VALUE_NAMES = ("value", "v_proj", "v", "to_v", "wv", "v_lin")
+
+
+def _head_site(model: nn.Module, info: Any) -> tuple[Site | None, str]:
+    """A per-head factor on the value projection of an attention group (found by its name)."""
+    mods = dict(model.named_modules())
+    values = [n for n in info.layers if n.rpartition(".")[2] in _VALUE_NAMES and isinstance(mods[n], nn.Linear)]
+    if len(values) != 1:
+        return None, "attention heads whose value projection cannot be told by name (no per-head factor)"
+    if info.renormalising:
+        return None, f"{info.renormalising[0]!r} normalises over these channels"
+    return Site("head", values[0], values[0], mods[values[0]].out_features, groups=info.heads, last=True), ""
+
+
 def _channel_site(model: nn.Module, info: Any) -> tuple[Site | None, str]:
     """A channel factor for group ``info`` (see :func:`analysis_sites`), or why it gets none."""
     from prunekit.methods.analysis import ZERO_AT_ZERO, foreign_params
@@ -382,8 +427,8 @@ def _block_site(model: nn.Module, name: str, info: Any) -> tuple[Site | None, st
     return Site("block", end, "", 0, block=name, fold=inner[-1]), ""
 
 
-def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True, blocks: bool = True
-                   ) -> tuple[list[Site], dict[str, str]]:
+def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True, blocks: bool = True,
+                   heads: bool = False) -> tuple[list[Site], dict[str, str]]:
     """Factor sites from the shared analysis (:mod:`prunekit.methods.analysis`, the surgery's graph; no
     ``torch.fx``), and ``{structure: why it gets no factor}``.
 
@@ -392,7 +437,9 @@ def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True,
       a zero factor makes the channel exactly 0 where its consumers read it; in an expand -> depthwise
       chain, after the depthwise conv's output, where the channels leave the group;
     * block factor (one scalar) at the end of every residual block's branch (the block analysis of
-      :func:`prunekit.surgery.block_analysis`), folded into the last conv / linear / BN of that branch.
+      :func:`prunekit.surgery.block_analysis`), folded into the last conv / linear / BN of that branch;
+    * with ``heads``, a factor per attention head (:class:`HeadScale`) on the value projection of every
+      head-aware group: a zero silences the head, removed whole (query, key and value channels).
 
     Each site is checked on a copy before it is used: every factor at a random value is folded and the
     outputs compared, then half of every channel factor and every block factor set to 0 is removed by
@@ -403,9 +450,13 @@ def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True,
 
     sites: list[Site] = []
     skipped: dict[str, str] = {}
-    if channels:
+    if channels or heads:
         for info in analyse(model, example_inputs).groups:
-            site, why = _channel_site(model, info)
+            if info.head_dim and not heads:
+                continue
+            if not info.head_dim and not channels:
+                continue
+            site, why = _head_site(model, info) if info.head_dim else _channel_site(model, info)
             if site is None:
                 skipped[info.name] = why
             else:
@@ -483,7 +534,7 @@ def _removal_problem(model: nn.Module, example_inputs: Any, sites: list[Site]) -
     when all went."""
     from prunekit import surgery
 
-    for kind in ("channel", "block"):
+    for kind in ("channel", "block", "head"):
         chosen = [s for s in sites if s.kind == kind]
         if not chosen:
             continue
@@ -491,7 +542,7 @@ def _removal_problem(model: nn.Module, example_inputs: Any, sites: list[Site]) -
         _insert(twin, sites)
         with torch.no_grad():
             for _, m in factor_modules(twin):
-                if m.kind == kind:
+                if (m.kind if not isinstance(m, HeadScale) else "head") == kind:
                     m.factor[: max(1, m.factor.numel() // 2)].zero_()
         blocks, zeros, summary = zero_structures(twin)
         fold_factors(twin)
@@ -515,6 +566,8 @@ def _insert(model: nn.Module, sites: list[Site]) -> None:
         device = next((t.device for t in list(target.parameters()) + list(target.buffers())), None)
         if s.kind == "block":
             scale: Scale = BlockScale(s.block, s.fold)
+        elif s.kind == "head":
+            scale = HeadScale(s.channels, s.groups, s.layer)
         elif s.kind == "group":
             scale = GroupScale(s.channels, s.groups)
         else:
@@ -533,7 +586,7 @@ def insert_factors(model: nn.Module, channels: bool = True, blocks: bool = True,
     if factor_modules(model):
         return []
     if example_inputs is not None:
-        sites, _ = analysis_sites(model, example_inputs, channels=channels, blocks=blocks)
+        sites, _ = analysis_sites(model, example_inputs, channels=channels, blocks=blocks, heads=groups)
         _insert(model, sites)
         return sites
     sites = find_sites(model, channels=channels, blocks=blocks, groups=groups)
@@ -626,8 +679,10 @@ def zero_structures(model: nn.Module) -> tuple[list[str], dict[str, list[int]], 
             continue
         wrapper = name.rpartition(".")[0]
         summary[wrapper] = {"kind": m.kind, "factors": int(lam.numel()), "zero": len(zero)}
-        if isinstance(m, ChannelScale) and m.layer:
+        if isinstance(m, ChannelScale | HeadScale) and m.layer:
             summary[wrapper]["layer"] = m.layer
+        if isinstance(m, HeadScale):
+            summary[wrapper]["head_dim"] = m.num_channels // m.heads
         if zero:
             zeros[wrapper] = zero
     return blocks, zeros, summary
@@ -671,7 +726,11 @@ def channel_plan(model: nn.Module, zeros: dict[str, list[int]], summary: dict[st
         layer = layer_of.get(wrapper)
         if layer is None or layer not in modules:  # inside a removed block, or no longer a separable layer
             continue
-        if summary[wrapper]["kind"] == "group":
+        if "head_dim" in summary[wrapper]:  # whole heads (keep one: it outputs zeros)
+            hd, heads = summary[wrapper]["head_dim"], summary[wrapper]["factors"]
+            zero = zero[:-1] if len(zero) == heads else zero
+            plan.setdefault(layer, []).extend(h * hd + j for h in zero for j in range(hd))
+        elif summary[wrapper]["kind"] == "group":
             conv = model.get_submodule(layer)
             if len(zero) == conv.groups:
                 zero = zero[:-1]  # keep one group (it outputs zeros)
@@ -683,6 +742,7 @@ def channel_plan(model: nn.Module, zeros: dict[str, list[int]], summary: dict[st
     return plan
 
 
-__all__ = ["BLOCK_CHILD", "FACTOR_TYPES", "NORM_LAYERS", "BlockScale", "ChannelScale", "GroupScale", "Scale", "Site",
+__all__ = ["BLOCK_CHILD", "FACTOR_TYPES", "NORM_LAYERS", "BlockScale", "ChannelScale", "GroupScale", "HeadScale",
+           "Scale", "Site",
            "analysis_sites", "channel_plan", "factor_modules", "factor_parameters", "find_sites", "fold_factors",
            "insert_factors", "is_block", "layer_sites", "remove_blocks", "zero_structures"]
