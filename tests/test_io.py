@@ -272,6 +272,11 @@ _OK = {"op": "channels", "removed": {"stem.0": [1]}, "input_shapes": [[2, 3, 8, 
     ([{"op": "blocks", "names": ["units.5"], "input_shapes": []}], "no block"),
     ([{"op": "blocks", "names": ["mid"], "input_shapes": []}], "not a residual block"),
     ([_OK] * 20_000, "at most"),
+    ([{**_OK, "num_heads": {"nosuch": 2}}], "num_heads names no module"),
+    ([{**_OK, "num_heads": {"stem.0": 0}}], "num_heads"),
+    ([{**_OK, "num_heads": [1]}], "num_heads must map"),
+    ([{**_OK, "input_shapes": {"x y": [2, 3, 8, 8]}}], "keyword inputs"),
+    ([{**_OK, "input_shapes": []}], "not tensors"),
 ])
 def test_hostile_history_is_refused_in_one_line_and_changes_nothing(tmp_path, ops, match):
     arch = {"factory": None, "overrides": {}, "history": ops}
@@ -303,3 +308,81 @@ def test_network_that_cannot_be_copied_loads_plain_files_and_refuses_records_in_
     remove_channels(net, {"0": [1]}, X8)
     with pytest.raises(PrunekitError, match="cannot copy the base network"):
         io.save(net, tmp_path / "pruned.safetensors", base=base)
+
+
+def test_keyword_inputs_are_replayed_too(tmp_path):
+    import copy
+
+    from prunekit.surgery import remove_channels
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 2))
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.body(image)
+
+    net = Net().eval()
+    base = copy.deepcopy(net)
+    remove_channels(net, {"body.0": [0, 2]}, {"image": X8})
+    arch = io.architecture(net, base=base)
+    assert arch["history"][0]["input_shapes"] == {"image": [2, 3, 8, 8]} and arch["overrides"] == {}
+    back = io.load(io.save(net, tmp_path / "d.safetensors", base=base), model=Net())
+    torch.testing.assert_close(back(X8), net(X8), rtol=0, atol=0)
+
+
+def test_history_that_cannot_be_replayed_falls_back_to_overrides(tmp_path):
+    """Token ids are not random floats: the replay fails at save time, and plain-layer changes are saved as
+    overrides instead (checked by the reload)."""
+    import copy
+
+    from prunekit.surgery import remove_channels
+
+    net = nn.Sequential(nn.Embedding(20, 8), nn.Flatten(), nn.Linear(8 * 5, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    base = copy.deepcopy(net)
+    tokens = torch.randint(0, 20, (2, 5))
+    remove_channels(net, {"2": [1, 4]}, tokens)
+    arch = io.architecture(net, base=base)
+    assert arch["history"] == [] and set(arch["overrides"]) == {"2", "4"}
+    fresh = nn.Sequential(nn.Embedding(20, 8), nn.Flatten(), nn.Linear(8 * 5, 6), nn.ReLU(), nn.Linear(6, 2))
+    back = io.load(io.save(net, tmp_path / "t.safetensors", base=base), model=fresh)
+    torch.testing.assert_close(back(tokens), net(tokens), rtol=0, atol=0)
+
+
+class _Attn(nn.Module):
+    """Self-attention whose head count lives under a name no library knows (``self.h``)."""
+
+    def __init__(self, dim: int = 16, h: int = 4) -> None:
+        super().__init__()
+        self.h, self.hd = h, dim // h
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (p(x).view(b, n, -1, self.hd).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = torch.softmax(q @ k.transpose(-1, -2) / self.hd**0.5, dim=-1)
+        return self.o((a @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+def test_user_declared_head_counts_are_replayed(tmp_path):
+    import copy
+
+    from prunekit.surgery import channel_groups, remove_channels
+
+    torch.manual_seed(0)
+    net = nn.Sequential(_Attn(), nn.Flatten(), nn.Linear(16 * 5, 3)).eval()
+    base = copy.deepcopy(net)
+    x = torch.randn(2, 5, 16)
+    heads = {"0": 4}
+    qkv = next(g for g in channel_groups(net, x, num_heads=heads) if "0.v" in g.layers)
+    assert qkv.heads == 4
+    remove_channels(net, {qkv.name: list(range(4, 8))}, x, num_heads=heads)  # head 1 of q, k, v
+    arch = io.architecture(net, base=base)
+    assert arch["history"][0]["num_heads"] == {"0": 4}
+    back = io.load(io.save(net, tmp_path / "a.safetensors", base=base), model=nn.Sequential(
+        _Attn(), nn.Flatten(), nn.Linear(16 * 5, 3)))
+    assert back[0].v.out_features == 12
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x), rtol=0, atol=0)

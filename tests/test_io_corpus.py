@@ -8,9 +8,7 @@ The reloaded network must give bit-identical outputs; the ONNX file must match t
 from __future__ import annotations
 
 import copy
-import inspect
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -22,6 +20,10 @@ from prunekit.errors import PrunekitError
 from prunekit.testing import corpus
 
 pytest.importorskip("transformers")
+
+WITH_BLOCKS = {"hf-resnet-basic", "hf-convnext", "hf-mobilenetv2", "hf-vit", "my-res-unit", "preact",
+               "no-post-act", "mha-transformer", "view-transformer"}
+"""Networks whose graph has removable residual blocks (tests/test_surgery_corpus.py lists the same)."""
 
 KNOWN_REFUSALS: dict[str, str] = {}
 """network -> the layer its one-line refusal must name (none today)."""
@@ -35,41 +37,42 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _kill(model: nn.Module, g: surgery.ChannelGroup, channels: list[int]) -> None:
-    """Make group channels dead: zero filters and biases of every producing layer, zero BN scale and shift."""
-    with torch.no_grad():
-        for name in g.layers:
-            m = model.get_submodule(name)
-            w = m.weight.transpose(0, 1) if isinstance(m, nn.modules.conv._ConvNd) and m.transposed else m.weight
-            for c in channels:
-                i = g.index[name][c]
-                if i >= 0:
-                    w[i] = 0
-                    if m.bias is not None:
-                        m.bias[i] = 0
-        for name in g.norms:
-            m = dict(model.named_modules()).get(name)
-            for p in (getattr(m, "weight", None), getattr(m, "bias", None)):  # BN, LayerNorm, custom norms
-                if isinstance(p, torch.Tensor) and p.dim() >= 1:
-                    for c in channels:
-                        i = g.index[name][c]
-                        if 0 <= i < p.shape[0]:
-                            p[i] = 0
-
-
 def _prune(model: nn.Module, x: torch.Tensor, groups: int = 2) -> list[str]:
-    """Remove two dead channels from ``groups`` groups (one call, so one structural change to replay; group
-    by group where the call is refused) and one residual block; what was done."""
+    """Remove one residual block where the graph has one, then a quarter of the channels of ``groups`` groups
+    in one call (one structural change to replay; group by group where the call is refused): dead channels
+    where removal is exact by nature, live ones (verified by the surgery against masking) where a LayerNorm /
+    GroupNorm renormalises them. Returns what was done."""
     done: list[str] = []
+    if hasattr(surgery, "block_analysis"):  # graph-found blocks: the first removable one, its branch made dead
+        infos = [(n, i) for n, i in surgery.block_analysis(model, x).items() if i.removable]
+        for name, info in infos[:1]:
+            with torch.no_grad():
+                for end in info.branch_ends:
+                    for p in model.get_submodule(end).parameters():
+                        p.zero_()
+            try:
+                surgery.remove_blocks(model, [name], x)
+                done.append(f"block {name}")
+            except PrunekitError as exc:
+                assert "\n" not in str(exc)
+    else:
+        for name in surgery.removable_blocks(model)[:1]:
+            surgery.remove_blocks(model, [name])
+            done.append(f"block {name}")
     modules = dict(model.named_modules())
-    candidates = sorted((g for g in surgery.channel_groups(model, x) if g.size >= 4 and g.chunks == 1),
-                        key=lambda g: any(isinstance(modules.get(n), nn.LayerNorm | nn.GroupNorm) for n in g.norms))
-    # groups under a LayerNorm / GroupNorm last: their removal renormalises (verified on the kept channels)
-    chosen = candidates[:groups]
-    for g in chosen:
-        _kill(model, g, [1, 2])
-    plan = surgery.zero_channel_plan(model, x, layers=[g.name for g in chosen])
+    candidates = list(surgery.channel_groups(model, x))
+
+    def plan_of(gs: list[surgery.ChannelGroup]) -> dict[str, list[int]]:
+        plan = {}
+        for g in gs:
+            chans = corpus.pick(g, 0.25)
+            if not any(isinstance(modules.get(n), nn.LayerNorm | nn.GroupNorm) for n in g.norms):
+                corpus.kill(model, g, chans)  # dead: the removal is exact
+            plan[g.name] = chans
+        return plan
+
     try:
+        plan = plan_of(candidates[:groups])
         surgery.remove_channels(model, plan, x)
         done += [f"channels {k}" for k in plan]
     except PrunekitError as exc:  # a refused plan leaves the model as it was: try the groups one by one
@@ -77,31 +80,12 @@ def _prune(model: nn.Module, x: torch.Tensor, groups: int = 2) -> list[str]:
         for g in candidates:
             if len(done) >= groups:
                 break
-            _kill(model, g, [1, 2])
-            # a group under a renormalising layer (LayerNorm, GRN) has no exactly-dead channels: remove live ones
-            one = surgery.zero_channel_plan(model, x, layers=[g.name]) or {g.name: [1, 2]}
             try:
-                surgery.remove_channels(model, one, x)
+                surgery.remove_channels(model, plan_of([g]), x)
             except PrunekitError as exc:
                 assert "\n" not in str(exc)
                 continue
-            done += [f"channels {k}" for k in one]
-    # depth: one residual block (graph-found blocks when the surgery API takes example inputs)
-    if "example_inputs" in inspect.signature(surgery.residual_blocks).parameters:
-        blocks = surgery.residual_blocks(model, x)
-    else:
-        blocks = surgery.removable_blocks(model)
-    takes_inputs = "example_inputs" in inspect.signature(surgery.remove_blocks).parameters
-    for b in blocks[:4]:
-        name = b if isinstance(b, str) else getattr(b, "name", str(b))
-        try:
-            kw: dict[str, Any] = {"example_inputs": x} if takes_inputs else {}
-            surgery.remove_blocks(model, [name], **kw)
-        except PrunekitError as exc:
-            assert "\n" not in str(exc)
-            continue
-        done.append(f"block {name}")
-        break
+            done.append(f"channels {g.name}")
     return done
 
 
@@ -112,6 +96,8 @@ def test_pruned_network_reloads_and_exports(tmp_path: Path, name: str) -> None:
     base = copy.deepcopy(model)
     done = _prune(model, x)
     assert any(d.startswith("channels") for d in done), f"{name}: nothing could be pruned"
+    if name in WITH_BLOCKS:
+        assert any(d.startswith("block") for d in done), f"{name}: no residual block removed ({done})"
     with torch.no_grad():
         want = corpus.logits(model(x))
     try:

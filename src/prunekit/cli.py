@@ -286,7 +286,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         base = _user_network(args.factory) if args.to != "onnx" else None  # the file records changes since
     else:
         model = _load_any(args.model).eval()
-    shape = _shape(args.input_shape) or getattr(model, "input_shape", None)
+    shape = _export_shape(model, args.input_shape) if args.to == "onnx" else \
+        _shape(args.input_shape) or getattr(model, "input_shape", None)
     if shape is not None:
         _check_bounds(model, tuple(shape), args)
     if args.fold_bn:
@@ -294,7 +295,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"folded {len(pairs)} BatchNorm layer(s) into their convolutions")
     x = None
     if args.to == "onnx":
-        shape = _export_shape(model, args.input_shape)
+        assert shape is not None
         x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
     res = prunekit.export(model, x, args.out, format=args.to, base=base)
     note = f" (matches torch under onnxruntime: max abs diff {res.max_abs_diff:.2g})" \

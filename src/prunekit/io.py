@@ -219,13 +219,15 @@ def architecture(model: nn.Module, base: nn.Module | None = None) -> dict[str, A
     built it (e.g. before pruning). The record then holds the structural operations made since ``base``
     (:mod:`prunekit.surgery.history`: which channels, which blocks), replayed on a fresh instance whatever
     its module types, plus overrides for any other change (whitelisted / registered module types only). The
-    replay is checked here, at save time: a record that would not rebuild ``model`` is refused, naming the
-    layer. Without factory or base, returns None.
+    replay is checked here, at save time; where the history cannot rebuild ``model`` every change is
+    described by overrides instead, and a change neither can describe is refused, naming the layer. Without
+    factory or base, returns None.
     """
     factory = factory_of(model)
     if factory is None and base is None:
         return None
     ops: list[dict[str, Any]] = []
+    why = ""
     if factory is not None:
         from prunekit import models
 
@@ -237,16 +239,24 @@ def architecture(model: nn.Module, base: nn.Module | None = None) -> dict[str, A
         assert base is not None
         ops, base_ops = history.history(model), history.history(base)
         if ops[:len(base_ops)] != base_ops:
-            raise PrunekitError("base= is not an earlier state of this model (its structural history differs); "
-                                "pass the network as it was built, before pruning")
+            why = "base= is not an earlier state of this model (its structural history differs)"
         ops = ops[len(base_ops):]
         for i, op in enumerate(ops):
-            if op.get("op") == "channels" and op.get("input_shapes") is None:
-                raise PrunekitError(f"structural change {i + 1} ({sorted(op.get('removed', {}))[:3]}) was made "
-                                    "with example inputs that are not float tensors: it cannot be recorded")
+            if not why and op.get("op") == "channels" and not op.get("input_shapes"):
+                why = (f"structural change {i + 1} was made with example inputs that are not float tensors, so it "
+                       "cannot be replayed")
         ref = _twin(base, "base")
-        history.replay(ref, ops)
-    overrides = _overrides(model, ref)
+        if not why:
+            try:
+                history.replay(ref, ops)
+            except PrunekitError as exc:
+                why = str(exc)
+        if why:  # the history cannot rebuild the model: describe every change as an override instead
+            ops, ref = [], _twin(base, "base")
+    try:
+        overrides = _overrides(model, ref)
+    except PrunekitError as exc:
+        raise PrunekitError(f"{exc} ({why})" if why else str(exc)) from None
     rec: dict[str, Any] = {"factory": factory, "overrides": overrides}
     if factory is None:
         rec["history"] = ops
@@ -588,7 +598,8 @@ def prepare(arch: Any, where: str, model: nn.Module | None = None,
             structure = build_from_architecture(arch, device="meta", base=structure)
             for op in reversed(arch.get("history") or []):  # validated by the replay just done
                 if isinstance(op, dict) and op.get("input_shapes"):
-                    batch_shapes = [tuple(s) for s in op["input_shapes"]]
+                    if isinstance(op["input_shapes"], list):  # positional inputs (keyword ones: no pass)
+                        batch_shapes = [tuple(s) for s in op["input_shapes"]]
                     break
     if input_shape is None:
         input_shape = getattr(structure, "input_shape", None)

@@ -16,7 +16,9 @@ checks every type, name, index and shape before it calls the surgery functions.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,6 +32,7 @@ MAX_INPUTS = 8  # example input tensors per operation
 MAX_DIMS = 8
 MAX_INPUT_ELEMENTS = 2**24  # elements of all example inputs of one operation together (64 MB as float32)
 _KEYS = {"channels": {"op", "removed", "input_shapes", "num_heads"}, "blocks": {"op", "names", "input_shapes"}}
+MAX_HEADS = 2**16
 
 
 def record(model: nn.Module, op: dict[str, Any]) -> None:
@@ -41,15 +44,6 @@ def record(model: nn.Module, op: dict[str, Any]) -> None:
 def history(model: nn.Module) -> list[dict[str, Any]]:
     """A copy of the structural operations applied to ``model`` so far (oldest first)."""
     return copy.deepcopy(model.__dict__.get(ATTR, []))
-
-
-def input_shapes(example_inputs: Any) -> list[list[int]] | None:
-    """The shapes of ``example_inputs`` (a tensor, or a list / tuple of tensors) as a JSON list, or None when
-    they are anything else (a dict, a non-float tensor): such a call cannot be replayed from its record."""
-    items = example_inputs if isinstance(example_inputs, list | tuple) else [example_inputs]
-    if not items or not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in items):
-        return None
-    return [list(t.shape) for t in items]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -76,7 +70,12 @@ def _short(v: Any) -> str:
     return ascii(v)[:80]
 
 
-def _check_shapes(where: str, shapes: Any) -> list[tuple[int, ...]]:
+def _check_shapes(where: str, shapes: Any) -> list[tuple[int, ...]] | dict[str, tuple[int, ...]]:
+    """Shapes of positional inputs (a list) or of keyword inputs (``{name: shape}``), bounded in size."""
+    if isinstance(shapes, dict):
+        if not 1 <= len(shapes) <= MAX_INPUTS or not all(isinstance(k, str) and k.isidentifier() for k in shapes):
+            raise PrunekitError(f"{where}: input_shapes must name 1 to {MAX_INPUTS} keyword inputs")
+        return dict(zip(shapes, _check_shapes(where, list(shapes.values())), strict=True))  # type: ignore[arg-type]
     if not isinstance(shapes, list) or not 1 <= len(shapes) <= MAX_INPUTS:
         raise PrunekitError(f"{where}: input_shapes must be a list of 1 to {MAX_INPUTS} shapes")
     out, total = [], 0
@@ -90,6 +89,17 @@ def _check_shapes(where: str, shapes: Any) -> list[tuple[int, ...]]:
                                 f"{MAX_INPUT_ELEMENTS:,}")
         out.append(tuple(s))
     return out
+
+
+def _check_heads(where: str, heads: Any, modules: dict[str, nn.Module]) -> dict[str, int]:
+    if not isinstance(heads, dict) or not heads or len(heads) > len(modules):
+        raise PrunekitError(f"{where}: num_heads must map module names to head counts")
+    for name, n in heads.items():
+        if not isinstance(name, str) or not name or name not in modules:
+            raise PrunekitError(f"{where}: num_heads names no module of the model ({_short(name)})")
+        if not _int(n) or not 1 <= n <= MAX_HEADS:
+            raise PrunekitError(f"{where}: num_heads[{name!r}] must be an integer from 1 to {MAX_HEADS}")
+    return dict(heads)
 
 
 def _check_channels(where: str, model: nn.Module, removed: Any, modules: dict[str, nn.Module]
@@ -139,14 +149,15 @@ def validate(model: nn.Module, op: Any, where: str = "structural change") -> dic
     shapes = op.get("input_shapes")
     if kind == "channels":
         plan = _check_channels(where, model, op.get("removed"), modules)
-        heads = op.get("num_heads") or {}
-        if not isinstance(heads, dict) or len(heads) > len(modules) or not all(
-                isinstance(k, str) and k in modules and _int(v) and 0 < v <= 2**16 for k, v in heads.items()):
-            raise PrunekitError(f"{where}: 'num_heads' must map layer names of the network to head counts")
-        return {"op": kind, "removed": plan, "input_shapes": _check_shapes(where, shapes), "num_heads": heads}
+        if shapes in (None, [], {}):
+            raise PrunekitError(f"{where}: made with example inputs that were not tensors, so it cannot be replayed")
+        out = {"op": kind, "removed": plan, "input_shapes": _check_shapes(where, shapes)}
+        if "num_heads" in op:
+            out["num_heads"] = _check_heads(where, op["num_heads"], modules)
+        return out
     names = _check_blocks(where, op.get("names"), modules)
     return {"op": kind, "names": names,
-            "input_shapes": None if shapes in (None, []) else _check_shapes(where, shapes)}
+            "input_shapes": None if shapes in (None, [], {}) else _check_shapes(where, shapes)}
 
 
 def validate_all(ops: Any) -> list[Any]:
@@ -160,17 +171,32 @@ def validate_all(ops: Any) -> list[Any]:
 # replay
 
 
-def example_inputs(model: nn.Module, shapes: list[tuple[int, ...]], seed: int = 0) -> Any:
-    """Inputs of ``shapes`` for a replay: empty on a meta model, seeded random values otherwise."""
+def example_inputs(model: nn.Module, shapes: list[tuple[int, ...]] | dict[str, tuple[int, ...]], seed: int = 0
+                   ) -> Any:
+    """Inputs of ``shapes`` for a replay (a tensor, a tuple, or keyword inputs for a dict of shapes): empty
+    on a meta model, seeded random values otherwise."""
     ref = next(iter(list(model.parameters()) + list(model.buffers())), None)
     device = ref.device if ref is not None else torch.device("cpu")
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
-    if device.type == "meta":
-        xs = [torch.empty(s, device="meta", dtype=dtype) for s in shapes]
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        xs = [torch.randn(s, generator=gen, dtype=dtype).to(device) for s in shapes]
+    gen = torch.Generator().manual_seed(seed)
+
+    def one(s: tuple[int, ...]) -> torch.Tensor:
+        if device.type == "meta":
+            return torch.empty(s, device="meta", dtype=dtype)
+        return torch.randn(s, generator=gen, dtype=dtype).to(device)
+
+    if isinstance(shapes, dict):
+        return {k: one(s) for k, s in shapes.items()}
+    xs = [one(s) for s in shapes]
     return xs[0] if len(xs) == 1 else tuple(xs)
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def replay(model: nn.Module, ops: Any) -> nn.Module:
@@ -185,20 +211,36 @@ def replay(model: nn.Module, ops: Any) -> nn.Module:
     from prunekit.surgery import remove_blocks, remove_channels
 
     ops = validate_all(ops)
-    # a meta model has no values to compare: its shapes are checked by the trace alone
-    check = not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+    # the surgery functions' optional keywords, read once: blocks may take example inputs, channels head
+    # counts. The numerical check (removal equals masking) ran when the change was made on the real weights;
+    # a replay only rebuilds shapes (on meta, or on a fresh instance whose weights the file then replaces),
+    # so it is skipped: the shapes are checked against the file, and the network by a shape pass at load
+    ch_kw: dict[str, Any] = {}
+    bl_kw: dict[str, Any] = {}
+    for fn, kw in ((remove_channels, ch_kw), (remove_blocks, bl_kw)):
+        if _accepts(fn, "check"):
+            kw["check"] = False
+    blocks_take_inputs = _accepts(remove_blocks, "example_inputs")
+    channels_take_heads = _accepts(remove_channels, "num_heads")
     for i, raw in enumerate(ops):
         where = f"structural change {i + 1} of {len(ops)}"
         op = validate(model, raw, where)
         try:
             if op["op"] == "channels":
                 x = example_inputs(model, op["input_shapes"])
-                rep = remove_channels(model, op["removed"], x, check=check, num_heads=op["num_heads"] or None)
+                kw = dict(ch_kw)
+                if "num_heads" in op:
+                    if not channels_take_heads:
+                        raise PrunekitError("this prunekit cannot replay head counts (num_heads)")
+                    kw["num_heads"] = op["num_heads"]
+                rep = remove_channels(model, op["removed"], x, **kw)
                 if sorted(rep.removed.items()) != sorted(op["removed"].items()):
                     raise PrunekitError(f"removed {_short(rep.removed)} instead of {_short(op['removed'])}")
             else:
-                x = None if op["input_shapes"] is None else example_inputs(model, op["input_shapes"])
-                remove_blocks(model, op["names"], x, check=check)
+                kw = dict(bl_kw)
+                if blocks_take_inputs and op["input_shapes"] is not None:
+                    kw["example_inputs"] = example_inputs(model, op["input_shapes"])
+                remove_blocks(model, op["names"], **kw)
         except PrunekitError as exc:
             raise PrunekitError(f"{where} cannot be replayed on this network: {exc}") from None
         except Exception as exc:  # anything a hostile record provokes in the user's own forward

@@ -188,6 +188,8 @@ def _onnx(model: nn.Module, example_inputs: Any, path: Path, check: bool | None,
                     kw: dict[str, Any] = {} if opset is None else {"opset_version": opset}
                     torch.onnx.export(flat, xs, str(tmp), dynamo=False, input_names=in_names,
                                       output_names=out_names, dynamic_axes=axes, **kw)
+                except OSError:
+                    raise  # disk full, permission denied: atomic_path names the target
                 except Exception as exc:
                     layer = stack.failed or _layer_of_op(flat, xs, str(exc))
                     types = dict((n, type(m).__name__) for n, m in model.named_modules())
