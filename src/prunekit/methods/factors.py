@@ -560,8 +560,10 @@ def _removal_problem(model: nn.Module, example_inputs: Any, sites: list[Site]) -
 
 
 def _insert(model: nn.Module, sites: list[Site]) -> None:
-    """Wrap each site's target as ``Sequential(target, factor)``."""
-    for s in sites:
+    """Wrap each site's target as ``Sequential(target, factor)``, the last in module order first (a factor
+    around a container must not rename the targets inside it before they are wrapped)."""
+    order = {n: i for i, n in enumerate(dict(model.named_modules()))}
+    for s in sorted(sites, key=lambda s: -order[s.target]):
         target = model.get_submodule(s.target)
         device = next((t.device for t in list(target.parameters()) + list(target.buffers())), None)
         if s.kind == "block":
@@ -628,15 +630,21 @@ def _fold_into(layer: nn.Module, lam: torch.Tensor, where: str) -> None:
 
 
 def fold_factors(model: nn.Module) -> int:
-    """Fold every factor into the layer before it and remove the factor modules; returns how many."""
+    """Fold every factor into the layer before it and remove the factor modules; returns how many.
+
+    The last factor (module order) goes first and names are read again after each fold, since unwrapping a
+    factor placed around a container (a branch end) renames what it holds."""
     n = 0
-    for name, m in factor_modules(model):
+    while factor_modules(model):
+        name, m = factor_modules(model)[-1]
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         if isinstance(m, BlockScale) and m.block and isinstance(parent, nn.Sequential) and len(parent) == 2:
             set_submodule(model, parent_name, parent[0])  # unwrap the branch end, then fold where placed
-            _fold_into(model.get_submodule(m.fold), m.factor.detach().expand(_width(model.get_submodule(m.fold))),
-                       m.fold)
+            target = model.get_submodule(m.fold)
+            if isinstance(target, nn.Sequential) and len(target) == 2 and isinstance(target[1], Scale):
+                target = target[0]  # a channel factor still wraps it: a scalar commutes with it
+            _fold_into(target, m.factor.detach().expand(_width(target)), m.fold)
         elif isinstance(m, BlockScale) and leaf == BLOCK_CHILD and isinstance(parent, nn.Sequential):
             kids = [k for k in parent.named_children() if k[0] != BLOCK_CHILD]
             if not kids:
