@@ -144,7 +144,7 @@ def test_grid_runs_skips_finished_resumes_and_reports(tmp_path, capsys):
     assert by["trimming"]["matched"] is False  # no target knob: its own point
     assert by["torch-global@params=0.25"]["sparse_file"] is True
     # the figures are the saved models' own: recount one from its file
-    sght_model = compare._load_model(out / by["sght@macs=0.4"]["run"] / "model.safetensors")
+    sght_model = compare.load_model(out / by["sght@macs=0.4"]["run"] / "model.safetensors")
     assert metrics.count(sght_model, torch.zeros(1, 1, 8, 8)).macs == by["sght@macs=0.4"]["macs"]
     assert all(r["latency_ms_b1"] > 0 and r["latency_ms_batch"] > 0 and r["latency_batch"] == 8 for r in rows)
     for stem in ("accuracy_vs_macs", "accuracy_vs_params", "latency_vs_macs", "layers"):
@@ -196,11 +196,14 @@ def test_shipped_compare_recipes_plan(tmp_path):
     assert len(recipes) >= 4
     for path in recipes:
         cfg = compare.load(path)
-        arch = {"mnist-lenet5": ("lenet5", 1, 28), "fashion-lenet5": ("lenet5", 1, 28)}.get(
-            path.stem, (cfg["base"]["model"]["name"], 3, 32))
+        arch = {"mnist-lenet5": ("lenet5", 1, 28), "fashion-lenet5": ("lenet5", 1, 28),
+                "mnist-lenet5-latency": ("lenet5", 1, 28)}.get(path.stem, (cfg["base"]["model"]["name"], 3, 32))
         rows = compare.plan(cfg, dense_model=lambda s, a=arch: models.create(a[0], in_channels=a[1], input_size=a[2])
                             if a[0] == "lenet5" else models.create(a[0]))
         assert len({r.epochs for r in rows}) == 1, path.name
+        if "latency" in path.stem:  # MACs- against latency-targeted rows of the filter methods (#20)
+            assert {r.target_kind for r in rows} == {None, "macs", "latency"}, path.name
+            continue
         assert {r.method for r in rows} >= {"dense", "iht", "trimming", "sss", "sght"}, path.name
 
 

@@ -115,10 +115,10 @@ def test_overrides_create_sections_and_refuse_paths_through_values():
 
 
 def test_one_loader_for_both_configs():
-    """compare.py reads its files through the same loader (no private config helpers)."""
+    """compare reads its files through the same loader (no private config helpers)."""
     import inspect
 
-    from prunekit import compare
+    from prunekit.compare import config as compare_config
 
-    src = inspect.getsource(compare)
+    src = inspect.getsource(compare_config)
     assert "pconfig._" not in src and "configio.read_yaml" in src

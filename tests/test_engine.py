@@ -321,7 +321,16 @@ def test_trainer_and_metrics_take_keyword_inputs_and_dict_or_tuple_outputs(as_tu
         metrics.evaluation.logits_of(object())
 
 
-def test_a_hugging_face_classifier_trains_and_prunes_unwrapped():
+HF_METHODS = {
+    "sght": ({"keep_ratio": 0.5, "hybrid_batch": False}, 2),
+    "iht": ({"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
+             "final_epochs": 1}, 4),
+    "trimming": ({"iterations": 1, "rule": "fraction", "fraction": 0.25, "apoz_samples": 32}, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HF_METHODS))
+def test_a_hugging_face_classifier_trains_and_prunes_unwrapped(name):
     transformers = pytest.importorskip("transformers")
     from prunekit import methods, metrics
 
@@ -332,15 +341,18 @@ def test_a_hugging_face_classifier_trains_and_prunes_unwrapped():
                                     layer_type="basic", num_labels=4)
     model = transformers.ResNetForImageClassification(cfg)  # returns an ImageClassifierOutput
     dense = sum(p.numel() for p in model.parameters())
-    method = methods.get("sght")(keep_ratio=0.5, hybrid_batch=False)
+    options, epochs = HF_METHODS[name]
+    method = methods.get(name)(options)
     tr = Trainer(model, train, test, optim=OptimConfig(lr=0.05), config=TrainerConfig(batch_size=32, quiet=True),
                  callbacks=[method])
-    hist = tr.fit(method.stages(2))
-    assert hist[-1]["val_top1"] is not None
+    hist = tr.fit(method.stages(epochs))
     small = method.finalize(tr.raw_model, tr.example_inputs).model
     assert isinstance(small, transformers.ResNetForImageClassification)
-    assert sum(p.numel() for p in small.parameters()) < dense
+    if method.ends_sparse:  # IHT: same shapes, half of the thresholded weights exactly zero
+        assert sum(int((p == 0).sum()) for p in small.parameters()) > 0.4 * dense
+    else:
+        assert sum(p.numel() for p in small.parameters()) < dense
     after = evaluate(small, test)
-    assert after["top1"] == pytest.approx(hist[-1]["val_top1"])  # removal was exact: same accuracy
+    assert after["top1"] == pytest.approx(hist[-1]["val_top1"])  # the delivered network is the one evaluated
     acc = metrics.accuracy(small, data.iterate(test, 16, shuffle=False, augment=None))
     assert acc["top1"] * 100 == pytest.approx(after["top1"])

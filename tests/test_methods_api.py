@@ -70,7 +70,7 @@ def test_every_method_declares_its_capabilities():
         assert issubclass(cls, PruningMethod)
         assert isinstance(cls.starts_from_scratch, bool) and cls.from_scratch == cls.starts_from_scratch
         assert isinstance(cls.ends_sparse, bool)
-        assert set(cls.budget_knobs) <= {"macs", "params"}
+        assert set(cls.budget_knobs) <= {"macs", "params", "latency"}
         assert all(k in cls.config_keys() for k in cls.budget_knobs.values()), name
         assert all(k in cls.config_keys() for k in cls.from_trained_options), name
         method = cls()
@@ -78,7 +78,10 @@ def test_every_method_declares_its_capabilities():
         assert method.state_key == name
     assert methods.get("sght").starts_from_scratch and not methods.get("iht").starts_from_scratch
     assert methods.get("iht").ends_sparse and not methods.get("dsd").ends_sparse
-    assert methods.get("sght").budget_knobs == {"macs": "macs_budget", "params": "params_budget"}
+    assert methods.get("sght").budget_knobs == {"macs": "macs_budget", "params": "params_budget",
+                                                "latency": "latency"}
+    for name in ("sght", "l1-filter", "sfp", "tp-magnitude", "random-filter"):  # every filter method (#20)
+        assert methods.get(name).budget_knobs["latency"] == "latency", name
     assert methods.get("iht").from_trained_options == {"warmup_epochs": 0}
 
 

@@ -961,3 +961,30 @@ def test_blocks_called_with_extra_arguments_become_skips_and_projections_are_ref
     with pytest.raises(PrunekitError, match=r"stages.0.layers.0' \(ResNetBottleNeckLayer\) cannot be removed: its "
                                             r"shortcut changes the shape"):
         remove_blocks(net.model, ["resnet.encoder.stages.0.layers.0"], net.inputs)
+
+
+def test_zero_plan_lists_whole_dead_heads_only() -> None:
+    from prunekit.testing import corpus
+
+    net = corpus.build("hf-vit")
+    qkv = [f"vit.layers.0.attention.{p}_proj" for p in "qkv"]
+    _dead(net.model, qkv, [3, *range(16, 24)])
+    plan = zero_channel_plan(net.model, net.inputs)
+    assert plan[qkv[0]] == list(range(16, 24))
+    with torch.no_grad():
+        y0 = corpus.logits(net.model(net.inputs))
+    remove_channels(net.model, {qkv[0]: plan[qkv[0]]}, net.inputs)
+    with torch.no_grad():
+        assert float((corpus.logits(net.model(net.inputs)) - y0).abs().max()) <= 1e-5
+
+
+def test_custom_modules_computing_over_channels_are_checked_on_the_kept_channels() -> None:
+    """ConvNeXt-V2's GRN divides each channel by the mean response over all channels: removal cannot equal
+    masking; the check recomputes GRN on the kept channels and the report says so."""
+    from prunekit.testing import corpus
+
+    net = corpus.build("hf-convnextv2")
+    layer = "convnextv2.encoder.stages.0.layers.0"
+    report = remove_channels(net.model, {f"{layer}.pwconv1": list(range(0, 64, 2))}, net.inputs)
+    assert report.verified and "ConvNextV2GRN" in report.approximate[f"{layer}.pwconv1"]
+    assert net.model.get_submodule(f"{layer}.grn").weight.shape[-1] == 32

@@ -10,8 +10,6 @@ from prunekit.testing import corpus
 
 # what cannot be removed exactly, by nature, and is refused in one line (any other refusal fails the test)
 REFUSED = {
-    # ConvNeXt-V2's GRN divides each channel by the mean response over all channels: removal != masking
-    "hf-convnextv2": {"dead channels": 3, "live channels": 3},
     # Swin's patch merging regroups 4 neighbouring tokens' channels by a reshape: the check refuses it
     "hf-swin": {"live channels": 1},
 }
@@ -54,10 +52,10 @@ def test_the_corpus_has_units_to_remove() -> None:
     from prunekit.surgery import channel_groups, residual_blocks
 
     blocks = {}
-    for name in ("hf-resnet-basic", "hf-convnext", "hf-mobilenetv2", "hf-vit", "my-res-unit", "preact",
+    for name in ("hf-resnet-basic", "hf-convnext", "hf-mobilenetv2", "hf-vit", "hf-swin", "my-res-unit", "preact",
                  "no-post-act", "mha-transformer", "view-transformer"):
         net = corpus.build(name)
         assert channel_groups(net.model, net.inputs), name
         blocks[name] = len(residual_blocks(net.model, net.inputs))
-    assert blocks == {"hf-resnet-basic": 2, "hf-convnext": 3, "hf-mobilenetv2": 10, "hf-vit": 2,
+    assert blocks == {"hf-resnet-basic": 2, "hf-convnext": 3, "hf-mobilenetv2": 10, "hf-vit": 2, "hf-swin": 2,
                       "my-res-unit": 3, "preact": 3, "no-post-act": 3, "mha-transformer": 2, "view-transformer": 2}

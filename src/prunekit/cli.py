@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default="auto", choices=["auto", "wall", "thread"],
                    help="wall clock, or the thread's CPU time (one thread: immune to other processes); "
                         "auto = thread for --threads 1 on the CPU")
+    _add_max_macs(p)
     p = sub.add_parser("demo", help="train LeNet-5 on the embedded digits and prune it with every method")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's)")
     p.add_argument("--out", default="runs/demo")
@@ -324,7 +325,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(args.runs) == 1 and (Path(args.runs[0]) / "results.csv").is_file():  # a compare folder
         from prunekit import compare
 
-        reports.check_results_csv(Path(args.runs[0]) / "results.csv", compare._INT, compare._FLOAT)
+        reports.check_results_csv(Path(args.runs[0]) / "results.csv", compare.INT_COLUMNS, compare.FLOAT_COLUMNS)
         written = compare.report(args.runs[0])
         print(compare.markdown(compare.summarize(compare.read_results(args.runs[0]))))
         print("wrote " + ", ".join(str(p) for p in written))
@@ -347,6 +348,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from prunekit import metrics
     from prunekit.metrics import runtime
+    from prunekit.metrics.counting import check_bounds
 
     runtimes = runtime.check_runtimes(args.runtime.split(","))
     try:
@@ -355,13 +357,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise PrunekitError(f"--batch {args.batch!r}: expected comma-separated integers such as 1,64") from None
     if not batches or min(batches) < 1 or args.threads < 1 or args.rounds < 1:
         raise PrunekitError("--batch, --threads and --rounds must be positive")
+    if max(batches) > 4096 or args.threads > 1024 or args.rounds > 1000 or len(batches) > 16:
+        raise PrunekitError("bench is bounded: at most 16 batch sizes of at most 4096, 1024 threads, 1000 rounds")
     model = _load_any(args.model).eval()
     shape = _shape(args.input_shape) or _default_shape(model)
+    _check_bounds(model, shape, args)  # per sample, before anything runs; a batch multiplies it
     x = torch.randn((1, *shape))
     named = {args.model: model}
     macs_ratio = None
     if args.against:
         dense = _load_any(args.against).eval()
+        check_bounds(dense, shape, max_macs=args.max_macs, what=args.against)
         named = {args.against: dense, **named}
         macs_ratio = metrics.count(dense, x).macs / max(1, metrics.count(model, x).macs)
     rows = runtime.measure(named, x, runtimes=runtimes, batches=batches, threads=args.threads, rounds=args.rounds,
@@ -385,11 +391,51 @@ def cmd_schema(args: argparse.Namespace) -> int:
     import json
 
     if args.kind == "compare":
-        from prunekit.compare_schema import schema
+        from prunekit.compare.config import schema
     else:
         from prunekit.config import schema
     print(json.dumps(schema(), indent=1))
     return 0
+
+
+# What each command imports (torch, numpy, matplotlib through these): imported up front, see below.
+_COMMON = ("torch", "prunekit.io", "prunekit.engine", "prunekit.errors")
+_MODULES: dict[str, tuple[str, ...]] = {
+    "train": (*_COMMON, "prunekit.config", "prunekit.experiment", "prunekit.reports"),
+    "prune": (*_COMMON, "prunekit.config", "prunekit.experiment", "prunekit.reports"),
+    "compare": (*_COMMON, "prunekit.compare"),
+    "eval": (*_COMMON, "prunekit.data", "prunekit.models", "prunekit.metrics"),
+    "info": (*_COMMON, "prunekit.models", "prunekit.metrics"),
+    "export": (*_COMMON, "prunekit.models", "prunekit.metrics", "prunekit.surgery", "prunekit.exporter"),
+    "bench": (*_COMMON, "prunekit.models", "prunekit.metrics"),
+    "report": ("prunekit.reports",),
+    "demo": (*_COMMON, "prunekit.demo"),
+}
+
+
+def _import_deferring_ctrl_c(modules: Sequence[str]) -> None:
+    """Import ``modules`` with Ctrl-C held back until they are complete, then act on it (KeyboardInterrupt).
+
+    A KeyboardInterrupt in the middle of a third-party import can leave a half-initialised module behind
+    (``numpy has no attribute 'lib'`` later) or be swallowed by a library's ``except`` around an optional
+    import, so the interrupt would be lost or turn into a traceback. Off the main thread nothing is deferred.
+    """
+    import importlib
+    import signal
+
+    pending: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:  # not the main thread: signals are not ours to handle
+        previous = None
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -404,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = args.command
+        _import_deferring_ctrl_c(_MODULES.get(command, ()))
         from prunekit.engine import distributed
 
         shutdown = distributed.shutdown

@@ -197,6 +197,54 @@ class MethodSection(BaseModel):
     name: str = "none"
 
 
+LATENCY_RUNTIMES = ("eager", "deployed", "onnxruntime", "cuda")  # prunekit.metrics.runtime.RUNTIMES
+
+
+def default_latency_runtime() -> str:
+    """A latency target's runtime when none is given: ONNX Runtime when it is installed, else PyTorch eager."""
+    import importlib.util
+
+    return "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "eager"
+
+
+class LatencyTargetSpec(Section):
+    """A latency target: ``latency`` of the dense network's latency measured in ``runtime`` at ``batch`` with
+    ``threads`` (:class:`prunekit.metrics.latency_model.LatencyTarget`; widths snap to the runtime's preferred
+    multiple unless ``round_to`` is given)."""
+
+    latency: Annotated[float, Field(gt=0, le=1)]
+    runtime: Literal["eager", "deployed", "onnxruntime", "cuda"] | None = None  # None: default_latency_runtime()
+    batch: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 1
+    threads: Annotated[int, Field(ge=1, le=1024)] = 1
+    round_to: Annotated[int, Field(ge=1, le=MAX_CHANNELS)] | None = None
+    tol: Annotated[float, Field(gt=0, le=0.5)] = 0.05
+    corrections: Annotated[int, Field(ge=0, le=20)] = 3
+    rounds: Annotated[int, Field(ge=1, le=10_000)] = 15
+    clock: Literal["auto", "wall", "thread"] = "auto"
+    min_keep: Annotated[int, Field(ge=1, le=MAX_CHANNELS)] = 1
+    cache: str | None = None
+
+
+def latency_target(value: Any, where: str = "latency") -> dict[str, Any]:
+    """A latency target from ``0.5`` or ``{latency: 0.5, runtime: ..., batch: ..., threads: ...}``, checked
+    against :class:`LatencyTargetSpec` (one line naming ``where`` on error), every key filled in (the runtime
+    resolved), as the plain mapping a method's ``latency`` option holds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = {"latency": float(value)}
+    if not isinstance(value, dict):
+        raise PrunekitError(f"{where}: a latency target is a fraction or a mapping with a 'latency' fraction, "
+                            f"got {short(value)}")
+    if isinstance(value.get("latency"), int) and not isinstance(value.get("latency"), bool):
+        value = {**value, "latency": float(value["latency"])}
+    try:
+        spec = LatencyTargetSpec.model_validate(value)
+    except ValidationError as exc:
+        raise PrunekitError(error_line(exc, LatencyTargetSpec, where)) from None
+    out = spec.model_dump()
+    out["runtime"] = out["runtime"] or default_latency_runtime()
+    return out
+
+
 class ExperimentConfig(Section):
     """One experiment: model, data, training, optimizer and the pruning method."""
 
@@ -452,5 +500,19 @@ def schema() -> dict[str, Any]:
 
 
 dump = configio.dump
-__all__ = ["DEFAULTS", "ExperimentConfig", "apply_override", "complete", "dump", "load_config", "normalize",
-           "optim_config", "parse_value", "schema", "trainer_config", "validate"]
+__all__ = [
+    "DEFAULTS",
+    "ExperimentConfig",
+    "LatencyTargetSpec",
+    "apply_override",
+    "complete",
+    "dump",
+    "latency_target",
+    "load_config",
+    "normalize",
+    "optim_config",
+    "parse_value",
+    "schema",
+    "trainer_config",
+    "validate",
+]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import reprlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,22 +185,23 @@ def check_trainer_state(path: str | os.PathLike, st: dict[str, Any]) -> None:
 
 
 def check_fits_data(path: str | os.PathLike, model: torch.nn.Module, input_shape: tuple[int, ...],
-                    num_classes: int) -> None:
+                    num_classes: int, forward: Callable[[torch.nn.Module, torch.Tensor], Any] | None = None) -> None:
     """Refuse (one PrunekitError) a model restored from a checkpoint that cannot take the run's data.
 
-    One forward pass of a sample of ``input_shape`` (C, H, W) on the meta device (no memory, no arithmetic):
-    the network must accept it and give at least ``num_classes`` logits. A forged checkpoint's architecture
-    (another input size, fewer classes) is refused here instead of failing inside the first training step.
-    Call it right after the model is rebuilt from ``state["architecture"]``.
+    One forward pass of a sample of ``input_shape`` (C, H, W) through a meta-device twin of the model (no
+    memory, no arithmetic): the network must accept it and give at least ``num_classes`` logits. ``forward``
+    is how the loop calls the model and reads its logits (default: ``model(x)``). A forged checkpoint's
+    architecture (another input size, fewer classes) is refused here instead of failing inside the first
+    training step. Call it right after the model is rebuilt from ``state["architecture"]``.
     """
-    from torch.func import functional_call
+    from prunekit.surgery import meta_twin
 
-    meta = {k: torch.empty_like(v, device="meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
     x = torch.empty((1, *input_shape), device="meta")
     try:
         with torch.no_grad():
-            out = functional_call(model, meta, (x,))
-    except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as exc:
+            twin = meta_twin(model)
+            out = forward(twin, x) if forward is not None else twin(x)
+    except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError, AttributeError) as exc:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise PrunekitError(f"{path}: the checkpoint's network does not take this run's {tuple(input_shape)} inputs "
                             f"({first}); resume with the data it was trained on or start a new output folder"

@@ -37,7 +37,7 @@ from prunekit._atomic import write_text
 from prunekit.data.pipeline import batch_size_fn
 from prunekit.engine import distributed as pdist
 from prunekit.engine.callbacks import BatchSize, Callback, build_optimizers
-from prunekit.engine.checkpoint import load_checkpoint, save_checkpoint
+from prunekit.engine.checkpoint import check_fits_data, load_checkpoint, save_checkpoint
 from prunekit.engine.stages import OptimConfig, Stage, lr_factor
 from prunekit.errors import PrunekitError
 from prunekit.metrics.evaluation import OutputTransform, forward_logits, topk_correct
@@ -257,7 +257,8 @@ class Trainer:
         else:
             model = self.raw_model
             for cb in self.callbacks:
-                model = cb.prepare(model)
+                prepared = cb.prepare(model)
+                model = model if prepared is None else prepared  # a prepare that works in place may return None
             self._set_model(model)
             self.stage_index, self.stage_epoch, self.batch_in_epoch = 0, 0, 0
             self.stage = self.stages[0]
@@ -501,6 +502,10 @@ class Trainer:
             io.load_state(model, st["model"], str(path), assign=True)
             if arch.get("factory"):
                 model._prunekit_factory = arch["factory"]
+            data = self.train_data
+            check_fits_data(path, model, tuple(data.input_shape), data.num_classes,
+                            forward=lambda m, x: forward_logits(m, x, input_key=self.input_key,
+                                                                output_transform=self.output_transform))
         else:
             model = self.raw_model
             io.load_state(model, st["model"], str(path))

@@ -15,7 +15,7 @@ hooks ``on_*``                 the callback hooks (default: no-ops), see :mod:`p
 ``finalize(model, example)``   the deliverable, a :class:`FinalizeResult` (default: unchanged)
 ``starts_from_scratch``        True when the paper trains from a random initialisation
 ``ends_sparse``                True when the deliverable is a sparse (masked) network, not a smaller one
-``budget_knobs``               target kind (``"macs"`` / ``"params"``) -> the option that sets it
+``budget_knobs``               target kind (``"macs"`` / ``"params"`` / ``"latency"``) -> the option that sets it
 ``target_options(...)``        the options for a budget target (default: ``{budget_knobs[kind]: fraction}``)
 ``from_trained_options``       options that skip its own dense phase when it starts from a trained network
 ``default_options(epochs)``    options a harness uses for a budget of ``epochs`` (default: none)
@@ -40,7 +40,7 @@ from prunekit.engine.callbacks import BatchSize, Callback, LoopState, TrainingLo
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 
-KINDS = ("macs", "params")
+KINDS = ("macs", "params", "latency")  # latency: {latency: f, runtime, batch, threads} (metrics.latency_model)
 
 
 @dataclass
@@ -140,7 +140,22 @@ class PruningMethod(Callback, Generic[C]):
         if kind not in cls.budget_knobs:
             raise PrunekitError(f"method {cls.name!r} has no {kind} budget (it has: "
                                 f"{', '.join(sorted(cls.budget_knobs)) or 'none'})")
+        if kind == "latency":
+            return cls.latency_options({"latency": float(fraction)}, options)
         return {cls.budget_knobs[kind]: float(fraction)}
+
+    @classmethod
+    def latency_options(cls, spec: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The options that aim this method at a latency target ``spec`` (``{latency: f, runtime, batch,
+        threads, round_to, ...}``, checked, defaults filled in). A ``round_to`` among the other ``options``
+        becomes the target's snap unless ``spec`` sets its own."""
+        if "latency" not in cls.budget_knobs:
+            raise PrunekitError(f"method {cls.name!r} has no latency budget (it has: "
+                                f"{', '.join(sorted(cls.budget_knobs)) or 'none'})")
+        spec = dict(spec)
+        if options and options.get("round_to") not in (None, 1) and spec.get("round_to") is None:
+            spec["round_to"] = options["round_to"]
+        return {cls.budget_knobs["latency"]: latency_option(cls.name, spec)}
 
     @classmethod
     def default_options(cls, epochs: int) -> dict[str, Any]:
@@ -160,4 +175,19 @@ class PruningMethod(Callback, Generic[C]):
         return f"{type(self).__name__}({self.config})"
 
 
-__all__ = ["KINDS", "BatchSize", "FinalizeResult", "LoopState", "MethodConfig", "PruningMethod", "TrainingLoop"]
+def latency_option(method: str, value: Any, *, macs_budget: Any = None, params_budget: Any = None
+                   ) -> dict[str, Any] | None:
+    """A method's ``latency`` option, normalized (``0.5`` or a mapping -> the full target mapping, the
+    runtime resolved: :func:`prunekit.config.latency_target`) and checked; None stays None. A latency target
+    beside a MACs / params budget is refused (one budget per run)."""
+    if value is None:
+        return None
+    from prunekit.config import latency_target
+
+    if macs_budget is not None or params_budget is not None:
+        raise PrunekitError(f"method {method!r}: give a latency target or a macs / params budget, not both")
+    return latency_target(value, f"method {method!r}: latency")
+
+
+__all__ = ["KINDS", "BatchSize", "FinalizeResult", "LoopState", "MethodConfig", "PruningMethod", "TrainingLoop",
+           "latency_option"]

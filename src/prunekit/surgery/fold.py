@@ -90,8 +90,8 @@ def deployed(model: nn.Module, example_inputs: Any = None, *, threads: int | Non
     x = _example(model, example_inputs)
     fmt = "contiguous" if x is None else _faster_format(model, x, threads, rounds)
     if fmt == "channels_last":
-        model = model.to(memory_format=torch.channels_last)
-    model.memory_format = fmt
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    setattr(model, "memory_format", fmt)  # noqa: B010 - a plain attribute on an nn.Module
     return model
 
 
@@ -115,7 +115,7 @@ def _faster_format(model: nn.Module, x: torch.Tensor, threads: int | None, round
     from prunekit.metrics.evaluation import latency
 
     clock = "thread" if threads == 1 and x.device.type == "cpu" else "wall"  # immune to other processes
-    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     xcl = x.contiguous(memory_format=torch.channels_last)
     xc = x.contiguous()
     times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}

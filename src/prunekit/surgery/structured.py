@@ -14,6 +14,7 @@ hooks holding parameters) again after surgery.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -499,7 +500,7 @@ def _run(model: nn.Module, example_inputs: Any) -> Any:
         return _forward_fn(model, example_inputs)
 
 
-def _norm_on_kept(m: nn.Module, x: torch.Tensor, out: torch.Tensor, idx: list[int]) -> torch.Tensor:
+def _norm_on_kept(m: Any, x: torch.Tensor, out: torch.Tensor, idx: list[int]) -> torch.Tensor:
     """What a pruned LayerNorm / GroupNorm computes, in the unpruned numbering (0 on the removed channels)."""
     import torch.nn.functional as F
 
@@ -544,9 +545,57 @@ def _in_hook(idx: list[int], dim: int) -> Any:
     return hook
 
 
+_Bare = tuple[nn.Parameter, int, set[int]]
+_Sliced = tuple[nn.Module, nn.Parameter, int, list[int]]
+
+
+def _sliced_modules(model: nn.Module, params: Mapping[str, _Bare]) -> dict[str, _Sliced]:
+    """Non-torch modules holding per-channel parameters of the removal (e.g. ConvNeXt-V2's GRN, which divides
+    by the mean over channels): each with a pruned copy, to recompute it on the kept channels in the reference."""
+    by_owner: dict[str, list[tuple[str, nn.Parameter, int, set[int]]]] = {}
+    for pname, (p, dim, sel) in params.items():
+        owner, _, leaf = pname.rpartition(".")
+        by_owner.setdefault(owner, []).append((leaf, p, dim, sel))
+    out: dict[str, _Sliced] = {}
+    for owner, items in by_owner.items():
+        mod = model.get_submodule(owner) if owner else model
+        if not owner or type(mod).__module__.startswith("torch.") or any(True for _ in mod.children()):
+            continue
+        if len({frozenset(sel) for *_, sel in items}) != 1 or len({p.shape[d] for _, p, d, _ in items}) != 1:
+            continue
+        twin = copy.deepcopy(mod)
+        for leaf, p, dim, sel in items:
+            setattr(twin, leaf, nn.Parameter(_take(p, dim, _keep(p.shape[dim], sel)), requires_grad=False))
+        _, p0, d0, sel0 = items[0]
+        out[owner] = (twin, p0, d0, sorted(sel0))
+    return out
+
+
+def _sliced_hook(s: _Sliced) -> Any:
+    twin, p, pdim, idx = s
+
+    def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        x = args[0] if args else None
+        n = p.shape[pdim]
+        if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            return out
+        if p.dim() == x.dim() and x.shape[pdim] == n:
+            dim = pdim
+        elif x.shape[-1] == n:
+            dim = x.dim() - 1
+        elif x.dim() > 1 and x.shape[1] == n:
+            dim = 1
+        else:
+            return out
+        keep = torch.tensor(_keep(n, set(idx)), dtype=torch.long, device=x.device)
+        y = twin(x.index_select(dim, keep), *args[1:])
+        return torch.zeros_like(out).index_copy(dim, keep, y.to(out.dtype))
+    return hook
+
+
 @contextlib.contextmanager
-def _masked(modules: Mapping[str, nn.Module], rout: Mapping[str, set[int]], rin: Mapping[str, set[int]]
-            ) -> Iterator[None]:
+def _masked(modules: Mapping[str, nn.Module], rout: Mapping[str, set[int]], rin: Mapping[str, set[int]],
+            sliced: Mapping[str, _Sliced] | None = None) -> Iterator[None]:
     """The model with the removed channels zeroed where they are produced and where they are read.
 
     Producers (conv, linear, norm, depthwise conv) output 0 on the removed channels; consumers read 0 there;
@@ -567,6 +616,8 @@ def _masked(modules: Mapping[str, nn.Module], rout: Mapping[str, set[int]], rin:
                         saved.append((t, rows, t.detach()[rows].clone()))
                         with torch.no_grad():
                             t[rows] = 0
+        for name, sl in (sliced or {}).items():
+            handles.append(modules[name].register_forward_hook(_sliced_hook(sl)))
         for name, idx in rin.items():
             m = modules[name]
             if isinstance(m, nn.Linear):
@@ -578,8 +629,8 @@ def _masked(modules: Mapping[str, nn.Module], rout: Mapping[str, set[int]], rin:
         for h in handles:
             h.remove()
         with torch.no_grad():
-            for t, rows, old in saved:
-                t[rows] = old
+            for dst, rows, old in saved:
+                dst[rows] = old
 
 
 def _approximate(g: _Group) -> str:
@@ -610,11 +661,12 @@ def _input_shapes(example_inputs: Any) -> Any:
 
 def _plan_edits(model: nn.Module, modules: Mapping[str, nn.Module], resolved: list[tuple[_Group, list[int]]],
                 norm: Mapping[str, list[int]], report: SurgeryReport, min_channels: int
-                ) -> tuple[dict[str, set[int]], dict[str, set[int]], list[_Edit]]:
-    """Every new tensor and attribute for removing ``resolved`` (nothing is changed yet)."""
+                ) -> tuple[dict[str, set[int]], dict[str, set[int]], list[_Edit], dict[str, _Bare]]:
+    """Every new tensor and attribute for removing ``resolved`` (nothing is changed yet); also the bare
+    per-channel parameters that shrink (name -> (parameter, dim, removed indices))."""
     rout: dict[str, set[int]] = {}
     rin: dict[str, set[int]] = {}
-    params: dict[str, tuple[nn.Parameter, int, set[int]]] = {}
+    params: dict[str, _Bare] = {}
     owners: dict[str, int] = {}  # attention module -> heads removed
     for g, rs in resolved:
         rset = set(rs)
@@ -647,23 +699,24 @@ def _plan_edits(model: nn.Module, modules: Mapping[str, nn.Module], resolved: li
 
     edits: list[_Edit] = []
     for name in [n for n in modules if n in rout or n in rin]:
-        m = modules[name]
-        if nn.utils.parametrize.is_parametrized(m):
+        mod = modules[name]
+        if nn.utils.parametrize.is_parametrized(mod):
             raise PrunekitError(f"remove_channels: layer {name!r} has parametrizations (e.g. weight norm); "
                                 "remove them before surgery")
-        before = _widths(m)
-        made = _edit_module(name, m, rout.get(name, set()), rin.get(name, set()))
+        before = _widths(mod)
+        made = _edit_module(name, mod, rout.get(name, set()), rin.get(name, set()))
         made = made if isinstance(made, list) else [made]
         edits += [e for e in made if e.attrs or e.tensors]
-        after = _after_widths(m, made[0], before)
-        report.layers[name] = LayerChange(name, type(m).__name__, before[0], after[0], before[1], after[1],
+        after = _after_widths(mod, made[0], before)
+        report.layers[name] = LayerChange(name, type(mod).__name__, before[0], after[0], before[1], after[1],
                                           before[2], after[2])
-    for pname, (p, dim, sel) in params.items():
+    for pname, (param, pdim, psel) in params.items():
         owner_name, _, leaf = pname.rpartition(".")
-        owner = model.get_submodule(owner_name) if owner_name else model
-        keep = _keep(p.shape[dim], sel)
-        edits.append(_Edit(owner, tensors={leaf: _as_param(p, _take(p, dim, keep))}))
-        report.layers[pname] = LayerChange(pname, "Parameter", p.shape[dim], len(keep), p.shape[dim], len(keep))
+        holder = model.get_submodule(owner_name) if owner_name else model
+        keep = _keep(param.shape[pdim], psel)
+        edits.append(_Edit(holder, tensors={leaf: _as_param(param, _take(param, pdim, keep))}))
+        report.layers[pname] = LayerChange(pname, "Parameter", param.shape[pdim], len(keep), param.shape[pdim],
+                                           len(keep))
     for owner, gone in owners.items():
         mod = modules[owner]
         attrs: dict[str, Any] = {}
@@ -681,7 +734,7 @@ def _plan_edits(model: nn.Module, modules: Mapping[str, nn.Module], resolved: li
         if ch.out_after is not None and ch.out_after < min_channels and ch.out_before != ch.out_after:
             raise PrunekitError(f"remove_channels: layer {name!r} would keep {ch.out_after} channels "
                                 f"(min_channels={min_channels})")
-    return rout, rin, edits
+    return rout, rin, edits, params
 
 
 def _after(model: nn.Module, example_inputs: Any, ref: Any) -> tuple[float, str]:
@@ -694,17 +747,41 @@ def _after(model: nn.Module, example_inputs: Any, ref: Any) -> tuple[float, str]
     return compare_outputs(ref, out)
 
 
+def _verified(model: nn.Module, modules: Mapping[str, nn.Module], example_inputs: Any, rout: dict[str, set[int]],
+              rin: dict[str, set[int]], edits: list[_Edit], params: Mapping[str, _Bare], ref: Any = None
+              ) -> tuple[list[tuple[nn.Module, str, Any]] | None, float, str, dict[str, _Sliced]]:
+    """Apply ``edits`` and check the result against masking: (undo list, max diff, "", sliced modules used) on
+    success, (None, diff, what went wrong, {}) with the model restored otherwise. A mismatch is checked
+    once more with non-torch modules holding per-channel parameters recomputed on the kept channels."""
+    if ref is None:
+        with _masked(modules, rout, rin):
+            ref = _run(model, example_inputs)
+    undo = _commit(edits)
+    diff, problem = _after(model, example_inputs, ref)
+    if not problem:
+        return undo, diff, "", {}
+    _rollback(undo)
+    sliced = _sliced_modules(model, params)
+    if not sliced:
+        return None, diff, problem, {}
+    with _masked(modules, rout, rin, sliced):
+        ref = _run(model, example_inputs)
+    undo = _commit(edits)
+    diff2, problem2 = _after(model, example_inputs, ref)
+    if not problem2:
+        return undo, diff2, "", sliced
+    _rollback(undo)
+    return None, diff, problem, {}
+
+
 def _attempt(model: nn.Module, modules: Mapping[str, nn.Module], example_inputs: Any,
              resolved: list[tuple[_Group, list[int]]], norm: Mapping[str, list[int]], min_channels: int) -> str:
     """Try one removal, check it and undo it; what went wrong ("" when it is exact)."""
-    rout, rin, edits = _plan_edits(model, modules, resolved, norm, SurgeryReport(), min_channels)
-    with _masked(modules, rout, rin):
-        ref = _run(model, example_inputs)
-    undo = _commit(edits)
-    try:
-        return _after(model, example_inputs, ref)[1]
-    finally:
+    rout, rin, edits, params = _plan_edits(model, modules, resolved, norm, SurgeryReport(), min_channels)
+    undo, _, problem, _ = _verified(model, modules, example_inputs, rout, rin, edits, params)
+    if undo is not None:
         _rollback(undo)
+    return problem
 
 
 def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example_inputs: Any, *,
@@ -747,24 +824,22 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
         return report
     an = analyse(model, example_inputs, num_heads)
     resolved = _resolve(an, norm, min_channels, round_to, clamp, report)
-    rout, rin, edits = _plan_edits(model, modules, resolved, norm, report, min_channels)
+    rout, rin, edits, params = _plan_edits(model, modules, resolved, norm, report, min_channels)
     for g, _ in resolved:
         why = _approximate(g)
         if why:
             report.approximate[g.name] = why
-    ref: Any = None
-    if check:
+    if not check:
+        _commit(edits)
+    else:
         try:
             with _masked(modules, rout, rin):
                 ref = _run(model, example_inputs)
         except Exception as exc:
             raise PrunekitError(f"remove_channels: the model does not run on example_inputs ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-    undo = _commit(edits)
-    if check:
-        diff, problem = _after(model, example_inputs, ref)
-        if problem:
-            _rollback(undo)
+        undo, diff, problem, sliced = _verified(model, modules, example_inputs, rout, rin, edits, params, ref)
+        if undo is None:
             culprit = [g.name for g, _ in resolved]
             if len(resolved) > 1:
                 for one in resolved[:64]:
@@ -776,6 +851,14 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
             groups = {g.name: g for g, _ in resolved}
             raise PrunekitError(f"remove_channels: removing channels of group {names} does not equal masking them: "
                                 f"{problem}; the model was restored ({_suspect(model, [groups[c] for c in culprit])})")
+        for g, _ in resolved:
+            mods = sorted({m.name.rpartition(".")[0] for m in g.members if isinstance(m.target, nn.Parameter)}
+                          & set(sliced))
+            if mods:
+                note = (f"{', '.join(f'{n!r} ({type(modules[n]).__name__})' for n in mods[:2])} compute(s) over "
+                        "the removed channels: checked against the masked model with it recomputed on the kept "
+                        "channels")
+                report.approximate[g.name] = "; ".join(x for x in (report.approximate.get(g.name), note) if x)
         report.verified, report.max_diff = True, diff
     report.params_after = count_params(model)
     op: dict[str, Any] = {"op": "channels", "removed": dict(report.removed),
@@ -834,7 +917,7 @@ def zero_channel_plan(model: nn.Module, example_inputs: Any, *, layers: Iterable
     both zero (what SSS / slimming produce). The result is keyed by group root and can be passed to
     :func:`remove_channels` as is. Extra per-channel parameters (scaling factors) are assumed to multiply.
     Groups normalised by GroupNorm / LayerNorm are skipped: their statistics span several channels, so even
-    a zero channel cannot be removed exactly.
+    a zero channel cannot be removed exactly. In attention groups only whole dead heads are listed.
     """
     an = analyse(model, example_inputs)
     wanted = set(layers) if layers is not None else None
@@ -890,6 +973,9 @@ def zero_channel_plan(model: nn.Module, example_inputs: Any, *, layers: Iterable
                 prod_zero[src] = pz
         for z in prod_zero.values():
             ok &= z
+        hd = g.head_dim()
+        if hd and g.size % hd == 0:  # attention: whole dead heads only
+            ok = ok.view(-1, hd).all(1, keepdim=True).expand(-1, hd).reshape(-1)
         if bool(ok.any()):
             plan[g.name] = [int(i) for i in torch.nonzero(ok).flatten()]
     return plan

@@ -337,7 +337,7 @@ class Outcome:
     def cell(self) -> str:
         """A matrix cell: ``done/total`` (``-`` when the network has no such unit)."""
         if not self.total:
-            return "-"
+            return "-" + (f" {self.note}" if self.note else "")
         return f"{self.done}/{self.total}" + (f" {self.note}" if self.note else "")
 
 
@@ -405,26 +405,34 @@ def _remove(model: nn.Module, inputs: Any, plan: dict[str, list[int]], refused: 
 
 
 def remove_dead_channels(net: Network, frac: float = 0.25) -> Outcome:
-    """Kill some channels of every prunable group whose removal is exact by nature (no LayerNorm / GroupNorm
-    over them), remove them all in one call, and compare the output with the unpruned network's."""
+    """Kill some channels of every prunable group whose removal is exact by nature (no LayerNorm / GroupNorm /
+    GRN-like module computing over them), remove them all in one call, and compare the output with the
+    unpruned network's. Groups the surgery reports as renormalised are set aside and counted apart."""
     from prunekit.surgery import channel_groups
 
-    model = copy.deepcopy(net.model)
-    groups = channel_groups(model, net.inputs)
-    exact = [g for g in groups if not _renormalised(model, g)]
-    plan = {g.name: pick(g, frac) for g in exact}
-    for g in exact:
-        kill(model, g, plan[g.name])
-    with torch.no_grad():
-        y0 = logits(model(net.inputs))
-    out = Outcome(total=len(exact), refused={})
-    report = _remove(model, net.inputs, plan, out.refused)
+    groups = channel_groups(net.model, net.inputs)
+    renorm = {g.name for g in groups if _renormalised(net.model, g)}
+    while True:
+        model = copy.deepcopy(net.model)
+        exact = [g for g in groups if g.name not in renorm]
+        plan = {g.name: pick(g, frac) for g in exact}
+        for g in exact:
+            kill(model, g, plan[g.name])
+        with torch.no_grad():
+            y0 = logits(model(net.inputs))
+        refused: dict[str, str] = {}
+        out = Outcome(total=len(exact), refused=refused)
+        report = _remove(model, net.inputs, plan, refused)
+        if report is not None and report.approximate:
+            renorm |= set(report.approximate)
+            continue
+        break
     if report is not None:
         with torch.no_grad():
             out.max_diff = float((logits(model(net.inputs)) - y0).abs().max())
         out.done = len(report.removed)
-    if len(groups) > len(exact):
-        out.note = f"(+{len(groups) - len(exact)} LN/GN)"
+    if renorm:
+        out.note = f"(+{len(renorm)} renormalised)"
     return out
 
 
@@ -435,13 +443,14 @@ def remove_live_channels(net: Network, frac: float = 0.5) -> Outcome:
 
     model = copy.deepcopy(net.model)
     groups = channel_groups(model, net.inputs)
-    out = Outcome(total=len(groups), refused={})
-    report = _remove(model, net.inputs, {g.name: pick(g, frac) for g in groups}, out.refused)
+    refused: dict[str, str] = {}
+    out = Outcome(total=len(groups), refused=refused)
+    report = _remove(model, net.inputs, {g.name: pick(g, frac) for g in groups}, refused)
     if report is not None:
         assert report.verified
         out.done, out.max_diff = len(report.removed), report.max_diff
         if report.approximate:
-            out.note = f"({len(report.approximate)} LN/GN)"
+            out.note = f"({len(report.approximate)} renormalised)"
     return out
 
 

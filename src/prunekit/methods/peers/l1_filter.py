@@ -38,7 +38,7 @@ from torch import nn
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods import budget as _budget
-from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop, latency_option
 
 NORMS = ("l1", "l2")
 
@@ -58,10 +58,13 @@ class FilterBudgetConfig(MethodConfig):
     norm: str = "l1"
     include_linear: bool = True
     coupled: bool = False
+    latency: dict[str, Any] | float | None = None  # {latency: f, runtime, batch, threads}: a measured-latency budget
 
     def _check_common(self, name: str) -> None:
         _budget.validate_budget_options(name, self.keep_ratio, self.layer_keep, self.macs_budget,
                                         self.params_budget, self.budget_tol)
+        self.latency = latency_option(name, self.latency, macs_budget=self.macs_budget,
+                                      params_budget=self.params_budget)
         if self.norm not in NORMS:
             raise PrunekitError(f"method {name!r}: norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         for key in ("min_keep", "round_to"):
@@ -99,7 +102,8 @@ class OneShotFilterPruning(PruningMethod):
 
     name = "one-shot-filter"
     Config = L1FilterConfig
-    budget_knobs: ClassVar[Mapping[str, str]] = {"macs": "macs_budget", "params": "params_budget"}
+    budget_knobs: ClassVar[Mapping[str, str]] = {"macs": "macs_budget", "params": "params_budget",
+                                                 "latency": "latency"}
     from_trained_options: ClassVar[Mapping[str, Any]] = {"dense_fraction": 0}
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:

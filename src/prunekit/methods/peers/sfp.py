@@ -69,7 +69,8 @@ class SoftFilterPruning(PruningMethod):
 
     name = "sfp"
     starts_from_scratch = True  # He et al. train from scratch with soft zeroing every epoch
-    budget_knobs: ClassVar[Mapping[str, str]] = {"macs": "macs_budget", "params": "params_budget"}
+    budget_knobs: ClassVar[Mapping[str, str]] = {"macs": "macs_budget", "params": "params_budget",
+                                                 "latency": "latency"}
     Config = SFPConfig
     config: SFPConfig
 

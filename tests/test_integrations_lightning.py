@@ -1,0 +1,188 @@
+"""The Lightning adapter (prunekit.integrations.lightning) with the real lightning package: every paper method
+through ``Trainer.fit`` on a tiny CNN, a smaller (or sparse) network delivered, its finalize exact."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit import methods, metrics
+from prunekit.engine import seed_everything as seed
+from prunekit.errors import PrunekitError
+from prunekit.integrations import require
+from prunekit.methods.iht import keep_count
+from prunekit.methods.optim import AHSGHT, APG
+
+pl = pytest.importorskip("lightning.pytorch")
+from prunekit.integrations.lightning import PrunekitCallback  # noqa: E402
+
+PAPER_METHODS = {
+    "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
+            "final_epochs": 1},
+    "trimming": {"iterations": 1, "initial_epochs": 1, "retrain_epochs": 3, "rule": "fraction", "fraction": 0.25},
+    "sss": {"gamma_channel": 2.0, "blocks": False},
+    "sght": {"keep_ratio": 0.5, "finetune_epochs": 1},  # the fine-tune stage: the network shrinks mid-run
+}
+EPOCHS = 4
+X0 = torch.zeros(1, 1, 8, 8)
+
+
+class Classifier(pl.LightningModule):
+    """A user's LightningModule: the network in ``self.net``, the loss in ``training_step``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)  # replaced by the method's; its lr is the base lr
+
+
+def _loader() -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(0)
+    ds = torch.utils.data.TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 4, (32,), generator=g))
+    return torch.utils.data.DataLoader(ds, batch_size=16)
+
+
+def _fit(method: methods.PruningMethod, epochs: int = EPOCHS, **kw) -> tuple[Classifier, PrunekitCallback, object]:
+    seed(0)
+    module = Classifier()
+    pk = PrunekitCallback(method, attr="net", **kw)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[pk])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's hints about workers and logging
+        trainer.fit(module, _loader())
+    return module, pk, trainer
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_METHODS))
+def test_every_paper_method_delivers_through_lightning(name):
+    seed(0)
+    dense_net = Classifier().net
+    dense = sum(p.numel() for p in dense_net.parameters())
+    method = methods.get(name)(**PAPER_METHODS[name])
+    module, pk, trainer = _fit(method)
+    res = pk.result
+    d = pk.driver
+    assert d.loop.step == EPOCHS * 2 and d.loop.epoch == EPOCHS  # every step went through the method's hooks
+    assert trainer.optimizers[0] is d.optimizer                  # the method's optimizer was the one stepped
+    kinds = [type(o) for o in d.optimizer.optimizers]
+    assert kinds == {"sss": [torch.optim.SGD, APG], "sght": [torch.optim.SGD]}.get(name, [torch.optim.SGD])
+    assert res.model is module.net                                 # delivered in place, in the LightningModule
+    assert res.report["adapter"]["finalize_max_abs_diff"] < 1e-5   # finalize is exact: same outputs
+    assert res.report["adapter"]["not_run"] == []
+    out = res.model(torch.zeros(3, 1, 8, 8))
+    assert out.shape == (3, 4) and torch.isfinite(out).all()
+    c = metrics.count(res.model, X0)
+    assert c.params == sum(p.numel() for p in res.model.parameters())
+    if method.ends_sparse:  # IHT: same shapes, each thresholded layer at exactly its budget k
+        assert res.sparse and c.params == dense and c.nonzero_params < 0.6 * dense
+        for m in res.model.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                assert int((m.weight != 0).sum()) == keep_count(0.5, m.weight.numel())
+    else:
+        assert c.params < dense and c.macs < metrics.count(dense_net, X0).macs, name
+
+
+def test_sght_installs_ahsght_then_the_smaller_network_trains_with_a_rebuilt_optimizer():
+    module, pk, _ = _fit(methods.get("sght")(keep_ratio=0.5, finetune_epochs=1))
+    d = pk.driver
+    # the fine-tune stage removed the zero filters (a smaller network) and refilled the optimizer with its
+    # parameters, so the framework stepped exactly the new ones
+    assert {id(p) for g in d.optimizer.param_groups for p in g["params"]} == {id(p) for p in module.net.parameters()}
+    assert module.net[0].out_channels == 4 and module.net[3].out_channels == 8
+    _, pk2, _ = _fit(methods.get("sght")(keep_ratio=0.5), epochs=2)
+    assert [type(o) for o in pk2.driver.optimizer.optimizers] == [AHSGHT]
+
+
+def test_trimming_removes_channels_between_stages_and_the_optimizer_follows():
+    method = methods.get("trimming")(iterations=2, initial_epochs=1, retrain_epochs=1, rule="fraction", fraction=0.25)
+    module, pk, _ = _fit(method, epochs=3)
+    assert [r["iteration"] for r in method.records] == [0, 1, 2]
+    assert module.net[0].out_channels < 8 and module.net[3].out_channels < 16
+    assert {id(p) for g in pk.driver.optimizer.param_groups for p in g["params"]} == \
+        {id(p) for p in module.net.parameters()}
+    assert [g["lr"] for g in pk.driver.optimizer.param_groups] == [0.05]  # the base lr of configure_optimizers
+
+
+def test_stages_without_epochs_left_run_at_train_end():
+    """Trim without retraining: stages of 0 epochs after the last epoch still trim, before finalize."""
+    method = methods.get("trimming")(iterations=2, initial_epochs=2, retrain_epochs=0, rule="fraction", fraction=0.25)
+    module, pk, _ = _fit(method, epochs=2)
+    assert [r["iteration"] for r in method.records] == [0, 1, 2]
+    assert pk.result.report["adapter"]["not_run"] == []
+    assert module.net[0].out_channels == 4  # 8 -> 6 -> 4 (a quarter of each layer, rounded half up, per trim)
+
+
+def test_a_short_run_says_which_stages_it_did_not_run():
+    method = methods.get("iht")(**PAPER_METHODS["iht"])
+    with pytest.warns(UserWarning, match="not run: dense1"):
+        _, pk, _ = _short(method)
+    assert pk.result.report["adapter"]["not_run"] == ["dense1 (1 epochs)", "final (1 epochs)"]
+    assert pk.result.sparse  # IHT meets its budget anyway: finalize thresholds once more
+
+
+def _short(method: methods.PruningMethod) -> tuple[Classifier, PrunekitCallback, object]:
+    """A run whose trainer stops after 2 of the 4 epochs the method planned for."""
+    seed(0)
+    module = Classifier()
+    pk = PrunekitCallback(method, attr="net", epochs=4)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[pk])
+    trainer.fit(module, _loader())
+    return module, pk, trainer
+
+
+def test_a_wrong_attribute_and_a_missing_package_are_one_line_errors():
+    seed(0)
+    pk = PrunekitCallback(methods.get("sght")(keep_ratio=0.5), attr="backbone")
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[pk])
+    with pytest.raises(PrunekitError, match="no network at attribute 'backbone'.*net"):
+        trainer.fit(Classifier(), _loader())
+    with pytest.raises(PrunekitError, match=r"pip install 'prunekit\[lightning\]'") as err:
+        require("lightning_not_installed_here", "lightning", "lightning")
+    assert "\n" not in str(err.value)
+
+
+class Replacing(methods.PruningMethod):
+    """A toy method that hands the loop a new network object at its second stage (``replace_model``)."""
+
+    name = "toy-replacing"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.new: nn.Module | None = None
+        self.snapshot: list[torch.Tensor] = []
+
+    def stages(self, epochs: int) -> list:
+        from prunekit.engine.stages import Stage
+
+        return [Stage("before", 1), Stage("after", epochs - 1)]
+
+    def on_stage_start(self, trainer, stage) -> None:
+        if stage.name == "after":
+            self.new = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(4, 4))
+            self.snapshot = [p.detach().clone() for p in self.new.parameters()]
+            trainer.replace_model(self.new)
+
+
+def test_a_new_network_object_takes_the_lightning_modules_attribute_and_is_trained():
+    method = Replacing()
+    module, pk, trainer = _fit(method, epochs=2)
+    assert module.net is method.new and pk.result.model is method.new
+    assert {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]} == \
+        {id(p) for p in method.new.parameters()}
+    assert all(not torch.equal(a, b) for a, b in zip(method.snapshot, method.new.parameters(), strict=True))

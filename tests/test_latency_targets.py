@@ -1,0 +1,165 @@
+"""Latency targets as a budget kind everywhere a target is accepted (#20.2-3): the schema of a latency target
+(experiment config and compare config, with bounds), the filter methods' ``latency`` knob, and a comparison
+grid with a latency target run end to end (``--smoke``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from prunekit import compare, config, methods, models
+from prunekit.cli import main
+from prunekit.errors import PrunekitError
+
+FILTER_METHODS = ("sght", "l1-filter", "sfp", "tp-magnitude", "random-filter")
+BASE = {"model": {"name": "lenet5"}, "data": {"name": "digits", "subset": 240, "test_subset": 120},
+        "train": {"batch_size": 32, "device": "cpu", "eval_every": 1000, "max_steps_per_epoch": 2},
+        "optim": {"lr": 0.05, "schedule": "cosine"}}
+
+
+def test_latency_target_schema_fills_defaults_and_bounds_every_key():
+    t = config.latency_target(0.5)
+    assert t["latency"] == 0.5 and t["batch"] == 1 and t["threads"] == 1 and t["round_to"] is None
+    assert t["runtime"] == config.default_latency_runtime() in ("onnxruntime", "eager")
+    t = config.latency_target({"latency": 0.33, "runtime": "eager", "batch": 64, "threads": 2, "round_to": 4})
+    assert (t["runtime"], t["batch"], t["threads"], t["round_to"]) == ("eager", 64, 2, 4)
+    for bad, needle in [({"latency": 0}, "latency must be a number in (0, 1]"),
+                        ({"latency": 1.5}, "latency must be a number in (0, 1]"),
+                        ({"latency": 0.5, "runtime": "tvm"}, "runtime must be one of"),
+                        ({"latency": 0.5, "batch": 0}, "batch must be an integer in [1, 65536]"),
+                        ({"latency": 0.5, "threads": True}, "threads"),
+                        ({"latency": 0.5, "round_to": 0}, "round_to"),
+                        ({"latency": 0.5, "speed": 2}, "unknown config key 'speed'"),
+                        ({"runtime": "eager"}, "latency"),
+                        ("fast", "a latency target is a fraction or a mapping")]:
+        with pytest.raises(PrunekitError) as err:
+            config.latency_target(bad, "method 'sght': latency")
+        assert needle in str(err.value) and "\n" not in str(err.value), (bad, str(err.value))
+
+
+@pytest.mark.parametrize("name", FILTER_METHODS)
+def test_every_filter_method_takes_a_latency_target(name):
+    cls = methods.get(name)
+    assert cls.budget_knobs["latency"] == "latency"
+    opts = cls.target_options("latency", 0.5, None, {})
+    assert opts["latency"]["latency"] == 0.5 and opts["latency"]["runtime"] == config.default_latency_runtime()
+    assert cls.target_options("latency", 0.5, None, {"round_to": 16})["latency"]["round_to"] == 16  # given: kept
+    m = cls(latency={"latency": 0.4, "runtime": "eager", "batch": 8})
+    assert m.config.latency["batch"] == 8 and m.config.latency["threads"] == 1
+    assert cls(latency=0.4).config.latency["latency"] == 0.4
+    with pytest.raises(PrunekitError, match="not both"):
+        cls(latency=0.5, macs_budget=0.5)
+    with pytest.raises(PrunekitError, match="batch must be"):
+        cls(latency={"latency": 0.5, "batch": -1})
+
+
+def test_methods_without_a_latency_knob_refuse_the_kind():
+    with pytest.raises(PrunekitError, match="has no latency budget"):
+        methods.get("iht").target_options("latency", 0.5, None, {})
+
+
+def test_experiment_config_accepts_and_bounds_a_latency_target():
+    cfg = config.normalize({"method": {"name": "l1-filter", "latency": {"latency": 0.5, "runtime": "eager"}}})
+    assert cfg["method"]["latency"] == {"latency": 0.5, "runtime": "eager"}  # as written; the method fills in
+    for bad, needle in [({"latency": 2.0}, "latency must be a number in (0, 1]"),
+                        ({"latency": 0.5, "batch": 10**9}, "out of range"),
+                        ({"latency": 0.5, "runtime": "tensorrt"}, "runtime must be one of")]:
+        with pytest.raises(PrunekitError) as err:
+            config.normalize({"method": {"name": "sght", "latency": bad}})
+        assert needle in str(err.value), str(err.value)
+
+
+def test_latency_target_beside_a_budget_is_refused_on_the_command_line(tmp_path, capsys):
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "method": {"name": "sght", "macs_budget": 0.5, "latency": 0.5}}))
+    assert main(["prune", str(p), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("prunekit: error:") and "not both" in err[0]
+
+
+def _compare_cfg(tmp_path: Path, **over) -> Path:
+    cfg = {"name": "lat", "seeds": [0], "base": BASE, "dense_epochs": 1, "budget_epochs": 2, "latency_rounds": 2,
+           "latency_batch": 4, "latency_runtime": "eager",
+           "targets": [{"macs": 0.5}, {"latency": 0.7, "runtime": "eager", "batch": 1, "tol": 0.5}],
+           "methods": {"dense": {}, "sght": {}, "l1-filter": {}}}
+    cfg.update(over)
+    p = tmp_path / "cmp.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _lenet() -> torch.nn.Module:
+    return models.create("lenet5", in_channels=1, input_size=8, num_classes=10)
+
+
+def test_compare_plans_latency_rows_beside_macs_rows(tmp_path):
+    cfg = compare.load(_compare_cfg(tmp_path))
+    rows = {r.label: r for r in compare.plan(cfg, dense_model=lambda s: _lenet())}
+    lat = rows["sght@latency=0.7[eager,b1,tol0.5]"]
+    assert lat.target_kind == "latency" and lat.target == 0.7
+    assert lat.cfg["method"]["latency"]["runtime"] == "eager" and lat.cfg["method"]["latency"]["tol"] == 0.5
+    assert "macs_budget" not in lat.cfg["method"] or lat.cfg["method"]["macs_budget"] is None
+    assert rows["l1-filter@macs=0.5"].cfg["method"]["macs_budget"] == 0.5
+    assert rows["l1-filter@latency=0.7[eager,b1,tol0.5]"].epochs == rows["l1-filter@macs=0.5"].epochs
+
+
+@pytest.mark.parametrize("target, needle", [
+    ({"latency": 1.0}, "expected {macs: f}, {params: f} or {latency: f"),
+    ({"latency": 0.5, "runtime": "tvm"}, "runtime must be one of"),
+    ({"latency": 0.5, "batch": 0}, "batch must be an integer"),
+    ({"latency": 0.5, "speed": 2}, "unknown key(s) speed in a latency target"),
+    ({"macs": 0.5, "latency": 0.5}, "unknown key(s) macs"),
+])
+def test_compare_config_rejects_bad_latency_targets(tmp_path, target, needle):
+    with pytest.raises(PrunekitError) as err:
+        compare.load(_compare_cfg(tmp_path, targets=[target]))
+    assert needle in str(err.value) and str(err.value).startswith("compare config:"), str(err.value)
+
+
+def test_compare_refuses_a_latency_target_for_a_method_without_the_knob(tmp_path):
+    with pytest.raises(PrunekitError, match="cannot be set to a latency target"):
+        compare.load(_compare_cfg(tmp_path, methods={"iht": {"kinds": ["latency"]}}))
+
+
+def test_smoke_grid_with_a_latency_target_runs_and_reports(tmp_path, monkeypatch):
+    """The whole path: latency target -> method knob -> measured solve -> row timed in the runtime -> table,
+    results columns and the accuracy-vs-latency plot."""
+    torch.set_num_threads(1)
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["compare", str(_compare_cfg(tmp_path)), "--out", str(out), "--smoke"]) == 0
+    rows = compare.read_results(out)
+    lat = [r for r in rows if r["target_kind"] == "latency"]
+    assert {r["method"] for r in lat} == {"sght", "l1-filter"}
+    dense = next(r for r in rows if r["method"] == "dense")
+    for r in rows:
+        assert r["latency_runtime"] == "eager" and r["latency_ms_b1"] > 0 and r["latency_frac_b1"] > 0
+    for r in lat:  # thinner than dense: fewer MACs than the dense row
+        assert r["macs"] < dense["macs"] and r["target"] == 0.7
+    assert (out / "accuracy_vs_latency.png").stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    assert "latency b1 / dense" in summary and "at equal measured latency" in summary
+    timing = json.loads((out / "latency.json").read_text())
+    assert timing["runtime"] == "eager" and "__dense__@b1" in timing["median_ms"]
+    # the latency solve left its tables in the cache (measured once, reused by the next row)
+    assert list((tmp_path / "cache" / "latency").glob("eager-b1-t1-*.json"))
+
+
+def test_latency_rows_are_compared_with_macs_rows_at_equal_measured_latency():
+    from prunekit.reports.compare import latency_vs_macs
+
+    def row(label: str, kind: str, ms: float, top1: float) -> dict:
+        return {"label": label, "method": "sght", "target_kind": kind, "target": 0.5, "latency_ms_b1": ms,
+                "top1": top1}
+
+    summary = [row("sght@macs=0.5", "macs", 0.04, 90.0), row("sght@macs=0.33", "macs", 0.02, 80.0),
+               row("sght@latency=0.5", "latency", 0.03, 86.0), row("sght@latency=0.1", "latency", 0.01, 70.0)]
+    text = latency_vs_macs(summary)
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in text.splitlines()[2:]}
+    assert "| 85.00 | +1.00 |" in lines["sght@latency=0.5"] and lines["sght@latency=0.5"].endswith("| yes |")
+    assert "outside the MACs rows' measured range" in lines["sght@latency=0.1"]  # no claim outside the range
+    assert latency_vs_macs([row("sght@macs=0.5", "macs", 0.04, 90.0)]) == ""
