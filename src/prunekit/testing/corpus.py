@@ -494,7 +494,7 @@ CAPABILITIES: dict[str, Callable[[Network], Outcome]] = {
 
 
 # ---------------------------------------------------------------------------------------------------------
-# every paper method on every entry (tests/test_methods_corpus.py, benchmarks/methods_corpus.py)
+# every paper method on every entry (tests/test_methods_corpus.py, benchmarks/corpus.py)
 
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
