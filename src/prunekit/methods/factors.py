@@ -559,6 +559,11 @@ def _removal_problem(model: nn.Module, example_inputs: Any, sites: list[Site]) -
     return "", ""
 
 
+def insert_sites(model: nn.Module, sites: list[Site]) -> None:
+    """Insert factors (all 1) at ``sites`` (from :func:`analysis_sites`), in place."""
+    _insert(model, sites)
+
+
 def _insert(model: nn.Module, sites: list[Site]) -> None:
     """Wrap each site's target as ``Sequential(target, factor)``, the last in module order first (a factor
     around a container must not rename the targets inside it before they are wrapped)."""
@@ -753,4 +758,4 @@ def channel_plan(model: nn.Module, zeros: dict[str, list[int]], summary: dict[st
 __all__ = ["BLOCK_CHILD", "FACTOR_TYPES", "NORM_LAYERS", "BlockScale", "ChannelScale", "GroupScale", "HeadScale",
            "Scale", "Site",
            "analysis_sites", "channel_plan", "factor_modules", "factor_parameters", "find_sites", "fold_factors",
-           "insert_factors", "is_block", "layer_sites", "remove_blocks", "zero_structures"]
+           "insert_factors", "insert_sites", "is_block", "layer_sites", "remove_blocks", "zero_structures"]
