@@ -529,34 +529,49 @@ def _fold_problem(model: nn.Module, example_inputs: Any, site: Site) -> str:
 
 
 def _removal_problem(model: nn.Module, example_inputs: Any, sites: list[Site]) -> tuple[str, str]:
-    """On copies: zero half of every channel factor, fold, remove the channels; zero every block factor,
-    fold, remove the blocks. ``(site key, why)`` of the first structure the surgery refuses, ``("", "")``
+    """On copies: zero half of every channel / head factor (every block factor), fold, remove; the result must
+    equal the copy with those factors at 0 (not only the surgery's masking: a norm reading a zeroed channel
+    after a concatenation still adds its shift). ``(site key, why)`` of a structure that fails, ``("", "")``
     when all went."""
-    from prunekit import surgery
-
     for kind in ("channel", "block", "head"):
         chosen = [s for s in sites if s.kind == kind]
         if not chosen:
             continue
-        twin = copy.deepcopy(model).eval()
-        _insert(twin, sites)
-        with torch.no_grad():
-            for _, m in factor_modules(twin):
-                if (m.kind if not isinstance(m, HeadScale) else "head") == kind:
-                    m.factor[: max(1, m.factor.numel() // 2)].zero_()
-        blocks, zeros, summary = zero_structures(twin)
-        fold_factors(twin)
-        try:
-            if blocks:
-                remove_blocks(twin, blocks, example_inputs)
-            plan = channel_plan(twin, zeros, summary, example_inputs)
-            if plan:
-                surgery.remove_channels(twin, plan, example_inputs, min_channels=1, clamp=True)
-        except PrunekitError as exc:
-            msg = str(exc).split("; the model was restored")[0]
-            culprit = next((s for s in chosen if repr(_key(s)) in msg or repr(s.target) in msg), chosen[0])
-            return _key(culprit), msg
+        problem = _zeroed_removal(model, example_inputs, sites, kind)
+        if not problem:
+            continue
+        for s in chosen:  # which one: each alone
+            alone = _zeroed_removal(model, example_inputs, [s], kind)
+            if alone:
+                return _key(s), alone
+        return _key(chosen[0]), problem
     return "", ""
+
+
+def _zeroed_removal(model: nn.Module, example_inputs: Any, sites: list[Site], kind: str) -> str:
+    from prunekit import surgery
+    from prunekit.surgery.structured import compare_outputs
+
+    twin = copy.deepcopy(model).eval()
+    _insert(twin, sites)
+    with torch.no_grad():
+        for _, m in factor_modules(twin):
+            if (m.kind if not isinstance(m, HeadScale) else "head") == kind:
+                m.factor[: max(1, m.factor.numel() // 2)].zero_()
+        ref = _forward(twin, example_inputs)
+    blocks, zeros, summary = zero_structures(twin)
+    fold_factors(twin)
+    try:
+        if blocks:
+            remove_blocks(twin, blocks, example_inputs)
+        plan = channel_plan(twin, zeros, summary, example_inputs)
+        if plan:
+            surgery.remove_channels(twin, plan, example_inputs, min_channels=1, clamp=True)
+    except PrunekitError as exc:
+        return str(exc).split("; the model was restored")[0]
+    with torch.no_grad():
+        _, problem = compare_outputs(ref, _forward(twin, example_inputs))
+    return f"removing its zero structures changes the output ({problem})" if problem else ""
 
 
 def insert_sites(model: nn.Module, sites: list[Site]) -> None:
