@@ -127,17 +127,17 @@ class SparseStructureSelection(PruningMethod):
 
     def prepare(self, model: nn.Module, example_inputs: Any = None) -> nn.Module:
         """Insert the scaling factors (idempotent). With ``example_inputs``: where the shared analysis says
-        (:func:`~prunekit.methods.factors.analysis_sites`, any network). Without: a zoo network gets them from
-        its block classes now (its checkpoints describe them); any other network at bind, the first time the
-        loop asks for the optimizers, from the analysis with the loop's example inputs (for an exact resume
-        of your own network, call ``prepare(model, example_inputs)`` before building the Trainer)."""
+        (:func:`~prunekit.methods.factors.analysis_sites`, any network). Without: from the zoo's block classes
+        and a ``torch.fx`` trace (:func:`~prunekit.methods.factors.insert_factors`, as the adapters expect);
+        a network where that finds nothing (HF models) gets them at bind, the first time the loop asks for the
+        optimizers, from the analysis with the loop's example inputs (for an exact resume of such a network,
+        call ``prepare(model, example_inputs)`` before building the Trainer)."""
         c = self.config
         if factor_modules(model):
             return model
         if example_inputs is not None:
             return self.bind(model, example_inputs)
-        if _zoo(model):
-            insert_factors(model, channels=c.channels, blocks=c.blocks, groups=c.groups)
+        insert_factors(model, channels=c.channels, blocks=c.blocks, groups=c.groups)  # zoo blocks, torch.fx
         if not factor_modules(model) and sum(isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
                                              for m in model.modules()) < 2:
             raise PrunekitError("sss: the model has no structure to put a scaling factor on (no residual "
