@@ -587,3 +587,18 @@ def test_bounds_count_what_count_counts(name: str) -> None:
 def test_bench_is_bounded_before_it_runs(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     err = _one_line(capsys, cli.main(["bench", "resnet20", "--runtime", "eager", *argv]))
     assert "bounded" in err or "more than the limit" in err, err
+
+
+def test_tables_and_warnings_escape_text_from_files(capsys: pytest.CaptureFixture[str]) -> None:
+    """Layer names and warning texts can come from a model file: they cannot forge lines or colours either."""
+    import warnings
+
+    from prunekit.metrics import format_table
+
+    table = format_table([{"layer": "conv\nprunekit: error: forged\x1b[31m", "params": 3}])
+    assert len(table.splitlines()) == 3 and "\x1b" not in table and "\\n" in table
+    cli.show_warning(UserWarning("bad\nline\x1b[0m"), UserWarning, "f.py", 1)
+    err = capsys.readouterr().err
+    assert err == "prunekit: warning: bad\\nline\\x1b[0m\n"
+    assert cli.main(["info", "lenet5"]) == 0  # the command installs it for every warning
+    assert warnings.showwarning is cli.show_warning

@@ -158,7 +158,7 @@ def test_latency_rows_are_compared_with_macs_rows_at_equal_measured_latency():
 
     summary = [row("sght@macs=0.5", "macs", 0.04, 90.0), row("sght@macs=0.33", "macs", 0.02, 80.0),
                row("sght@latency=0.5", "latency", 0.03, 86.0), row("sght@latency=0.1", "latency", 0.01, 70.0)]
-    text = latency_vs_macs(summary)
+    text = latency_vs_macs(summary, "latency_ms_b1")
     lines = {ln.split(" | ")[0].strip("| "): ln for ln in text.splitlines()[2:]}
     assert "| 85.00 | +1.00 |" in lines["sght@latency=0.5"] and lines["sght@latency=0.5"].endswith("| yes |")
     assert "outside the MACs rows' measured range" in lines["sght@latency=0.1"]  # no claim outside the range

@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, escape
 
 
-def escape(text: str) -> str:
-    """``text`` with every non-printable character (newline, carriage return, ANSI escape, bidi control) written
-    as a Python escape such as ``\\n`` or ``\\x1b``, so a path or a string from a file cannot forge lines,
-    colours or a fake ``prunekit:`` line in what the command prints."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   for c in text)
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for the command: one escaped ``prunekit: warning:`` line per warning."""
+    print(f"prunekit: warning: {escape(str(message))}", file=sys.stderr)
 
 
 def fail(message: object) -> int:
@@ -406,7 +405,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "compare": (*_COMMON, "prunekit.compare"),
     "eval": (*_COMMON, "prunekit.data", "prunekit.models", "prunekit.metrics"),
     "info": (*_COMMON, "prunekit.models", "prunekit.metrics"),
-    "export": (*_COMMON, "prunekit.models", "prunekit.metrics", "prunekit.surgery", "prunekit.exporter"),
+    "export": (*_COMMON, "prunekit.models", "prunekit.metrics", "prunekit.surgery", "prunekit.exporting"),
     "bench": (*_COMMON, "prunekit.models", "prunekit.metrics"),
     "report": ("prunekit.reports",),
     "demo": (*_COMMON, "prunekit.demo"),
@@ -444,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Everything, the heavy imports included, runs under one handler: bad input is one escaped line and exit 2,
     Ctrl-C at any moment (even while torch is still being imported) is one line and exit 130.
     """
+    warnings.showwarning = show_warning  # a warning's text may come from a file: one escaped line
     command: str | None = None
     shutdown: Any = None
     finished = False

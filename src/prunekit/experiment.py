@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import inspect
 import json
 import os
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,11 +71,10 @@ def build_model(cfg: dict[str, Any], train: pdata.Dataset) -> nn.Module:
     name, kwargs = cfg["model"]["name"], dict(cfg["model"].get("kwargs") or {})
     c, h, _ = train.input_shape
     fitted = {"num_classes": train.num_classes, "in_channels": c, "input_size": h}
-    accepted: Mapping[str, Any]
     try:
-        accepted = inspect.signature(models._registry._factory(name)).parameters
+        accepted = models.options(name)
     except PrunekitError:
-        accepted = {}
+        accepted = []
     for k, v in fitted.items():
         if k in accepted and k not in kwargs:
             kwargs[k] = v

@@ -68,6 +68,8 @@ def run(cfg: dict[str, Any], *, out: str | os.PathLike | None = None, only: Sequ
         cfg["latency_rounds"] = min(cfg["latency_rounds"], 2)
         cfg["latency_batch"] = min(cfg["latency_batch"], 8)
         cfg["seeds"] = cfg["seeds"][:1]
+        # a latency target is checked for wiring, not aim: a loaded machine's timings must not fail the check
+        cfg["targets"] = [{**t, "tol": 0.5} if "latency" in t else t for t in cfg["targets"]]
     out_dir = Path(cfg["out"])
     main = distributed.is_main()  # under torchrun every rank trains; rank 0 writes and measures
     if main:
@@ -133,6 +135,7 @@ def run(cfg: dict[str, Any], *, out: str | os.PathLike | None = None, only: Sequ
         row = {
             "run": str(r.dir.relative_to(out_dir)), "label": r.label, "method": r.method, "seed": r.seed,
             "start": r.start, "target_kind": r.target_kind or "", "target": r.target,
+            "target_batch": (exp["method"].get("latency") or {}).get("batch") if r.target_kind == "latency" else None,
             "train_epochs": r.epochs, **{k: figs.get(k) for k in ("params", "nonzero_params", "macs", "top1",
                                                                       "top5", "test_loss", "file_bytes",
                                                                       "train_seconds")},
@@ -165,8 +168,10 @@ def matched(row: dict[str, Any], tol: float) -> bool:
     kind, target = row.get("target_kind"), row.get("target")
     if not kind or target in (None, ""):
         return False
-    if kind == "latency":  # the measured fraction of the dense latency, at batch 1 (the grid's timing)
-        reached = row.get("latency_frac_b1")
+    if kind == "latency":  # the measured fraction of the dense latency at the target's batch (grid's timing)
+        batch = row.get("target_batch") or 1
+        reached = row.get("latency_frac_b1") if batch == 1 else (
+            row.get("latency_frac_batch") if batch == row.get("latency_batch") else None)
         if reached is None:
             return False
     else:

@@ -189,18 +189,29 @@ def check_fits_data(path: str | os.PathLike, model: torch.nn.Module, input_shape
     """Refuse (one PrunekitError) a model restored from a checkpoint that cannot take the run's data.
 
     One forward pass of a sample of ``input_shape`` (C, H, W) through a meta-device twin of the model (no
-    memory, no arithmetic): the network must accept it and give at least ``num_classes`` logits. ``forward``
+    memory, no arithmetic; one real zero sample where the forward reads values, e.g. SSS's factors): the
+    network must accept it and give at least ``num_classes`` logits. ``forward``
     is how the loop calls the model and reads its logits (default: ``model(x)``). A forged checkpoint's
     architecture (another input size, fewer classes) is refused here instead of failing inside the first
     training step. Call it right after the model is rebuilt from ``state["architecture"]``.
     """
     from prunekit.surgery import meta_twin
 
-    x = torch.empty((1, *input_shape), device="meta")
+    def run(m: torch.nn.Module, x: torch.Tensor) -> Any:
+        return forward(m, x) if forward is not None else m(x)
+
     try:
         with torch.no_grad():
-            twin = meta_twin(model)
-            out = forward(twin, x) if forward is not None else twin(x)
+            try:
+                out = run(meta_twin(model), torch.empty((1, *input_shape), device="meta"))
+            except RuntimeError as exc:  # a forward that reads values (e.g. ``.item()``) cannot run on meta:
+                if "meta" not in str(exc):  # one real sample then, in eval mode (no statistics change)
+                    raise
+                was = model.training
+                try:
+                    out = run(model.eval(), torch.zeros((1, *input_shape)))
+                finally:
+                    model.train(was)
     except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError, AttributeError) as exc:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise PrunekitError(f"{path}: the checkpoint's network does not take this run's {tuple(input_shape)} inputs "

@@ -345,8 +345,8 @@ def solve_latency(model: nn.Module, example: torch.Tensor, groups: Sequence[Any]
     floor = [g.size if g.size <= t.snap else min(g.size, max(t.snap, t.min_keep)) for g in groups]
     for step in range(t.corrections + 1):
         try:
-            keep = solve_keep(lm, min(1.0, aim), "latency",  # type: ignore[arg-type]  # same interface tol=min(0.01, t.tol / 2), min_keep=t.min_keep,
-                              round_to=t.snap)
+            keep = solve_keep(lm, min(1.0, aim), "latency",  # type: ignore[arg-type]  # same interface
+                              tol=min(0.01, t.tol / 2), min_keep=t.min_keep, round_to=t.snap)
         except PrunekitError:  # the aim is below the prediction at the narrowest widths: measure those
             keep = list(floor)
         keep = [int(k) for k in keep]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from prunekit.errors import escape
+
 
 def _cell(v: Any) -> str:
     if v is None:
@@ -15,8 +17,8 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, tuple | list):
-        return "x".join(str(x) for x in v)
-    return str(v)
+        return escape("x".join(str(x) for x in v))
+    return escape(str(v))  # names from a model file cannot forge lines or colours
 
 
 def _numeric(v: Any) -> bool:

@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 
 from prunekit.models import alexnet, lenet, nin, resnet, resnet_cifar, vgg  # noqa: F401 - registers models
-from prunekit.models._registry import create, describe, names, register
+from prunekit.models._registry import create, describe, names, options, register
 from prunekit.models.common import ResidualBlock
 
-__all__ = ["ResidualBlock", "create", "describe", "example_input", "names", "register"]
+__all__ = ["ResidualBlock", "create", "describe", "example_input", "names", "options", "register"]
 
 
 def example_input(model: torch.nn.Module, batch_size: int = 1, device: torch.device | str | None = None

@@ -44,6 +44,11 @@ def describe(name: str) -> str:
     return inspect.getdoc(_factory(name)) or ""
 
 
+def options(name: str) -> list[str]:
+    """The keyword arguments zoo model ``name`` accepts (e.g. ``num_classes``, ``input_size``)."""
+    return list(inspect.signature(_factory(name)).parameters)
+
+
 def _factory(name: str) -> Callable[..., nn.Module]:
     fn = _REGISTRY.get(name) if isinstance(name, str) else None
     if fn is None:

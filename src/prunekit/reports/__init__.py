@@ -88,7 +88,7 @@ def _number_problem(value: Any) -> str | None:
 
 
 def _warn(message: str) -> None:
-    from prunekit.cli import escape
+    from prunekit.errors import escape
 
     print(f"prunekit: warning: {escape(message)}", file=sys.stderr)
 

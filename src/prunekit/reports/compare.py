@@ -24,7 +24,7 @@ def markdown(summary: Sequence[dict[str, Any]]) -> str:
         heads += ["latency b1 ms", f"latency b{lb} ms", f"speed-up b{lb}"]
     fracs = any(s.get("latency_frac_b1") for s in summary)
     if fracs:
-        heads += ["latency b1 / dense"]
+        heads += ["latency b1 / dense", f"latency b{lb} / dense"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
     for s in order:
         spread = f" ± {s['top1_std']:.2f}" if s["seeds"] > 1 else ""
@@ -42,24 +42,27 @@ def markdown(summary: Sequence[dict[str, Any]]) -> str:
         if fracs:
             spread = f" ± {s['latency_frac_b1_std']:.3f}" if s["seeds"] > 1 and s.get("latency_frac_b1_std") else ""
             cells.append(f"{s['latency_frac_b1']:.3f}{spread}" if s.get("latency_frac_b1") else "-")
+            spread = f" ± {s['latency_frac_batch_std']:.3f}" if s["seeds"] > 1 and s.get("latency_frac_batch_std") \
+                else ""
+            cells.append(f"{s['latency_frac_batch']:.3f}{spread}" if s.get("latency_frac_batch") else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def latency_vs_macs(summary: Sequence[dict[str, Any]]) -> str:
+def latency_vs_macs(summary: Sequence[dict[str, Any]], key: str = "latency_ms_b1") -> str:
     """Each latency-targeted row against the same method's MACs-targeted rows at equal measured latency
-    (batch 1, seed means): the MACs rows' accuracy interpolated linearly at the latency row's measured
-    latency (only inside the MACs rows' measured range; outside it, no comparison is claimed). Empty when
-    the grid has no latency rows beside MACs rows."""
+    (``key``: ``latency_ms_b1`` or ``latency_ms_batch``; seed means): the MACs rows' accuracy interpolated
+    linearly at the latency row's measured latency (only inside the MACs rows' measured range; outside it, no
+    comparison is claimed). Empty when the grid has no latency rows beside MACs rows."""
     lines = []
     for s in sorted(summary, key=lambda s: (s["method"], -(s.get("target") or 0))):
-        if s.get("target_kind") != "latency" or not s.get("latency_ms_b1"):
+        if s.get("target_kind") != "latency" or not s.get(key):
             continue
-        macs = sorted((m["latency_ms_b1"], m["top1"], m["label"]) for m in summary
-                       if m["method"] == s["method"] and m.get("target_kind") == "macs" and m.get("latency_ms_b1"))
+        macs = sorted((m[key], m["top1"], m["label"]) for m in summary
+                       if m["method"] == s["method"] and m.get("target_kind") == "macs" and m.get(key))
         if not macs:
             continue
-        x = s["latency_ms_b1"]
+        x = s[key]
         below = [p for p in macs if p[0] <= x]
         above = [p for p in macs if p[0] >= x]
         if below and above:
@@ -75,7 +78,7 @@ def latency_vs_macs(summary: Sequence[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if not lines:
         return ""
-    heads = ["latency row", "measured b1 ms", "top-1 %", "MACs rows at that latency, top-1 %", "difference",
+    heads = ["latency row", "measured ms", "top-1 %", "MACs rows at that latency, top-1 %", "difference",
              "interpolated between", "at least as accurate"]
     return "\n".join(["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|", *lines])
 
@@ -149,6 +152,10 @@ def plots(d: Path, results: Sequence[dict[str, Any]], summary: Sequence[dict[str
         rt = next((s.get("latency_runtime") for s in summary if s.get("latency_runtime")), None) or "PyTorch"
         scatter("latency_ms_b1", "top1", f"measured latency at batch 1, ms ({rt})", "top-1 %",
                 "accuracy_vs_latency", True, by_kind=True, log=False)
+        lb = next((s["latency_batch"] for s in summary if s.get("latency_batch")), 1)
+        if lb != 1:
+            scatter("latency_ms_batch", "top1", f"measured latency at batch {lb}, ms ({rt})", "top-1 %",
+                    f"accuracy_vs_latency_b{lb}", True, by_kind=True, log=False)
     _layer_plot(d, results, colors, save)
     return written
 
