@@ -139,6 +139,7 @@ def _method(check: Callable[[Network], corpus.Outcome]) -> Callable[[Network], s
     return cell
 
 
+METHOD_NAMES = {"iht": "IHT", "sght": "SGHT", "sss": "SSS", "trimming": "Trimming"}
 REFUSALS: list[str] = []
 """The one-line refusals of the method columns, printed under the matrix."""
 
@@ -146,7 +147,7 @@ COLUMNS: dict[str, Callable[[Network], str]] = {
     **{f"prunekit {k}": _cap(f) for k, f in corpus.CAPABILITIES.items()},
     "TP dead channels": tp_dead_channels,
     "TP 50%": tp_half,
-    **{m.upper() if m in ("iht", "sss") else m.capitalize(): _method(f) for m, f in corpus.METHODS.items()},
+    **{METHOD_NAMES[m]: _method(f) for m, f in corpus.METHODS.items()},
 }
 """Matrix columns: name -> function(corpus network) -> cell. Other benchmarks may add theirs."""
 
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {}
     if not args.no_matrix:
         print("matrix:")
-        methods = {m.upper() if m in ("iht", "sss") else m.capitalize() for m in corpus.METHODS}
+        methods = set(METHOD_NAMES.values())
         columns = {k: v for k, v in COLUMNS.items() if not (args.no_methods and k in methods)}
         rows = matrix(names, columns)
         print()
