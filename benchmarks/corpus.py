@@ -17,11 +17,18 @@ built from configs and 9 hand-written patterns, random weights, no download).
   time and process CPU time are both printed: on a shared machine wall time includes waiting for a core.
 
     .venv/bin/python benchmarks/corpus.py              # matrix + timings (about a minute)
-    .venv/bin/python benchmarks/corpus.py --no-times   # matrix only
+    .venv/bin/python benchmarks/corpus.py --no-times   # matrix only (--no-methods: without the method columns)
     .venv/bin/python benchmarks/corpus.py --no-matrix  # surgery times only
 
-Columns are a dict ``COLUMNS: name -> function(net) -> cell string``; add save / reload / ONNX or method
-columns there (or to ``corpus.CAPABILITIES``). Results also go to ``benchmarks/out/corpus.json``.
+* Method columns (issue 18, ``corpus.METHODS``): each paper method (IHT, SGHT, SSS, Network Trimming) run
+  through the declared contract on the network (README's own loop: a few steps on one random batch, tiny
+  settings in ``corpus.METHOD_OPTIONS``), then ``finalize``. A cell is the size of what it delivered
+  (``0.28x params``; IHT: ``0.51x nonzero`` of a sparse network), whose output equals the trained network's
+  just before finalize, or ``refused``, with the one-line message under the matrix. Smoke-test settings, not
+  accuracy settings: the ratios show that the method shrank the network, not what it reaches when trained.
+
+Columns are a dict ``COLUMNS: name -> function(net) -> cell string``; add save / reload / ONNX columns there
+(or to ``corpus.CAPABILITIES``). Results also go to ``benchmarks/out/corpus.json``.
 """
 
 from __future__ import annotations
@@ -118,10 +125,29 @@ def _cap(check: Callable[[Network], corpus.Outcome]) -> Callable[[Network], str]
     return cell
 
 
+def _method(check: Callable[[Network], corpus.Outcome]) -> Callable[[Network], str]:
+    """A method column: ``0.28x params`` (IHT: ``0.51x nonzero``) delivered and exact, or ``refused``."""
+    def cell(net: Network) -> str:
+        try:
+            out = check(net)
+        except Exception as exc:  # never expected: tests/test_methods_corpus.py fails on it
+            return f"error ({type(exc).__name__})"
+        if out.refused:
+            REFUSALS.append(f"{next(iter(out.refused))} on {net.name}: {next(iter(out.refused.values()))}")
+            return "refused"
+        return out.note if out.done else f"not exact ({out.max_diff:.2g})"
+    return cell
+
+
+METHOD_NAMES = {"iht": "IHT", "sght": "SGHT", "sss": "SSS", "trimming": "Trimming"}
+REFUSALS: list[str] = []
+"""The one-line refusals of the method columns, printed under the matrix."""
+
 COLUMNS: dict[str, Callable[[Network], str]] = {
     **{f"prunekit {k}": _cap(f) for k, f in corpus.CAPABILITIES.items()},
     "TP dead channels": tp_dead_channels,
     "TP 50%": tp_half,
+    **{METHOD_NAMES[m]: _method(f) for m, f in corpus.METHODS.items()},
 }
 """Matrix columns: name -> function(corpus network) -> cell. Other benchmarks may add theirs."""
 
@@ -215,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-matrix", action="store_true", help="surgery times only")
     ap.add_argument("--runs", type=int, default=5, help="timed surgeries per model and mode (median)")
     ap.add_argument("--only", default="", help="comma-separated corpus names (default: all)")
+    ap.add_argument("--no-methods", action="store_true", help="surgery and Torch-Pruning columns only")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")  # Torch-Pruning's notes on unwrapped parameters
@@ -227,9 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {}
     if not args.no_matrix:
         print("matrix:")
-        rows = matrix(names, COLUMNS)
+        methods = set(METHOD_NAMES.values())
+        columns = {k: v for k, v in COLUMNS.items() if not (args.no_methods and k in methods)}
+        rows = matrix(names, columns)
         print()
         print(markdown(rows))
+        for line in REFUSALS:
+            print(f"- {line}")
         result["matrix"] = rows
     if not args.no_times:
         print("\nsurgery time, 50% of every prunable group, 224 px, batch 1, 1 thread (median of "

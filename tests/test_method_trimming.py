@@ -296,17 +296,30 @@ def test_residual_group_is_scored_as_one_and_removed_together():
     torch.testing.assert_close(_outputs(out, x), ref, rtol=0, atol=1e-4)
 
 
-def test_model_without_relu_modules_is_refused():
+def test_functional_relu_and_shared_relu_are_measured_where_they_read_and_a_sigmoid_is_refused():
     class Functional(nn.Module):
-        def __init__(self):
+        def __init__(self, act):
             super().__init__()
-            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+            self.fc1, self.fc2, self.act = nn.Linear(4, 8), nn.Linear(8, 2), act
 
         def forward(self, x):
-            return self.fc2(F.relu(self.fc1(x)))
+            return self.fc2(self.act(self.fc1(x)))
 
-    with pytest.raises(PrunekitError, match="no conv/linear layer followed by an nn.ReLU"):
-        NetworkTrimming(progress=False).trim(Functional(), [torch.randn(4, 4)], torch.zeros(1, 4))
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    model = Functional(F.relu)
+    ref = (model.fc1(x) <= 0).double().mean(0)  # APoZ of the functional relu = share of non-positive inputs
+    trim = NetworkTrimming(progress=False, rule="fraction", fraction=0.25)
+    groups = trim.groups(model, x[:1])
+    assert [(g.name, g.points, g.rule) for g in groups] == [("fc1", ["fc1@last"], "apoz")]  # channels: last dim
+    torch.testing.assert_close(trim.measure(model, [x], groups)["fc1"], ref)
+    pruned, rec = trim.trim(model, [x], x[:1])
+    assert pruned.fc1.out_features == 6 and rec["removed"]["fc1"] == sorted(ref.argsort(descending=True,
+                                                                                     stable=True)[:2].tolist())
+    gelu = NetworkTrimming(progress=False).groups(Functional(nn.GELU()), x[:1])
+    assert [(g.points, g.rule) for g in gelu] == [(["fc1@last"], "non-positive share (ours)")]
+    with pytest.raises(PrunekitError, match=r"no channel group of Functional can be scored.*'fc1'.*sigmoid"):
+        NetworkTrimming(progress=False).trim(Functional(torch.sigmoid), [x], x[:1])
 
 
 # ----------------------------------------------------------------------------------------- schedule

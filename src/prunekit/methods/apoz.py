@@ -32,6 +32,13 @@ from prunekit.errors import PrunekitError
 RELU_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
 
 LayerSpec = Sequence[str] | Mapping[str, str | Sequence[str]] | None
+LAST = "@last"
+"""Suffix of a measuring point whose channels are its output's last dimension (a linear layer on tokens,
+``[N, tokens, C]``); without it channels are dimension 1 (``[N, C, ...]``)."""
+
+
+def _module_name(point: str) -> str:
+    return point[: -len(LAST)] if point.endswith(LAST) else point
 
 
 def _raw(model: nn.Module) -> nn.Module:
@@ -56,7 +63,7 @@ def _normalise_layers(model: nn.Module, layers: LayerSpec) -> dict[str, list[str
     for key, names in points.items():
         if not names:
             raise PrunekitError(f"APoZ layer {key!r}: no module to measure at")
-        for n in names:
+        for n in map(_module_name, names):
             if n not in modules:
                 raise PrunekitError(f"APoZ layer {n!r}: the model has no such module; "
                                     "give module names as in model.named_modules()")
@@ -102,7 +109,7 @@ class APoZCollector:
         self.model = _raw(model)
         self.points = _normalise_layers(self.model, layers)
         modules = dict(self.model.named_modules())
-        self._modules = {n: modules[n] for names in self.points.values() for n in names}
+        self._modules = {n: modules[_module_name(n)] for names in self.points.values() for n in names}
         self._key_of = {n: k for k, names in self.points.items() for n in names}
         self._handles: list[Any] = []
         self._buffers: dict[str, torch.Tensor] = {}
@@ -118,6 +125,7 @@ class APoZCollector:
     def _hook(self, name: str) -> Callable[..., None]:
         key = self._key_of[name]
         at_relu = isinstance(self._modules[name], RELU_TYPES)
+        last = name.endswith(LAST)
 
         def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
             t = out[0] if isinstance(out, tuple | list) else out
@@ -125,6 +133,8 @@ class APoZCollector:
                 raise PrunekitError(f"APoZ layer {name!r}: output must be a tensor [N, C, ...], "
                                     f"got {getattr(t, 'shape', type(t).__name__)}")
             t = t.detach()
+            if last and t.dim() > 2:  # [N, ..., C] -> [N * ..., C]: channels at dimension 1
+                t = t.reshape(-1, t.shape[-1])
             positions = t.numel() // t.shape[1]  # N * M
             if t.device.type != "cpu":
                 nonzero = channel_counts(t.bool() if at_relu else t > 0)
@@ -234,7 +244,9 @@ def activation_points(model: nn.Module, example_inputs: torch.Tensor) -> dict[st
     channel-preserving modules (BatchNorm, dropout, pooling, identity) to an ``nn.ReLU`` module. The ``act``
     of a :class:`~prunekit.models.common.ResidualBlock` (the ReLU after the residual addition) is assigned to
     the last conv of the block's ``branch``; surgery's channel groups then tie it to the shortcut side.
-    Functional ``relu`` calls are invisible to hooks, so layers activated that way have no point.
+    Functional ``relu`` calls are invisible to hooks, so layers activated that way have no point here, nor do
+    ReLU modules that run more than once per forward (one module, several call sites): :func:`scored_groups`
+    measures those at the module whose output the activation reads.
     """
     from prunekit.models.common import ResidualBlock
 
@@ -249,8 +261,11 @@ def activation_points(model: nn.Module, example_inputs: torch.Tensor) -> dict[st
     branch_out: dict[str, torch.Tensor] = {}
     points: dict[str, list[str]] = {}
 
+    calls: dict[str, int] = {}
+
     def hook(mod: nn.Module, inp: tuple[Any, ...], out: Any) -> None:
         keep.append((inp, out))
+        calls[names[mod]] = calls.get(names[mod], 0) + 1
         if not isinstance(out, torch.Tensor):
             return
         if mod in branch_of:
@@ -283,7 +298,8 @@ def activation_points(model: nn.Module, example_inputs: torch.Tensor) -> dict[st
             h.remove()
         for m, t in modes:
             m.training = t
-    return points
+    once = {src: [p for p in pts if calls.get(p, 0) == 1] for src, pts in points.items()}
+    return {src: pts for src, pts in once.items() if pts}
 
 
 def _first(batch: Any) -> torch.Tensor:
@@ -340,41 +356,102 @@ def collect_apoz(model: nn.Module, batches: Iterable[Any], layers: LayerSpec = N
             bar.close()
     for name, calls in collector.calls.items():
         if calls != n_batches:
-            raise PrunekitError(f"APoZ layer {name!r} ran {calls} times in {n_batches} forward passes: a module "
-                                "measured for APoZ must run once per forward (give each use its own nn.ReLU)")
+            raise PrunekitError(f"APoZ layer {_module_name(name)!r} ran {calls} times in {n_batches} forward passes: "
+                                "a module measured for APoZ must run once per forward (give each use its own "
+                                "nn.ReLU)")
     collector.all_reduce()
     return collector.result()
 
 
 @dataclass
 class ScoredGroup:
-    """A scorable unit: a surgery channel group and the ReLU modules whose outputs carry its channels."""
+    """A scorable unit: a surgery channel group and the modules whose outputs carry its channels."""
 
     name: str
     layers: tuple[str, ...]
     size: int
     points: list[str]
+    chunks: int = 1
+    """A grouped convolution splits the channels into this many equal slices: trim the same count from each."""
+    rule: str = "apoz"
+    """``apoz`` (zeros after a ReLU, the paper's) or ``non-positive share (ours)``: the share of non-positive
+    pre-activations before a GELU / SiLU / ..., our generalisation (it equals APoZ for a ReLU)."""
 
 
-def scored_groups(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[ScoredGroup], list[str]]:
-    """Every channel group of ``model`` (from :func:`prunekit.surgery.channel_groups`, in module order) whose
-    channels reach a measuring point unpermuted, with those points; and the names of the groups that do not."""
-    from prunekit import surgery
+GENERALISED = "non-positive share (ours)"
+
+
+def _channels_last(model: nn.Module, point: str) -> bool:
+    m = model.get_submodule(point)
+    return isinstance(m, nn.Linear | nn.LayerNorm)
+
+
+def scored_groups(model: nn.Module, example_inputs: torch.Tensor, *, reasons: dict[str, str] | None = None
+                  ) -> tuple[list[ScoredGroup], list[str]]:
+    """Every channel group of ``model`` (from the shared analysis, :mod:`prunekit.methods.analysis`, in module
+    order) with its measuring points, and the names of the groups that have none (``reasons`` gets why).
+
+    A group is measured at the ReLU modules carrying its channels unpermuted (each run once per forward);
+    otherwise at the module whose output its activation reads (its layer or that layer's BatchNorm, one
+    point per call site: a shared ReLU module or a functional ``relu`` is measured where it reads), counting
+    non-positive values: APoZ for a ReLU, our documented generalisation for other ReLU-like activations
+    (GELU, SiLU, Hardswish, ...). Groups with neither (no activation, a sigmoid, a residual sum read by a
+    functional activation) are left unscored, and so are groups whose channels a module holding per-channel
+    parameters computes over (a GRN) when removing some from a copy is not masking them.
+    """
+    from prunekit.methods.analysis import RELU_LIKE, analyse, foreign_params, removal_refusal
 
     raw = _raw(model)
     points = activation_points(raw, example_inputs)
+    an = analyse(raw, example_inputs)
+    reasons = {} if reasons is None else reasons
     out, unscorable = [], []
-    for g in surgery.channel_groups(raw, example_inputs):
+    for info in an.groups:
+        g = info.group
         ident = tuple(range(g.size))
         measured: list[str] = []
         for layer in g.layers:
             if layer in points and tuple(g.index.get(layer, ident)) == ident:
                 measured += [p for p in points[layer] if p not in measured]
-        if measured:
-            out.append(ScoredGroup(g.name, tuple(g.layers), g.size, measured))
-        else:
+        rule = "apoz"
+        if not measured and info.activation in RELU_LIKE and info.pre_activation:
+            pre = info.pre_activation
+            measured = [pre + LAST if _channels_last(raw, pre) else pre]
+            rule = "apoz" if info.activation in ("relu", "relu6") else GENERALISED
+        refused = removal_refusal(raw, example_inputs, info) if measured and foreign_params(raw, info) else ""
+        if refused:  # e.g. a GRN computing over the channels: removing some is not masking them
             unscorable.append(g.name)
+            reasons[g.name] = refused
+            continue
+        if measured and not info.head_dim:
+            out.append(ScoredGroup(g.name, tuple(g.layers), g.size, measured, int(g.chunks), rule))
+            continue
+        unscorable.append(g.name)
+        if info.head_dim:
+            reasons[g.name] = "attention heads (no activation per channel)"
+        elif info.activation is None:
+            reasons[g.name] = "no element-wise activation after it"
+        elif info.activation not in RELU_LIKE:
+            reasons[g.name] = f"its activation ({info.activation}) is not ReLU-like"
+        else:
+            reasons[g.name] = f"its {info.activation} reads a sum or a rescaled tensor, not a layer's output"
     return out, unscorable
+
+
+def per_chunk(channels: Sequence[int], apoz: torch.Tensor, chunks: int) -> list[int]:
+    """Channels to trim from a group a grouped convolution splits into ``chunks`` slices: the same number from
+    each slice (as many as ``channels`` allows), highest APoZ first, so the convolution keeps equal groups."""
+    if chunks <= 1 or not channels:
+        return sorted(channels)
+    size = apoz.numel()
+    per = size // chunks
+    n = len(channels) // chunks
+    n = min(n, per - 1)
+    out: list[int] = []
+    for c in range(chunks):
+        part = [(-float(apoz[i]), i) for i in range(c * per, (c + 1) * per)]
+        out += [i for _, i in sorted(part)[:n]]
+    return sorted(out)
 
 
 def choose_groups(groups: list[ScoredGroup], patterns: list[str] | None, unscorable: Sequence[str] = ()
@@ -393,5 +470,5 @@ def choose_groups(groups: list[ScoredGroup], patterns: list[str] | None, unscora
     return out
 
 
-__all__ = ["RELU_TYPES", "APoZCollector", "ScoredGroup", "activation_points", "channel_counts", "choose_groups",
-           "collect_apoz", "scored_groups"]
+__all__ = ["GENERALISED", "LAST", "RELU_TYPES", "APoZCollector", "ScoredGroup", "activation_points", "channel_counts",
+           "choose_groups", "collect_apoz", "per_chunk", "scored_groups"]

@@ -42,35 +42,61 @@ def _producers(model: nn.Module, group: Any) -> list[nn.Module]:
     return [mods[n] for n in group.layers]
 
 
+class Groups(list):  # type: ignore[type-arg]
+    """The groups a method uses (a list) and ``skipped``: ``{group: why it is left dense}``, for its report."""
+
+    skipped: dict[str, str]
+
+
 def filter_groups(model: nn.Module, example_inputs: Any, *, include_linear: bool = True,
-                  coupled: bool = True) -> list[Any]:
+                  coupled: bool = True) -> Groups:
     """The groups of output channels a filter-pruning method may thin, in module order.
 
-    A group comes from :func:`prunekit.surgery.channel_groups` (the classifier's is never one). Left out:
-    groups made only of linear layers unless ``include_linear``; residual groups (several producing layers)
-    unless ``coupled``; groups whose channels a grouped (non-depthwise) convolution splits into chunks, and
-    groups where a producing layer's channels are not exactly the group's channels (both have no single
-    filter per group channel to score).
+    From the shared analysis (:mod:`prunekit.methods.analysis`; the classifier's group is never one). Left
+    dense, each with its reason in ``.skipped``: groups made only of linear layers unless ``include_linear``;
+    residual groups (several producing layers) unless ``coupled``; groups whose channels a grouped
+    (non-depthwise) convolution splits into chunks, and groups where a producing layer's channels are not
+    exactly the group's channels (both have no single filter per group channel to score); groups a
+    LayerNorm / GroupNorm, or a module holding per-channel parameters (a GRN) computes over, when removing a
+    channel from a copy is not masking it (thresholding them would report widths that are not delivered).
     """
-    from prunekit.surgery import channel_groups
+    from prunekit.methods.analysis import analyse, foreign_params, removal_refusal
 
-    out = []
-    for g in channel_groups(model, example_inputs):
+    an = analyse(model, example_inputs)
+
+    def why_not(info: Any) -> str:
+        g = info.group
         prods = _producers(model, g)
-        if not prods or getattr(g, "chunks", 1) != 1:
-            continue
+        if getattr(g, "chunks", 1) != 1:
+            return f"a grouped convolution splits its channels into {g.chunks} chunks (no filter per channel)"
         if not include_linear and all(isinstance(p, nn.Linear) for p in prods):
-            continue
+            return "linear layers only (include_linear=False)"
         if not coupled and len(prods) > 1:
-            continue
-        ok = True
+            return "a residual group (coupled=False)"
+        if info.renormalising:
+            return (f"{info.renormalising[0]!r} ({type(model.get_submodule(info.renormalising[0])).__name__}) "
+                    "normalises over these channels: zeroing some changes the others, so they are not thresholded")
         for name, p in zip(g.layers, prods, strict=True):
             rows = p.out_features if isinstance(p, nn.Linear) else p.out_channels
             idx = g.index.get(name)
             if rows != g.size or idx is None or sorted(idx) != list(range(g.size)):
-                ok = False
-        if ok:
-            out.append(g)
+                return f"layer {name!r} does not map one-to-one onto the group's channels"
+        if foreign_params(model, info):  # e.g. a GRN over the channels: is removal still masking?
+            return removal_refusal(model, example_inputs, info)
+        return ""
+
+    usable, skipped = an.usable(why_not)
+    out = Groups(info.group for info in usable)
+    out.skipped = skipped
+    return out
+
+
+def whole_heads(groups: Sequence[Any], keep: Sequence[int]) -> list[int]:
+    """Keep counts rounded down to whole attention heads (at least one head) in head-aware groups."""
+    out = []
+    for g, k in zip(groups, keep, strict=True):
+        hd = int(getattr(g, "head_dim", 0) or 0)
+        out.append(max(hd, (int(k) // hd) * hd) if hd else int(k))
     return out
 
 
@@ -455,7 +481,11 @@ def groups_and_keep(model: nn.Module, example_inputs: Any, config: Any, who: str
     c = config
     groups = filter_groups(model, example_inputs, include_linear=c.include_linear, coupled=c.coupled)
     if not groups:
-        raise PrunekitError(f"{who}: the model has no prunable filter groups (conv / hidden linear layers)")
+        first = next(iter(groups.skipped.items()), None)
+        why = f"; left dense: group {first[0]!r}: {first[1]}" if first else ""
+        if len(groups.skipped) > 1:
+            why += f" (+{len(groups.skipped) - 1} more)"
+        raise PrunekitError(f"{who}: the model has no prunable filter groups (conv / hidden linear layers){why}")
     hook = _KEEP_HOOK.get()
     if hook is None and getattr(c, "latency", None) is not None:  # a config's {latency: 0.5, runtime: ...}
         from prunekit.metrics.latency_model import latency_target
@@ -463,13 +493,13 @@ def groups_and_keep(model: nn.Module, example_inputs: Any, config: Any, who: str
         with latency_target(c.latency):
             return groups_and_keep(model, example_inputs, config, who)
     if hook is not None:
-        return groups, None, _hooked_keep(hook, model, example_inputs, groups)
+        return groups, None, whole_heads(groups, _hooked_keep(hook, model, example_inputs, groups))
     budgeted = c.macs_budget is not None or c.params_budget is not None
     cost = CostModel.build(model, example_inputs, groups) if budgeted else None
     keep = resolve_keep(groups, cost, keep_ratio=c.keep_ratio, layer_keep=c.layer_keep, macs_budget=c.macs_budget,
                         params_budget=c.params_budget, tol=c.budget_tol, min_keep=c.min_keep,
                         round_to=getattr(c, "round_to", 1))
-    return groups, cost, keep
+    return groups, cost, whole_heads(groups, keep)
 
 
 def validate_budget_options(method: str, keep_ratio: float | None, layer_keep: Any, macs_budget: float | None,

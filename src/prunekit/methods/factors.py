@@ -49,19 +49,32 @@ class ChannelScale(Scale):
 
     kind = "channel"
 
-    def __init__(self, num_channels: int) -> None:
+    def __init__(self, num_channels: int, layer: str = "", last: bool = False) -> None:
         super().__init__(num_channels)
         self.num_channels = num_channels
+        self.layer = layer  # the conv / linear whose channels these are (placed from the analysis), or ""
+        self.last = last  # channels are the last dimension (a linear layer's output, e.g. [N, tokens, C])
 
     def per_channel(self, num_channels: int) -> torch.Tensor:
         return self.factor
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor if self.last else super().forward(x)
+
     def to_config(self) -> dict[str, Any]:
-        return {"num_channels": self.num_channels}
+        cfg: dict[str, Any] = {"num_channels": self.num_channels}
+        if self.layer:
+            cfg["layer"] = self.layer
+        if self.last:
+            cfg["last"] = True
+        return cfg
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> ChannelScale:
-        return cls(_pos_int(cfg, "num_channels"))
+        layer, last = cfg.get("layer", ""), cfg.get("last", False)
+        if not isinstance(layer, str) or not isinstance(last, bool) or set(cfg) - {"num_channels", "layer", "last"}:
+            raise PrunekitError(f"ChannelScale: bad configuration {sorted(cfg)}")
+        return cls(_pos_int(cfg, "num_channels"), layer, last)
 
 
 @register_module
@@ -93,8 +106,10 @@ class BlockScale(Scale):
 
     kind = "block"
 
-    def __init__(self) -> None:
+    def __init__(self, block: str = "", fold: str = "") -> None:
         super().__init__(1)
+        self.block = block  # placed from the analysis: the residual block it scales the branch of
+        self.fold = fold  # ... and the conv / linear / BN (model name) the factor folds into
 
     def per_channel(self, num_channels: int) -> torch.Tensor:
         return self.factor.expand(num_channels)
@@ -103,13 +118,44 @@ class BlockScale(Scale):
         return x * self.factor
 
     def to_config(self) -> dict[str, Any]:
-        return {}
+        return {"block": self.block, "fold": self.fold} if self.block else {}
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> BlockScale:
-        if cfg:
-            raise PrunekitError(f"BlockScale takes no configuration, got keys {sorted(cfg)}")
-        return cls()
+        if set(cfg) - {"block", "fold"} or not all(isinstance(v, str) for v in cfg.values()):
+            raise PrunekitError(f"BlockScale: bad configuration {sorted(cfg)}")
+        return cls(cfg.get("block", ""), cfg.get("fold", ""))
+
+
+@register_module
+class HeadScale(Scale):
+    """One factor per attention head, on a value projection's output (channels last, ``head_dim`` each):
+    a head's output is ``softmax(q k^T) (lambda_h v_h)``, so a zero factor silences the whole head. Counted
+    with the group factors (the paper's "groups", ``gamma_group``)."""
+
+    kind = "group"
+
+    def __init__(self, num_channels: int, heads: int, layer: str = "") -> None:
+        if num_channels % heads:
+            raise PrunekitError(f"HeadScale: {num_channels} channels do not split into {heads} heads")
+        super().__init__(heads)
+        self.num_channels, self.heads, self.layer = num_channels, heads, layer
+
+    def per_channel(self, num_channels: int) -> torch.Tensor:
+        return self.factor.repeat_interleave(self.num_channels // self.heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.per_channel(self.num_channels)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"num_channels": self.num_channels, "heads": self.heads, "layer": self.layer}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> HeadScale:
+        layer = cfg.get("layer", "")
+        if not isinstance(layer, str) or set(cfg) - {"num_channels", "heads", "layer"}:
+            raise PrunekitError(f"HeadScale: bad configuration {sorted(cfg)}")
+        return cls(_pos_int(cfg, "num_channels"), _pos_int(cfg, "heads"), layer)
 
 
 def _pos_int(cfg: dict[str, Any], key: str) -> int:
@@ -119,7 +165,7 @@ def _pos_int(cfg: dict[str, Any], key: str) -> int:
     return v
 
 
-FACTOR_TYPES = (ChannelScale, GroupScale, BlockScale)
+FACTOR_TYPES = (ChannelScale, GroupScale, BlockScale, HeadScale)
 BLOCK_CHILD = "block_scale"
 
 
@@ -144,11 +190,14 @@ def factor_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 class Site:
     """One place for a factor: wrap module ``target`` (or append to block ``target``'s branch)."""
 
-    kind: str  # channel | group | block
+    kind: str  # channel | group | block | head
     target: str  # the module whose output is scaled (BN, or conv / linear without BN; the block)
     layer: str  # the conv / linear producing those channels ("" for a block)
     channels: int
     groups: int = 1
+    block: str = ""  # analysis placement of a block factor: the block (``target`` is its branch's end)
+    fold: str = ""  # ... and where the factor folds
+    last: bool = False  # channels are the output's last dimension (a linear layer)
 
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool1d,
@@ -304,14 +353,264 @@ def _sequential_sites(modules: dict[str, nn.Module]) -> list[Site]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------
+# placement from the shared analysis (any network the surgery can trace)
+
+
+def _foldable(m: nn.Module) -> bool:
+    return (isinstance(m, NORM_LAYERS) and m.affine) or isinstance(m, nn.Linear) or (
+        isinstance(m, nn.modules.conv._ConvNd) and not m.transposed)
+
+
+_VALUE_NAMES = ("value", "v_proj", "v", "to_v", "wv", "v_lin")
+
+
+def _head_site(model: nn.Module, info: Any) -> tuple[Site | None, str]:
+    """A per-head factor on the value projection of an attention group (found by its name)."""
+    mods = dict(model.named_modules())
+    values = [n for n in info.layers if n.rpartition(".")[2] in _VALUE_NAMES and isinstance(mods[n], nn.Linear)]
+    if len(values) != 1:
+        return None, "attention heads whose value projection cannot be told by name (no per-head factor)"
+    if info.renormalising:
+        return None, f"{info.renormalising[0]!r} normalises over these channels"
+    return Site("head", values[0], values[0], mods[values[0]].out_features, groups=info.heads, last=True), ""
+
+
+def _channel_site(model: nn.Module, info: Any) -> tuple[Site | None, str]:
+    """A channel factor for group ``info`` (see :func:`analysis_sites`), or why it gets none."""
+    from prunekit.methods.analysis import ZERO_AT_ZERO, foreign_params
+
+    mods = dict(model.named_modules())
+    if info.head_dim:
+        return None, "attention heads (no per-head factor here)"
+    if info.chunks > 1:
+        return None, f"a grouped convolution splits its channels into {info.chunks} chunks (group factors)"
+    if info.renormalising:
+        return None, f"{info.renormalising[0]!r} normalises over these channels (a zero would not stay zero)"
+    if foreign_params(model, info):
+        return None, f"{foreign_params(model, info)[0]!r} computes over these channels"
+    if len([n for n in info.layers if n not in info.depthwise]) > 1:
+        return None, "its channels meet a residual sum (block factors scale it)"
+    layer, act, pre = info.name, info.activation, info.pre_activation
+    if info.tails:  # expand -> depthwise: the channels leave through the last depthwise conv
+        layer, act, pre = info.tails[-1]
+    if act not in ZERO_AT_ZERO:
+        return None, (f"no element-wise activation with f(0) = 0 after it ({act})" if act else
+                      "no element-wise activation after it (a concatenation, a sum, the model's output)")
+    if not pre or pre not in mods or not _foldable(mods[pre]):
+        return None, f"its {act} reads a sum or a rescaled tensor, not a layer's output"
+    width = info.size
+    last = isinstance(mods[pre], nn.Linear)
+    return Site("channel", pre, layer, width, last=last), ""
+
+
+def _block_site(model: nn.Module, name: str, info: Any) -> tuple[Site | None, str]:
+    """A block factor at the end of block ``name``'s branch, folded into the last conv / linear / BN there."""
+    if not info.removable:
+        return None, info.reason
+    if len(info.branch_ends) != 1:
+        return None, f"its branch ends in {len(info.branch_ends)} places ({', '.join(info.branch_ends)})"
+    end = info.branch_ends[0]
+    mods = dict(model.named_modules())
+    m = mods[end]
+    if isinstance(m, nn.MultiheadAttention):
+        return None, f"its branch ends in {end!r} (nn.MultiheadAttention returns a tuple)"
+    if _foldable(m):
+        return Site("block", end, "", 0, block=name, fold=end), ""
+    order = list(mods)
+    inner = [n for n in order if n.startswith(end + ".") and _foldable(mods[n])]
+    if not inner and not any(True for _ in m.parameters()):  # dropout / drop-path / identity
+        before = [n for n in order[:order.index(end)] if n.startswith(name + ".") and _foldable(mods[n])]
+        inner = before[-1:]
+    if not inner:
+        return None, f"no conv / linear / norm to fold a factor into at the end of its branch ({end!r})"
+    return Site("block", end, "", 0, block=name, fold=inner[-1]), ""
+
+
+def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True, blocks: bool = True,
+                   heads: bool = False) -> tuple[list[Site], dict[str, str]]:
+    """Factor sites from the shared analysis (:mod:`prunekit.methods.analysis`, the surgery's graph; no
+    ``torch.fx``), and ``{structure: why it gets no factor}``.
+
+    * channel factor after the output (its BatchNorm, else the layer) of every conv / linear group with a
+      single producing layer that an element-wise activation with f(0) = 0 follows (ReLU, GELU, SiLU, ...):
+      a zero factor makes the channel exactly 0 where its consumers read it; in an expand -> depthwise
+      chain, after the depthwise conv's output, where the channels leave the group;
+    * block factor (one scalar) at the end of every residual block's branch (the block analysis of
+      :func:`prunekit.surgery.block_analysis`), folded into the last conv / linear / BN of that branch;
+    * with ``heads``, a factor per attention head (:class:`HeadScale`) on the value projection of every
+      head-aware group: a zero silences the head, removed whole (query, key and value channels).
+
+    Each site is checked on a copy before it is used: every factor at a random value is folded and the
+    outputs compared, then half of every channel factor and every block factor set to 0 is removed by
+    the surgery (verified against masking); a site that fails either is dropped with the reason.
+    """
+    from prunekit.methods.analysis import analyse
+    from prunekit.surgery import block_analysis
+
+    sites: list[Site] = []
+    skipped: dict[str, str] = {}
+    if channels or heads:
+        for info in analyse(model, example_inputs).groups:
+            if info.head_dim and not heads:
+                continue
+            if not info.head_dim and not channels:
+                continue
+            site, why = _head_site(model, info) if info.head_dim else _channel_site(model, info)
+            if site is None:
+                skipped[info.name] = why
+            else:
+                sites.append(site)
+    if blocks:
+        for name, info in block_analysis(model, example_inputs).items():
+            if not info.removable and "contains residual blocks" in info.reason:
+                continue  # a stage: its blocks get their own factors
+            site, why = _block_site(model, name, info)
+            if site is None:
+                skipped[name] = why
+            else:
+                sites.append(site)
+    sites = _checked(model, example_inputs, sites, skipped)
+    order = {n: i for i, n in enumerate(dict(model.named_modules()))}
+    return sorted(sites, key=lambda s: order[s.target]), skipped
+
+
+def _key(s: Site) -> str:
+    return s.block or s.layer
+
+
+def _checked(model: nn.Module, example_inputs: Any, sites: list[Site], skipped: dict[str, str]) -> list[Site]:
+    """The sites whose factors fold exactly and whose zero structures the surgery removes exactly."""
+    from prunekit.surgery.structured import compare_outputs
+
+    sites = list(sites)
+    for _ in range(len(sites) + 1):
+        if not sites:
+            return sites
+        twin = copy.deepcopy(model).eval()
+        _insert(twin, sites)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for _, m in factor_modules(twin):
+                m.factor.copy_(torch.rand(m.factor.shape, generator=gen) + 0.5)
+            ref = _forward(twin, example_inputs)
+            fold_factors(twin)
+            _, problem = compare_outputs(ref, _forward(twin, example_inputs))
+        if problem:  # find the site whose fold is wrong, one at a time
+            bad = next((s for s in sites if _fold_problem(model, example_inputs, s)), sites[0])
+            skipped[_key(bad)] = f"its factor does not fold exactly into {bad.fold or bad.target!r}"
+            sites.remove(bad)
+            continue
+        bad_key, why = _removal_problem(model, example_inputs, sites)
+        if not bad_key:
+            return sites
+        skipped[bad_key] = why
+        sites = [s for s in sites if _key(s) != bad_key]
+    return sites
+
+
+def _forward(model: nn.Module, inputs: Any) -> Any:
+    from prunekit.surgery._graph import _forward_fn
+
+    return _forward_fn(model, inputs)
+
+
+def _fold_problem(model: nn.Module, example_inputs: Any, site: Site) -> str:
+    from prunekit.surgery.structured import compare_outputs
+
+    twin = copy.deepcopy(model).eval()
+    _insert(twin, [site])
+    with torch.no_grad():
+        for _, m in factor_modules(twin):
+            m.factor.fill_(0.5)
+        ref = _forward(twin, example_inputs)
+        fold_factors(twin)
+        return compare_outputs(ref, _forward(twin, example_inputs))[1]
+
+
+def _removal_problem(model: nn.Module, example_inputs: Any, sites: list[Site]) -> tuple[str, str]:
+    """On copies: zero half of every channel / head factor (every block factor), fold, remove; the result must
+    equal the copy with those factors at 0 (not only the surgery's masking: a norm reading a zeroed channel
+    after a concatenation still adds its shift). ``(site key, why)`` of a structure that fails, ``("", "")``
+    when all went."""
+    for kind in ("channel", "block", "head"):
+        chosen = [s for s in sites if s.kind == kind]
+        if not chosen:
+            continue
+        problem = _zeroed_removal(model, example_inputs, sites, kind)
+        if not problem:
+            continue
+        for s in chosen:  # which one: each alone
+            alone = _zeroed_removal(model, example_inputs, [s], kind)
+            if alone:
+                return _key(s), alone
+        return _key(chosen[0]), problem
+    return "", ""
+
+
+def _zeroed_removal(model: nn.Module, example_inputs: Any, sites: list[Site], kind: str) -> str:
+    from prunekit import surgery
+    from prunekit.surgery.structured import compare_outputs
+
+    twin = copy.deepcopy(model).eval()
+    _insert(twin, sites)
+    with torch.no_grad():
+        for _, m in factor_modules(twin):
+            if (m.kind if not isinstance(m, HeadScale) else "head") == kind:
+                m.factor[: max(1, m.factor.numel() // 2)].zero_()
+        ref = _forward(twin, example_inputs)
+    blocks, zeros, summary = zero_structures(twin)
+    fold_factors(twin)
+    try:
+        if blocks:
+            remove_blocks(twin, blocks, example_inputs)
+        plan = channel_plan(twin, zeros, summary, example_inputs)
+        if plan:
+            surgery.remove_channels(twin, plan, example_inputs, min_channels=1, clamp=True)
+    except PrunekitError as exc:
+        return str(exc).split("; the model was restored")[0]
+    with torch.no_grad():
+        _, problem = compare_outputs(ref, _forward(twin, example_inputs))
+    return f"removing its zero structures changes the output ({problem})" if problem else ""
+
+
+def insert_sites(model: nn.Module, sites: list[Site]) -> None:
+    """Insert factors (all 1) at ``sites`` (from :func:`analysis_sites`), in place."""
+    _insert(model, sites)
+
+
+def _insert(model: nn.Module, sites: list[Site]) -> None:
+    """Wrap each site's target as ``Sequential(target, factor)``, the last in module order first (a factor
+    around a container must not rename the targets inside it before they are wrapped)."""
+    order = {n: i for i, n in enumerate(dict(model.named_modules()))}
+    for s in sorted(sites, key=lambda s: -order[s.target]):
+        target = model.get_submodule(s.target)
+        device = next((t.device for t in list(target.parameters()) + list(target.buffers())), None)
+        if s.kind == "block":
+            scale: Scale = BlockScale(s.block, s.fold)
+        elif s.kind == "head":
+            scale = HeadScale(s.channels, s.groups, s.layer)
+        elif s.kind == "group":
+            scale = GroupScale(s.channels, s.groups)
+        else:
+            scale = ChannelScale(s.channels, s.layer, s.last)
+        set_submodule(model, s.target, nn.Sequential(target, scale.to(device) if device else scale))
+
+
 def insert_factors(model: nn.Module, channels: bool = True, blocks: bool = True,
-                   groups: bool = False) -> list[Site]:
+                   groups: bool = False, example_inputs: Any = None) -> list[Site]:
     """Insert SSS scaling factors (all 1) into ``model`` in place; returns the sites used.
 
-    A model that already holds factors is left as it is (so preparing twice is harmless).
+    With ``example_inputs`` the sites come from the shared analysis (:func:`analysis_sites`, any network);
+    without, from the zoo's block classes and a ``torch.fx`` trace (:func:`find_sites`). A model that
+    already holds factors is left as it is (so preparing twice is harmless).
     """
     if factor_modules(model):
         return []
+    if example_inputs is not None:
+        sites, _ = analysis_sites(model, example_inputs, channels=channels, blocks=blocks, heads=groups)
+        _insert(model, sites)
+        return sites
     sites = find_sites(model, channels=channels, blocks=blocks, groups=groups)
     for s in sites:
         target = model.get_submodule(s.target)
@@ -351,12 +650,22 @@ def _fold_into(layer: nn.Module, lam: torch.Tensor, where: str) -> None:
 
 
 def fold_factors(model: nn.Module) -> int:
-    """Fold every factor into the layer before it and remove the factor modules; returns how many."""
+    """Fold every factor into the layer before it and remove the factor modules; returns how many.
+
+    The last factor (module order) goes first and names are read again after each fold, since unwrapping a
+    factor placed around a container (a branch end) renames what it holds."""
     n = 0
-    for name, m in factor_modules(model):
+    while factor_modules(model):
+        name, m = factor_modules(model)[-1]
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        if isinstance(m, BlockScale) and leaf == BLOCK_CHILD and isinstance(parent, nn.Sequential):
+        if isinstance(m, BlockScale) and m.block and isinstance(parent, nn.Sequential) and len(parent) == 2:
+            set_submodule(model, parent_name, parent[0])  # unwrap the branch end, then fold where placed
+            target = model.get_submodule(m.fold)
+            if isinstance(target, nn.Sequential) and len(target) == 2 and isinstance(target[1], Scale):
+                target = target[0]  # a channel factor still wraps it: a scalar commutes with it
+            _fold_into(target, m.factor.detach().expand(_width(target)), m.fold)
+        elif isinstance(m, BlockScale) and leaf == BLOCK_CHILD and isinstance(parent, nn.Sequential):
             kids = [k for k in parent.named_children() if k[0] != BLOCK_CHILD]
             if not kids:
                 raise PrunekitError(f"{name}: the residual branch is empty, nothing to fold into")
@@ -375,6 +684,12 @@ def fold_factors(model: nn.Module) -> int:
     return n
 
 
+def _width(layer: nn.Module) -> int:
+    if isinstance(layer, NORM_LAYERS):
+        return int(layer.num_features)
+    return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
+
+
 def zero_structures(model: nn.Module) -> tuple[list[str], dict[str, list[int]], dict[str, dict[str, Any]]]:
     """Blocks whose factor is 0, zero channels (or conv groups) per wrapped layer, and a per-site summary."""
     blocks: list[str] = []
@@ -384,23 +699,32 @@ def zero_structures(model: nn.Module) -> tuple[list[str], dict[str, list[int]], 
         lam = m.factor.detach()
         zero = (lam == 0).nonzero().flatten().tolist()
         if isinstance(m, BlockScale):
-            block = name.rpartition(".")[0].rpartition(".")[0]  # <block>.branch.block_scale / <block>.bn3.1
+            # analysis placement names its block; else <block>.branch.block_scale / <block>.bn3.1
+            block = m.block or name.rpartition(".")[0].rpartition(".")[0]
             summary[block] = {"kind": "block", "factor": float(lam.item())}
             if zero:
                 blocks.append(block)
             continue
         wrapper = name.rpartition(".")[0]
         summary[wrapper] = {"kind": m.kind, "factors": int(lam.numel()), "zero": len(zero)}
+        if isinstance(m, ChannelScale | HeadScale) and m.layer:
+            summary[wrapper]["layer"] = m.layer
+        if isinstance(m, HeadScale):
+            summary[wrapper]["head_dim"] = m.num_channels // m.heads
         if zero:
             zeros[wrapper] = zero
     return blocks, zeros, summary
 
 
-def remove_blocks(model: nn.Module, names: list[str]) -> None:
+def remove_blocks(model: nn.Module, names: list[str], example_inputs: Any = None) -> None:
     """Drop the branch of each block: identity-shortcut blocks become their activation (surgery), a block
-    with a projection shortcut becomes ``Sequential(shortcut, act)`` (exact, since its branch is 0)."""
+    with a projection shortcut becomes ``Sequential(shortcut, act)`` (exact, since its branch is 0). With
+    ``example_inputs`` the blocks are any the graph finds, removed and verified by the surgery."""
     from prunekit import surgery
 
+    if example_inputs is not None:
+        surgery.remove_blocks(model, names, example_inputs)
+        return
     plain = set(surgery.removable_blocks(model))
     if any(n in plain for n in names):
         surgery.remove_blocks(model, [n for n in names if n in plain])
@@ -420,13 +744,21 @@ def channel_plan(model: nn.Module, zeros: dict[str, list[int]], summary: dict[st
     """Surgery plan (keyed by the producing conv / linear) for zero channel factors and zero group factors."""
     from prunekit import surgery
 
-    layer_of = {s.target: s.layer for s in layer_sites(model, dict(model.named_modules()))}
+    placed = {w: v["layer"] for w, v in summary.items() if v.get("layer")}  # analysis placement: no trace
+    layer_of = {} if all(w in placed for w in zeros) else {
+        s.target: s.layer for s in layer_sites(model, dict(model.named_modules()))}
+    layer_of.update(placed)
     plan: dict[str, list[int]] = {}
+    modules = dict(model.named_modules())
     for wrapper, zero in zeros.items():
         layer = layer_of.get(wrapper)
-        if layer is None:  # inside a removed block, or no longer a separable layer
+        if layer is None or layer not in modules:  # inside a removed block, or no longer a separable layer
             continue
-        if summary[wrapper]["kind"] == "group":
+        if "head_dim" in summary[wrapper]:  # whole heads (keep one: it outputs zeros)
+            hd, heads = summary[wrapper]["head_dim"], summary[wrapper]["factors"]
+            zero = zero[:-1] if len(zero) == heads else zero
+            plan.setdefault(layer, []).extend(h * hd + j for h in zero for j in range(hd))
+        elif summary[wrapper]["kind"] == "group":
             conv = model.get_submodule(layer)
             if len(zero) == conv.groups:
                 zero = zero[:-1]  # keep one group (it outputs zeros)
@@ -438,6 +770,7 @@ def channel_plan(model: nn.Module, zeros: dict[str, list[int]], summary: dict[st
     return plan
 
 
-__all__ = ["BLOCK_CHILD", "FACTOR_TYPES", "NORM_LAYERS", "BlockScale", "ChannelScale", "GroupScale", "Scale", "Site",
-           "channel_plan", "factor_modules", "factor_parameters", "find_sites", "fold_factors", "insert_factors",
-           "is_block", "layer_sites", "remove_blocks", "zero_structures"]
+__all__ = ["BLOCK_CHILD", "FACTOR_TYPES", "NORM_LAYERS", "BlockScale", "ChannelScale", "GroupScale", "HeadScale",
+           "Scale", "Site",
+           "analysis_sites", "channel_plan", "factor_modules", "factor_parameters", "find_sites", "fold_factors",
+           "insert_factors", "insert_sites", "is_block", "layer_sites", "remove_blocks", "zero_structures"]

@@ -36,6 +36,11 @@ def foreach_mul_(tensors: list[torch.Tensor], others: list[torch.Tensor]) -> Non
 class FilterThreshold:
     """``H_k`` over filter groups: keep the ``keep[g]`` highest-norm channels of every group, zero the rest.
 
+    Attention groups are scored per head (the norm of all its channels' filters) and kept in whole heads.
+    A group's norms may cover more channels than the group (a norm over a concatenation): only the
+    group's own are zeroed. Bare per-channel parameters (layer-scale, GRN, position embeddings) are zeroed
+    with their channels.
+
     A channel's score is the L2 (or L1) norm of all its filters in the group's producing layers (one conv,
     or every conv feeding one residual sum). Zeroing a channel zeroes those filters, their biases, the BN
     shift and running mean of the channel (and its BN scale with ``zero_bn_scale``), and, when optimizers are
@@ -65,6 +70,7 @@ class FilterThreshold:
         vec: list[torch.Tensor] = []
         vec_slot: list[torch.Tensor] = []
         self.momentum_params: list[tuple[torch.Tensor, int, str]] = []  # (param, index in its list, "w"/"v")
+        self.bare: list[tuple[torch.Tensor, int, torch.Tensor]] = []  # (parameter, channel dim, slot per entry)
         for gi, g in enumerate(self.groups):
             base = offsets[gi]
             for name in g.layers:
@@ -82,8 +88,13 @@ class FilterThreshold:
                     vec_slot.append(slot)
                     self.momentum_params.append((m.bias, len(vec) - 1, "v"))
             for name in getattr(g, "norms", ()) if zero_shift else ():
+                if name not in mods:  # a bare per-channel parameter (layer-scale, GRN, position embedding)
+                    self._bare(model, name, g.index[name], base)
+                    continue
                 m = mods[name]
-                slot = base + self._inverse(g.index[name], g.size, name)
+                width = next((t.numel() for t in (getattr(m, "bias", None), getattr(m, "running_mean", None),
+                                                  getattr(m, "weight", None)) if isinstance(t, torch.Tensor)), 0)
+                slot = self._partial(g.index[name], base, width)
                 if getattr(m, "bias", None) is not None:
                     vec.append(m.bias)
                     vec_slot.append(slot)
@@ -112,6 +123,9 @@ class FilterThreshold:
             if sizes else torch.zeros(0, dtype=torch.long, device=dev)
         self.arange = torch.arange(self.cmax, device=dev)
         self.keep = torch.zeros(self.n_groups, dtype=torch.long, device=dev)
+        # attention groups: a channel's score is its head's, so whole heads are kept (k in heads)
+        self.head_groups = [(offsets[gi], g.size, int(g.head_dim)) for gi, g in enumerate(self.groups)
+                            if getattr(g, "head_dim", 0)]
         self.set_keep(keep)
 
     @staticmethod
@@ -124,12 +138,41 @@ class FilterThreshold:
         inv[idx] = torch.arange(size)
         return inv
 
+    def _partial(self, index: Sequence[int], base: int, width: int) -> torch.Tensor:
+        """Channel -> group slot for the ``width`` channels of a norm or parameter that may extend beyond the
+        group (a norm over a concatenation): its other channels get the always-kept slot ``n_slots``."""
+        idx = [int(i) for i in index]
+        slot = torch.full((max(width, max(idx, default=-1) + 1),), self.n_slots, dtype=torch.long)
+        for c, i in enumerate(idx):
+            if i >= 0:
+                slot[i] = base + c
+        return slot
+
+    def _bare(self, model: nn.Module, name: str, index: Sequence[int], base: int) -> None:
+        """A bare per-channel parameter: zeroed with its channels along its channel dimension (the last one of
+        that width, as in ``[1, tokens, C]`` / ``[C]``). One shared by several channels (a relative-position
+        table over heads) is left alone: it does not carry a channel's output."""
+        idx = [int(i) for i in index if int(i) >= 0]
+        if len(set(idx)) != len(idx):
+            return
+        p = model.get_parameter(name)
+        dims = [d for d in range(p.dim()) if p.shape[d] > max(idx, default=0) and p.shape[d] > 1]
+        if not dims:
+            return
+        dim = dims[-1]
+        self.bare.append((p, dim, self._partial(index, base, p.shape[dim])))
+
     def set_keep(self, keep: Sequence[int]) -> None:
         """Set ``k`` per group (1 <= k <= width)."""
         keep = [int(k) for k in keep]
         if len(keep) != self.n_groups or any(not 1 <= k <= s for k, s in zip(keep, self.sizes, strict=True)):
             raise PrunekitError(f"SGHT: need one keep count in 1..width per group ({self.n_groups} groups), "
                                 f"got {keep}")
+        for g, k in zip(self.groups, keep, strict=True):
+            hd = int(getattr(g, "head_dim", 0))
+            if hd and k % hd:
+                raise PrunekitError(f"SGHT: group {g.name!r} holds attention heads of {hd} channels; keep a "
+                                    f"multiple of {hd} channels (whole heads), got {k}")
         self.keep.copy_(torch.tensor(keep, dtype=torch.long))
 
     @torch.no_grad()
@@ -143,6 +186,9 @@ class FilterThreshold:
                 ws[0].shape[0], -1)
             per_row = torch.linalg.vector_norm(mat, ord=2 if self.norm == "l2" else 1, dim=1)  # per filter
             s.index_add_(0, slots, per_row.square() if self.norm == "l2" else per_row)  # coupled: one score
+        for base, size, hd in self.head_groups:  # one score per head, shared by its channels
+            head = s[base:base + size].view(-1, hd).sum(1, keepdim=True)
+            s[base:base + size] = head.expand(-1, hd).reshape(-1)
         return s.sqrt_() if self.norm == "l2" else s
 
     @torch.no_grad()
@@ -163,11 +209,16 @@ class FilterThreshold:
             return
         dtype = self.weights[0].dtype
         row_mask = keep_mask[self.row_slot].to(dtype)
+        padded = torch.cat([keep_mask, keep_mask.new_ones(1)])  # slot n_slots: a channel outside the group
         wmasks = [m.view(-1, *([1] * (w.dim() - 1)))  # one 0/1 per filter, broadcast over the filter
                   for m, w in zip(row_mask.split(self.rows), self.weights, strict=True)]
         foreach_mul_(self.weights, wmasks)
-        vmasks = list(keep_mask[self.vec_slot].to(dtype).split(self.vec_len)) if self.vec else []
+        vmasks = list(padded[self.vec_slot].to(dtype).split(self.vec_len)) if self.vec else []
         foreach_mul_(self.vec, vmasks)
+        for p, dim, slots in self.bare:
+            shape = [1] * p.dim()
+            shape[dim] = -1
+            p.mul_(padded[slots.to(padded.device)].to(p.dtype).view(shape))
         for opt in optimizers:
             bufs, masks = [], []
             for p, i, kind in self.momentum_params:

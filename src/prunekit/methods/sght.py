@@ -302,6 +302,7 @@ class SGHT(PruningMethod):
             final()  # idempotent on a thresholded network; enforces H_k in a user's loop
             report["revived"] = self.revived
             report["keep"] = {g.name: int(k) for g, k in zip(self.groups, self.target_keep, strict=True)}
+            report["skipped"] = dict(getattr(self.groups, "skipped", {}))  # left dense at bind, with why
             report["width"] = {g.name: int(g.size) for g in self.groups}
             report["nonzero_filters"] = {g.name: nz for g, nz in
                                          zip(self.groups, self.threshold.nonzero_filters(), strict=True)}

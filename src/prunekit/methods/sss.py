@@ -9,7 +9,10 @@ Algorithm (paper section 3, authors' MXNet code)::
         lambda: the modified stochastic APG (soft-thresholding prox, momentum), no weight decay  (optim.APG)
     remove the structures whose factor is exactly 0; the rest of the factors fold into the layer before
 
-What :func:`insert_factors` puts where (zoo models, and any model ``torch.fx`` can trace):
+Any network (``prepare(model, example_inputs)``, or at bind with the loop's example inputs): the shared
+analysis places them (:func:`~prunekit.methods.factors.analysis_sites`: channels before any activation with
+f(0) = 0, every graph-found residual block, attention heads with ``groups``); the structures left without
+one are in the report's ``skipped``. Zoo networks, ``prepare(model)``: what :func:`insert_factors` puts where:
 
 * block factor (:class:`BlockScale`, one scalar) appended at the end of every
   :class:`~prunekit.models.common.ResidualBlock`'s ``branch``, i.e. after its last BN, before the
@@ -62,12 +65,14 @@ from prunekit.methods.factors import (
     ChannelScale,
     GroupScale,
     Site,
+    analysis_sites,
     channel_plan,
     factor_modules,
     factor_parameters,
     find_sites,
     fold_factors,
     insert_factors,
+    insert_sites,
     is_block,
     remove_blocks,
     zero_structures,
@@ -116,13 +121,41 @@ class SparseStructureSelection(PruningMethod):
     starts_from_scratch = True  # the paper trains the factors jointly with the network from a random init
     Config = SSSConfig
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Insert the scaling factors (idempotent)."""
+    def __init__(self, config: Any = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.skipped: dict[str, str] = {}
+
+    def prepare(self, model: nn.Module, example_inputs: Any = None) -> nn.Module:
+        """Insert the scaling factors (idempotent). With ``example_inputs``: where the shared analysis says
+        (:func:`~prunekit.methods.factors.analysis_sites`, any network). Without: from the zoo's block classes
+        and a ``torch.fx`` trace (:func:`~prunekit.methods.factors.insert_factors`, as the adapters expect);
+        a network where that finds nothing (HF models) gets them at bind, the first time the loop asks for the
+        optimizers, from the analysis with the loop's example inputs (for an exact resume of such a network,
+        call ``prepare(model, example_inputs)`` before building the Trainer)."""
         c = self.config
-        insert_factors(model, channels=c.channels, blocks=c.blocks, groups=c.groups)
-        if not factor_modules(model):
+        if factor_modules(model):
+            return model
+        if example_inputs is not None:
+            return self.bind(model, example_inputs)
+        insert_factors(model, channels=c.channels, blocks=c.blocks, groups=c.groups)  # zoo blocks, torch.fx
+        if not factor_modules(model) and sum(isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
+                                             for m in model.modules()) < 2:
             raise PrunekitError("sss: the model has no structure to put a scaling factor on (no residual "
                                 "block, no prunable conv / linear layer)")
+        return model
+
+    def bind(self, model: nn.Module, example_inputs: Any) -> nn.Module:
+        """Place the factors from the shared analysis unless the model holds some; refuse in one line when no
+        structure can carry one. ``self.skipped``: structure -> why it got none (also in the report)."""
+        c = self.config
+        if not factor_modules(model):
+            sites, self.skipped = analysis_sites(model, example_inputs, channels=c.channels, blocks=c.blocks,
+                                                 heads=c.groups)
+            insert_sites(model, sites)
+            if not sites:
+                first = next(iter(self.skipped.items()), None)
+                why = f"; e.g. {first[0]!r}: {first[1]}" if first else ""
+                raise PrunekitError(f"sss: no structure of {type(model).__name__} can carry a scaling factor{why}")
         return model
 
     def stages(self, epochs: int) -> list[Stage]:
@@ -132,6 +165,8 @@ class SparseStructureSelection(PruningMethod):
         """[Nesterov SGD with weight decay over the weights, APG over the factors (one group per kind)]."""
         model = trainer.raw_model
         o = trainer.optim_cfg
+        if not factor_modules(model) and trainer.example_inputs is not None:
+            self.bind(model, trainer.example_inputs)  # a network prepare() left to the analysis
         factors = factor_parameters(model)
         ids = {id(p) for ps in factors.values() for p in ps}
         if not ids:
@@ -176,7 +211,7 @@ class SparseStructureSelection(PruningMethod):
         channel_report: Any = None
         if self.config.remove:
             if zero_blocks:
-                remove_blocks(model, zero_blocks)
+                remove_blocks(model, zero_blocks, example_inputs if not _zoo(model) else None)
                 removed_blocks = list(zero_blocks)
             plan = channel_plan(model, zeros, summary, example_inputs)
             if plan:
@@ -197,8 +232,14 @@ class SparseStructureSelection(PruningMethod):
             "depth_per_stage": _depth_per_stage(all_blocks, removed_blocks),
             "width_per_layer": widths,
             "channel_surgery": _jsonable(channel_report),
+            "skipped": dict(self.skipped),  # structures that got no factor, and why
         }
         return FinalizeResult(model, sparse=False, report=report)
+
+
+def _zoo(model: nn.Module) -> bool:
+    """A prunekit zoo network, or one holding blocks of the zoo / torchvision kinds."""
+    return type(model).__module__.startswith("prunekit.models") or any(is_block(m) for m in model.modules())
 
 
 def _widths(model: nn.Module, summary: dict[str, dict[str, Any]]) -> dict[str, int | None]:

@@ -56,7 +56,7 @@ from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods import trimming_records
 from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
-from prunekit.methods.apoz import ScoredGroup, choose_groups, scored_groups
+from prunekit.methods.apoz import ScoredGroup, choose_groups, per_chunk, scored_groups
 from prunekit.methods.budget import round_up
 from prunekit.methods.checks import BOOL, Rule, check_options, int_at_least, is_int, is_num, one_of
 from prunekit.methods.loopdata import batches_of, example_inputs_of, val_top1
@@ -167,6 +167,7 @@ class NetworkTrimming(PruningMethod):
         self.out_dir: Path | None = None
         self._last_metrics: dict[str, Any] = {}
         self._unscorable: list[str] = []
+        self.unscorable: dict[str, str] = {}  # group -> why it is not scored (no ReLU-like activation, ...)
 
     # -- schedule -------------------------------------------------------------------------------
     def stages(self, epochs: int) -> list[Stage]:
@@ -193,8 +194,15 @@ class NetworkTrimming(PruningMethod):
 
     # -- analysis -------------------------------------------------------------------------------
     def groups(self, model: nn.Module, example_inputs: torch.Tensor) -> list[ScoredGroup]:
-        """Every scorable channel group of ``model`` (in module order) with its measuring ReLUs."""
-        out, self._unscorable = scored_groups(model, example_inputs)
+        """Every scorable channel group of ``model`` (in module order) with its measuring points; refused in
+        one line, naming a group and why, when there is none."""
+        self.unscorable = {}
+        out, self._unscorable = scored_groups(model, example_inputs, reasons=self.unscorable)
+        if not out:
+            first = next(iter(self.unscorable.items()), None)
+            why = f"; e.g. {first[0]!r}: {first[1]}" if first else ""
+            raise PrunekitError(f"trimming: no channel group of {type(model).__name__} can be scored (APoZ needs a "
+                                f"ReLU-like activation after a conv / linear layer){why}")
         return out
 
     def chosen(self, groups: list[ScoredGroup]) -> list[ScoredGroup]:
@@ -215,6 +223,9 @@ class NetworkTrimming(PruningMethod):
         cfg = self.config
         chosen = self.chosen(groups)
         sel = {g.name: select_channels(apoz[g.name], cfg) for g in chosen}
+        for g in chosen:  # grouped convolutions: the same count from each of their groups
+            if g.chunks > 1:
+                sel[g.name] = (per_chunk(sel[g.name][0], apoz[g.name], g.chunks), sel[g.name][1])
         names = [g.name for g in chosen]
         if cfg.order == "highest_mean":
             # the paper's order: the layer(s) of highest mean APoZ that still have something to remove
@@ -232,9 +243,6 @@ class NetworkTrimming(PruningMethod):
 
         raw = getattr(model, "module", model)
         groups = self.groups(raw, example_inputs)
-        if not groups:
-            raise PrunekitError(f"trimming: {type(raw).__name__} has no conv/linear layer followed by an "
-                                "nn.ReLU module, so no APoZ can be measured (functional relu cannot be hooked)")
         apoz = self.measure(raw, batches, groups, device=device, amp=amp)
         plan, thresholds = self.plan(apoz, groups)
         # under DDP the counts were all-reduced, so every rank must remove the same channels
@@ -247,12 +255,16 @@ class NetworkTrimming(PruningMethod):
         record = {"apoz": {g: a.float() for g, a in apoz.items()},
                   "thresholds": thresholds,
                   "removed": {g: list(v) for g, v in plan.items()},
-                  "groups": {g.name: {"layers": list(g.layers), "points": g.points} for g in groups}}
+                  "groups": {g.name: {"layers": list(g.layers), "points": g.points, "rule": g.rule}
+                             for g in groups},
+                  "unscored": dict(self.unscorable)}
         return raw, record
 
     # -- callback hooks -------------------------------------------------------------------------
     def on_fit_start(self, trainer: TrainingLoop) -> None:
         self.out_dir = trainer.out_dir
+        if trainer.example_inputs is not None:  # bind: refuse now, not after the first training stage
+            self.chosen(self.groups(trainer.raw_model, trainer.example_inputs))
 
     def on_model_changed(self, trainer: TrainingLoop) -> None:
         self.out_dir = trainer.out_dir

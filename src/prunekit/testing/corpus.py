@@ -491,3 +491,94 @@ CAPABILITIES: dict[str, Callable[[Network], Outcome]] = {
     "dead blocks": remove_dead_blocks,
 }
 """Capability name -> check on one corpus network (the columns of the corpus matrix)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# every paper method on every entry (tests/test_methods_corpus.py, benchmarks/corpus.py)
+
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
+            "final_epochs": 1},
+    "sght": {"keep_ratio": 0.5, "hybrid_batch": False},
+    "sss": {"gamma_channel": 20.0, "gamma_block": 20.0},
+    "trimming": {"iterations": 1, "initial_epochs": 1, "retrain_epochs": 1, "rule": "fraction", "fraction": 0.25,
+                 "progress": False},
+}
+"""Tiny settings: a few steps each (SSS's gammas are large so that factors reach 0 within them)."""
+
+
+def run_method(name: str, net: Network, epochs: int = 4, lr: float = 0.01, progress: dict[str, int] | None = None
+               ) -> tuple[Any, nn.Module]:
+    """Drive method ``name`` through the declared contract (README's own loop: ``prepare``, ``LoopState``,
+    ``on_fit_start``, its ``stages``, hooks around each step, ``finalize``) on a copy of ``net`` with random
+    labels, one batch per epoch; return the :class:`~prunekit.methods.api.FinalizeResult` and the network
+    as it was just before ``finalize`` (for the exactness check). ``progress["steps"]`` counts the optimizer
+    steps taken (0 when the method refused before training: at bind time)."""
+    import torch.nn.functional as F
+
+    from prunekit import methods
+    from prunekit.engine import LoopState
+
+    torch.manual_seed(0)
+    x = net.inputs
+    batches = [(x, torch.randint(0, NUM_CLASSES, (x.shape[0],)))]
+    method = methods.get(name)(**METHOD_OPTIONS[name])
+    state = LoopState(method.prepare(copy.deepcopy(net.model).train()), callbacks=[method], example_inputs=x,
+                      train_data=batches, lr=lr)
+    method.on_fit_start(state)
+    for i, stage in enumerate(method.stages(epochs=epochs)):
+        state.begin_stage(i, stage)
+        for _ in range(stage.epochs):
+            method.on_epoch_start(state)
+            for xb, yb in batches:
+                method.on_train_batch_start(state, (xb, yb))
+                F.cross_entropy(logits(state.model(xb)), yb).backward()
+                method.on_before_optimizer_step(state)
+                for opt in state.optimizers:
+                    opt.step()
+                method.on_after_optimizer_step(state)
+                for opt in state.optimizers:
+                    opt.zero_grad()
+                state.step += 1
+                if progress is not None:
+                    progress["steps"] = state.step
+            method.on_epoch_end(state, {})
+            state.epoch += 1
+        method.on_stage_end(state, stage)
+    method.on_fit_end(state)
+    model = state.raw_model.eval()
+    before = copy.deepcopy(model)
+    return method.finalize(model, x), before
+
+
+def method_check(name: str) -> Callable[[Network], Outcome]:
+    """A capability: method ``name`` delivers a smaller (IHT: sparse) network whose output equals the trained
+    network's just before ``finalize`` (removal equals masking), or refuses in one line."""
+
+    def check(net: Network) -> Outcome:
+        from prunekit.errors import PrunekitError
+
+        out = Outcome(total=1, refused={})
+        progress = {"steps": 0}
+        try:
+            result, before = run_method(name, net, progress=progress)
+        except PrunekitError as exc:
+            out.refused = {name: str(exc)}
+            out.note = f"refused after {progress['steps']} steps" if progress["steps"] else "refused at bind"
+            return out
+        dense = sum(p.numel() for p in net.model.parameters())
+        params = sum(p.numel() for p in result.model.parameters())
+        nonzero = sum(int((p != 0).sum()) for p in result.model.parameters())
+        with torch.no_grad():
+            y0, y1 = logits(before(net.inputs)), logits(result.model(net.inputs))
+        out.max_diff = float((y1 - y0).abs().max()) / max(float(y0.abs().max()), 1e-12)
+        kept = (nonzero if result.sparse else params) / dense
+        out.done = int(kept < 1.0 and out.max_diff <= 1e-4)
+        out.note = f"{kept:.2f}x {'nonzero' if result.sparse else 'params'}"
+        return out
+
+    return check
+
+
+METHODS: dict[str, Callable[[Network], Outcome]] = {m: method_check(m) for m in METHOD_OPTIONS}
+"""Method name -> check on one corpus network (the method columns of the corpus matrix)."""
