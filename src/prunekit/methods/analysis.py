@@ -119,7 +119,8 @@ def _activations(dg: Any, layers: Sequence[str], names: dict[Any, str]) -> tuple
     mod_of = {n: m for m, n in names.items()}
     found: set[str] = set()
     pre: set[str] = set()
-    todo, seen = [], set()
+    todo: list[Any] = []
+    seen: set[Any] = set()
     for layer in layers:
         node = dg.module2node.get(mod_of.get(layer))
         if node is not None:

@@ -42,7 +42,7 @@ def _producers(model: nn.Module, group: Any) -> list[nn.Module]:
     return [mods[n] for n in group.layers]
 
 
-class Groups(list):  # type: ignore[type-arg]
+class Groups(list[Any]):
     """The groups a method uses (a list) and ``skipped``: ``{group: why it is left dense}``, for its report."""
 
     skipped: dict[str, str]

@@ -315,11 +315,11 @@ def layer_sites(model: nn.Module, modules: dict[str, nn.Module]) -> list[Site]:
             end, target = users[0], users[0].target
         if not only_consumed_by_layers(end):
             continue
-        width = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+        width = _width(m)
         if _plain_conv(m):
             out.append(Site("channel", target, node.target, width))
         else:
-            out.append(Site("group", target, node.target, width, m.groups))
+            out.append(Site("group", target, node.target, width, int(getattr(m, "groups", 1))))
     return out
 
 
@@ -345,11 +345,11 @@ def _sequential_sites(modules: dict[str, nn.Module]) -> list[Site]:
             if j < len(kids) and isinstance(kids[j][1], NORM_LAYERS):
                 target, j = kids[j][0], j + 1
             if j + 1 < len(kids) and isinstance(kids[j][1], nn.ReLU) and _plain_conv(kids[j + 1][1]):
-                width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+                width = _width(layer)
                 prefix = f"{name}." if name else ""
                 kind = "channel" if _plain_conv(layer) else "group"
                 out.append(Site(kind, prefix + target, prefix + cname, width,
-                                1 if kind == "channel" else layer.groups))
+                                1 if kind == "channel" else int(getattr(layer, "groups", 1))))
     return out
 
 
@@ -462,10 +462,10 @@ def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True,
             else:
                 sites.append(site)
     if blocks:
-        for name, info in block_analysis(model, example_inputs).items():
-            if not info.removable and "contains residual blocks" in info.reason:
+        for name, binfo in block_analysis(model, example_inputs).items():
+            if not binfo.removable and "contains residual blocks" in binfo.reason:
                 continue  # a stage: its blocks get their own factors
-            site, why = _block_site(model, name, info)
+            site, why = _block_site(model, name, binfo)
             if site is None:
                 skipped[name] = why
             else:
@@ -617,7 +617,7 @@ def insert_factors(model: nn.Module, channels: bool = True, blocks: bool = True,
         device = next((t.device for t in list(target.parameters()) + list(target.buffers())), None)
         if s.kind == "block" and _block_kind(target) == "residual":
             scale: Scale = BlockScale()
-            target.branch.add_module(BLOCK_CHILD, scale.to(device) if device else scale)
+            target.get_submodule("branch").add_module(BLOCK_CHILD, scale.to(device) if device else scale)
             continue
         if s.kind == "channel":
             scale = ChannelScale(s.channels)
@@ -674,9 +674,7 @@ def fold_factors(model: nn.Module) -> int:
             del parent._modules[BLOCK_CHILD]
         elif isinstance(parent, nn.Sequential) and len(parent) == 2 and parent[1] is m:
             layer = parent[0]
-            width = layer.num_features if isinstance(layer, NORM_LAYERS) else (
-                layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
-            _fold_into(layer, m.per_channel(width).detach(), parent_name)
+            _fold_into(layer, m.per_channel(_width(layer)).detach(), parent_name)
             set_submodule(model, parent_name, layer)
         else:
             raise PrunekitError(f"{name}: scaling factor is not where insert_factors puts it; cannot fold")
@@ -685,9 +683,9 @@ def fold_factors(model: nn.Module) -> int:
 
 
 def _width(layer: nn.Module) -> int:
-    if isinstance(layer, NORM_LAYERS):
-        return int(layer.num_features)
-    return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
+    attr = ("num_features" if isinstance(layer, NORM_LAYERS) else
+            "out_features" if isinstance(layer, nn.Linear) else "out_channels")
+    return int(getattr(layer, attr))
 
 
 def zero_structures(model: nn.Module) -> tuple[list[str], dict[str, list[int]], dict[str, dict[str, Any]]]:
@@ -732,10 +730,10 @@ def remove_blocks(model: nn.Module, names: list[str], example_inputs: Any = None
         if n not in plain:
             block = model.get_submodule(n)
             if _block_kind(block) == "residual":
-                shortcut, act = block.shortcut, block.act
+                shortcut, act = block.get_submodule("shortcut"), block.get_submodule("act")
             else:
-                shortcut, act = block.downsample, copy.deepcopy(block.relu)
-                act.inplace = False
+                shortcut, act = block.get_submodule("downsample"), copy.deepcopy(block.get_submodule("relu"))
+                vars(act)["inplace"] = False
             set_submodule(model, n, nn.Sequential(OrderedDict([("shortcut", shortcut), ("act", act)])))
 
 
