@@ -111,7 +111,7 @@ def _check(name: str, make, tmp_path) -> None:
 
 @pytest.mark.parametrize("name", [
     "iht", "sght", "trimming",
-    pytest.param("sss", marks=pytest.mark.xfail(raises=PrunekitError, strict=False,
+    pytest.param("sss", marks=pytest.mark.xfail(raises=PrunekitError, strict=True,
                                                 reason="SSS factors on HF models: issue #18 item 3")),
 ])
 def test_every_paper_method_delivers_through_the_hf_trainer_on_a_hf_resnet(name, tmp_path):
