@@ -29,12 +29,7 @@ KNOWN_REFUSALS: dict[str, str] = {}
 """network -> the layer its one-line refusal must name (none today)."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _prune(model: nn.Module, x: torch.Tensor, groups: int = 2) -> list[str]:

@@ -6,7 +6,6 @@ the surgery inside), or refuses in one PrunekitError line, at bind time, naming 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from prunekit.testing import corpus
 
@@ -22,12 +21,7 @@ REFUSED = {
 TARGET = {"iht": 0, "sght": 2, "sss": 4, "trimming": 3}  # at most this many failures per method
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("method", sorted(corpus.METHODS))

@@ -315,6 +315,31 @@ class Driver:
                 m.training = t
 
 
+class AdapterResults:
+    """What both framework adapters offer once training has run: :meth:`finalize` and :attr:`result`."""
+
+    driver: Driver | None
+    not_started = "the prunekit callback was not started"
+    """The one-line error when the framework never started the callback (each adapter says how to fix it)."""
+
+    def _driver(self) -> Driver:
+        if self.driver is None:
+            raise PrunekitError(self.not_started)
+        return self.driver
+
+    def finalize(self) -> FinalizeResult:
+        """Finalize now (when ``finalize=False``, or to read the result early): the deliverable."""
+        return self._driver().finalize()
+
+    @property
+    def result(self) -> FinalizeResult:
+        """The finalized network (``.model``), whether it is sparse (``.sparse``) and the method's report."""
+        d = self._driver()
+        if d.result is None:
+            raise PrunekitError("no result yet: training has not ended (or finalize=False: call finalize())")
+        return d.result
+
+
 def refuse_processes(world_size: int, framework: str) -> None:
     """The adapters drive one process (a smaller model would have to be re-wrapped on every rank)."""
     if world_size > 1:

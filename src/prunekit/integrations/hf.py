@@ -51,8 +51,8 @@ from torch import nn
 from prunekit.engine.stages import OptimConfig
 from prunekit.errors import PrunekitError
 from prunekit.integrations import require
-from prunekit.integrations._driver import Driver, MethodOptimizer, refuse_processes
-from prunekit.methods.api import FinalizeResult, PruningMethod
+from prunekit.integrations._driver import AdapterResults, Driver, MethodOptimizer, refuse_processes
+from prunekit.methods.api import PruningMethod
 
 transformers = require("transformers", "transformers", "hf")
 require("accelerate", "accelerate", "hf")  # transformers.Trainer needs it; say so at import, not at train
@@ -78,7 +78,7 @@ class FollowStages:
         """Nothing to restore."""
 
 
-class PrunekitTrainerCallback(transformers.TrainerCallback):  # type: ignore[name-defined]  # transformers is bound at run time
+class PrunekitTrainerCallback(transformers.TrainerCallback, AdapterResults):  # type: ignore[name-defined]  # transformers is bound at run time
     """Drive a prunekit method from ``transformers.Trainer.train`` (module docstring for the exact mapping).
 
     ``epochs``: the schedule's budget (default: the Trainer's number of epochs). ``lr`` / ``optim``: the base
@@ -86,6 +86,8 @@ class PrunekitTrainerCallback(transformers.TrainerCallback):  # type: ignore[nam
     input of batch size 1 (default: the first training batch's first sample). ``finalize``: run
     ``method.finalize`` at train end (:attr:`result`).
     """
+
+    not_started = "the prunekit callback has no optimizer: pass optimizers=pk.optimizers(model) to transformers.Trainer"
 
     def __init__(self, method: PruningMethod, *, epochs: int | None = None, lr: float | None = None,
                  optim: OptimConfig | None = None, example_inputs: torch.Tensor | None = None,
@@ -142,25 +144,6 @@ class PrunekitTrainerCallback(transformers.TrainerCallback):  # type: ignore[nam
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._driver().finish()
-
-    # -- results ---------------------------------------------------------------------------------------------
-    def _driver(self) -> Driver:
-        if self.driver is None:
-            raise PrunekitError("the prunekit callback has no optimizer: pass optimizers=pk.optimizers(model) "
-                                "to transformers.Trainer")
-        return self.driver
-
-    def finalize(self) -> FinalizeResult:
-        """Finalize now (when ``finalize=False``): the deliverable."""
-        return self._driver().finalize()
-
-    @property
-    def result(self) -> FinalizeResult:
-        """The finalized network (``.model``), whether it is sparse (``.sparse``) and the method's report."""
-        d = self._driver()
-        if d.result is None:
-            raise PrunekitError("no result yet: training has not ended (or finalize=False: call finalize())")
-        return d.result
 
 
 __all__ = ["FollowStages", "PrunekitTrainerCallback"]

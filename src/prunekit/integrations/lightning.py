@@ -46,13 +46,13 @@ from torch import nn
 from prunekit.engine.stages import OptimConfig
 from prunekit.errors import PrunekitError
 from prunekit.integrations import require
-from prunekit.integrations._driver import Driver, refuse_processes, split_batch
-from prunekit.methods.api import FinalizeResult, PruningMethod
+from prunekit.integrations._driver import AdapterResults, Driver, refuse_processes, split_batch
+from prunekit.methods.api import PruningMethod
 
 pl = require("lightning.pytorch", "lightning", "lightning")
 
 
-class PrunekitCallback(pl.Callback):  # type: ignore[name-defined]  # pl is a module object bound at run time
+class PrunekitCallback(pl.Callback, AdapterResults):  # type: ignore[name-defined]  # pl is a module object bound at run time
     """Drive a prunekit method from a Lightning ``Trainer.fit`` (module docstring for the exact mapping).
 
     ``attr``: the LightningModule attribute holding the network (None: the LightningModule itself).
@@ -60,6 +60,8 @@ class PrunekitCallback(pl.Callback):  # type: ignore[name-defined]  # pl is a mo
     rate and the momentum SGD settings. ``example_inputs``: one input of batch size 1 (default: the first
     training batch's first sample). ``finalize``: run ``method.finalize`` at train end (:attr:`result`).
     """
+
+    not_started = "the prunekit callback was not started (on_train_start did not run)"
 
     def __init__(self, method: PruningMethod, *, attr: str | None = "model", epochs: int | None = None,
                  lr: float | None = None, optim: OptimConfig | None = None,
@@ -135,24 +137,6 @@ class PrunekitCallback(pl.Callback):  # type: ignore[name-defined]  # pl is a mo
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._driver().finish()
-
-    # -- results ---------------------------------------------------------------------------------------------
-    def _driver(self) -> Driver:
-        if self.driver is None:
-            raise PrunekitError("the prunekit callback was not started (on_train_start did not run)")
-        return self.driver
-
-    def finalize(self) -> FinalizeResult:
-        """Finalize now (when ``finalize=False``, or to read the result early): the deliverable."""
-        return self._driver().finalize()
-
-    @property
-    def result(self) -> FinalizeResult:
-        """The finalized network (``.model``), whether it is sparse (``.sparse``) and the method's report."""
-        d = self._driver()
-        if d.result is None:
-            raise PrunekitError("no result yet: training has not ended (or finalize=False: call finalize())")
-        return d.result
 
 
 __all__ = ["PrunekitCallback"]
