@@ -510,9 +510,9 @@ def _checked(model: nn.Module, example_inputs: Any, sites: list[Site], skipped: 
 
 
 def _forward(model: nn.Module, inputs: Any) -> Any:
-    from prunekit.surgery._graph import _forward_fn
+    from prunekit.surgery._graph import forward_fn
 
-    return _forward_fn(model, inputs)
+    return forward_fn(model, inputs)
 
 
 def _fold_problem(model: nn.Module, example_inputs: Any, site: Site) -> str:

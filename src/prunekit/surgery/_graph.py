@@ -164,7 +164,7 @@ def _is_depthwise(m: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def _preserve_mode(model: nn.Module) -> Iterator[None]:
+def preserve_mode(model: nn.Module) -> Iterator[None]:
     """Torch-Pruning puts the model in eval mode to trace it; give every module its own mode back."""
     modes = [(m, m.training) for m in model.modules()]
     try:
@@ -174,7 +174,7 @@ def _preserve_mode(model: nn.Module) -> Iterator[None]:
             m.training = t
 
 
-def _forward_fn(model: nn.Module, inputs: Any) -> Any:
+def forward_fn(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, dict):
         return model(**inputs)
     if isinstance(inputs, list | tuple):
@@ -182,13 +182,13 @@ def _forward_fn(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
-def _to_meta(obj: Any) -> Any:
+def to_meta(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return torch.empty_like(obj, device="meta")
     if isinstance(obj, dict):
-        return {k: _to_meta(v) for k, v in obj.items()}
+        return {k: to_meta(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_to_meta(v) for v in obj)
+        return type(obj)(to_meta(v) for v in obj)
     return obj
 
 
@@ -234,12 +234,12 @@ def build_graph(model: nn.Module, example_inputs: Any) -> Any:
     import torch_pruning as tp
 
     def trace(m: nn.Module, x: Any) -> Any:
-        with _preserve_mode(m), torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(m, x, forward_fn=_forward_fn, verbose=False)
+        with preserve_mode(m), torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(m, x, forward_fn=forward_fn, verbose=False)
 
     try:
         twin = meta_twin(model)
-        return trace(twin, _to_meta(example_inputs))
+        return trace(twin, to_meta(example_inputs))
     except Exception:  # an op without a meta kernel, data-dependent control flow, an uncopyable attribute
         pass
     try:

@@ -25,8 +25,8 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.io import set_submodule
 from prunekit.surgery import history
-from prunekit.surgery._graph import _forward_fn, _preserve_mode, _to_meta, meta_twin
-from prunekit.surgery.structured import SurgeryReport, _input_shapes, _run, compare_outputs, count_params
+from prunekit.surgery._graph import forward_fn, meta_twin, preserve_mode, to_meta
+from prunekit.surgery.structured import SurgeryReport, compare_outputs, count_params, recorded_shapes, run_model
 
 # element-wise activations allowed after the sum, by autograd node: a fresh module computing the same
 _POST_ACTS = {
@@ -226,16 +226,16 @@ def _trace(model: nn.Module, example_inputs: Any) -> dict[str, BlockInfo]:
             hs.append(mod.register_forward_hook(t.post, with_kwargs=True))
         x = _grad_inputs(x)
         try:
-            with _preserve_mode(m), torch.enable_grad():
+            with preserve_mode(m), torch.enable_grad():
                 m.eval()
-                _forward_fn(m, x)
+                forward_fn(m, x)
         finally:
             for h in hs:
                 h.remove()
         return t.infos
 
     try:
-        return run(meta_twin(model), _to_meta(example_inputs))
+        return run(meta_twin(model), to_meta(example_inputs))
     except Exception:
         pass
     try:
@@ -395,8 +395,8 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Any = 
             plain = local.act if local.act is not None else nn.Identity()
             if check:
                 with _branches_zeroed(wrapper, local.branch_ends):
-                    ref_local = _run(wrapper, x)
-                problem = compare_outputs(ref_local, _run(plain, x))[1]
+                    ref_local = run_model(wrapper, x)
+                problem = compare_outputs(ref_local, run_model(plain, x))[1]
                 if problem:
                     raise PrunekitError(f"remove_blocks: replacing block {name!r} does not equal zeroing its "
                                         f"branch: {problem}")
@@ -415,12 +415,12 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Any = 
     ref = None
     if check and example_inputs is not None and todo:
         with _branches_zeroed(model, ends):
-            ref = _run(model, example_inputs)
+            ref = run_model(model, example_inputs)
     for name, _, new in todo:
         set_submodule(model, name, new)
     if ref is not None:
         try:
-            diff, problem = compare_outputs(ref, _run(model, example_inputs))
+            diff, problem = compare_outputs(ref, run_model(model, example_inputs))
         except Exception as exc:
             diff, problem = float("inf"), f"the model no longer runs ({type(exc).__name__}: {str(exc)[:160]})"
         if problem:
@@ -435,5 +435,5 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Any = 
     report.params_after = count_params(model)
     if todo:
         history.record(model, {"op": "blocks", "names": [n for n, _, _ in todo],
-                               "input_shapes": _input_shapes(example_inputs)})
+                               "input_shapes": recorded_shapes(example_inputs)})
     return report

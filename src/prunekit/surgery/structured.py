@@ -31,12 +31,12 @@ from prunekit.surgery._graph import (
     OUT,
     Analysis,
     HeadsMap,
-    _forward_fn,
     _Group,
     _is_depthwise,
     _is_producer,
-    _preserve_mode,
     analyse,
+    forward_fn,
+    preserve_mode,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -493,11 +493,11 @@ def compare_outputs(ref: Any, out: Any) -> tuple[float, str]:
     return worst, ""
 
 
-def _run(model: nn.Module, example_inputs: Any) -> Any:
+def run_model(model: nn.Module, example_inputs: Any) -> Any:
     """One forward pass in eval mode without autograd (every module's own mode restored afterwards)."""
-    with _preserve_mode(model), torch.no_grad():
+    with preserve_mode(model), torch.no_grad():
         model.eval()
-        return _forward_fn(model, example_inputs)
+        return forward_fn(model, example_inputs)
 
 
 def _norm_on_kept(m: Any, x: torch.Tensor, out: torch.Tensor, idx: list[int]) -> torch.Tensor:
@@ -646,7 +646,7 @@ def _approximate(g: _Group) -> str:
             "model with those norms computed over the kept channels")
 
 
-def _input_shapes(example_inputs: Any) -> Any:
+def recorded_shapes(example_inputs: Any) -> Any:
     """JSON-able shapes of the example inputs (for the history record)."""
     if isinstance(example_inputs, torch.Tensor):
         return [list(example_inputs.shape)]
@@ -741,7 +741,7 @@ def _plan_edits(model: nn.Module, modules: Mapping[str, nn.Module], resolved: li
 def _after(model: nn.Module, example_inputs: Any, ref: Any) -> tuple[float, str]:
     """Compare the (already pruned) model's output with ``ref``: (max diff, "" or what went wrong)."""
     try:
-        out = _run(model, example_inputs)
+        out = run_model(model, example_inputs)
     except Exception as exc:
         return math.inf, (f"the pruned model no longer runs ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
@@ -756,7 +756,7 @@ def _verified(model: nn.Module, modules: Mapping[str, nn.Module], example_inputs
     once more with non-torch modules holding per-channel parameters recomputed on the kept channels."""
     if ref is None:
         with _masked(modules, rout, rin):
-            ref = _run(model, example_inputs)
+            ref = run_model(model, example_inputs)
     undo = _commit(edits)
     diff, problem = _after(model, example_inputs, ref)
     if not problem:
@@ -766,7 +766,7 @@ def _verified(model: nn.Module, modules: Mapping[str, nn.Module], example_inputs
     if not sliced:
         return None, diff, problem, {}
     with _masked(modules, rout, rin, sliced):
-        ref = _run(model, example_inputs)
+        ref = run_model(model, example_inputs)
     undo = _commit(edits)
     diff2, problem2 = _after(model, example_inputs, ref)
     if not problem2:
@@ -835,7 +835,7 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
     else:
         try:
             with _masked(modules, rout, rin):
-                ref = _run(model, example_inputs)
+                ref = run_model(model, example_inputs)
         except Exception as exc:
             raise PrunekitError(f"remove_channels: the model does not run on example_inputs ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
@@ -863,7 +863,7 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
         report.verified, report.max_diff = True, diff
     report.params_after = count_params(model)
     op: dict[str, Any] = {"op": "channels", "removed": dict(report.removed),
-                          "input_shapes": _input_shapes(example_inputs)}
+                          "input_shapes": recorded_shapes(example_inputs)}
     if num_heads:
         op["num_heads"] = {k if isinstance(k, str) else _name_of(model, k): int(v) for k, v in num_heads.items()}
     history.record(model, op)
