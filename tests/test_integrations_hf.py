@@ -109,11 +109,7 @@ def _check(name: str, make, tmp_path) -> None:
         assert {id(p) for g in d.optimizer.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
 
 
-@pytest.mark.parametrize("name", [
-    "iht", "sght", "trimming",
-    pytest.param("sss", marks=pytest.mark.xfail(raises=PrunekitError, strict=True,
-                                                reason="SSS factors on HF models: issue #18 item 3")),
-])
+@pytest.mark.parametrize("name", sorted(PAPER_METHODS))
 def test_every_paper_method_delivers_through_the_hf_trainer_on_a_hf_resnet(name, tmp_path):
     _check(name, hf_resnet, tmp_path)
 

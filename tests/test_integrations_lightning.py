@@ -186,3 +186,38 @@ def test_a_new_network_object_takes_the_lightning_modules_attribute_and_is_train
     assert {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]} == \
         {id(p) for p in method.new.parameters()}
     assert all(not torch.equal(a, b) for a, b in zip(method.snapshot, method.new.parameters(), strict=True))
+
+
+def test_sss_through_lightning_on_a_hf_resnet_places_its_factors_on_the_first_batch():
+    """A HF model torch.fx cannot trace: SSS's factors are placed by running it on the first training batch."""
+    transformers = pytest.importorskip("transformers")
+
+    class HFClassifier(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            seed(0)
+            self.net = transformers.ResNetForImageClassification(transformers.ResNetConfig(
+                num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                num_labels=3))
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return self.net(pixel_values=batch[0], labels=batch[1]).loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 3, 16, 16, generator=g),
+                                          torch.randint(0, 3, (32,), generator=g))
+    module = HFClassifier()
+    dense = sum(p.numel() for p in module.net.parameters())
+    pk = PrunekitCallback(methods.get("sss")(gamma_channel=2.0, gamma_block=2.0), attr="net")
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=EPOCHS, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[pk])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=16))
+    res = pk.result
+    assert [type(o) for o in pk.driver.optimizer.optimizers] == [torch.optim.SGD, APG]
+    assert res.model is module.net and res.report["adapter"]["finalize_max_abs_diff"] < 1e-5
+    assert sum(p.numel() for p in res.model.parameters()) < dense

@@ -257,7 +257,7 @@ class Trainer:
         else:
             model = self.raw_model
             for cb in self.callbacks:
-                prepared = cb.prepare(model)
+                prepared = cb.prepare(model, self.example_inputs)
                 model = model if prepared is None else prepared  # a prepare that works in place may return None
             self._set_model(model)
             self.stage_index, self.stage_epoch, self.batch_in_epoch = 0, 0, 0

@@ -126,18 +126,19 @@ class SparseStructureSelection(PruningMethod):
         self.skipped: dict[str, str] = {}
 
     def prepare(self, model: nn.Module, example_inputs: Any = None) -> nn.Module:
-        """Insert the scaling factors (idempotent). With ``example_inputs``: where the shared analysis says
-        (:func:`~prunekit.methods.factors.analysis_sites`, any network). Without: from the zoo's block classes
-        and a ``torch.fx`` trace (:func:`~prunekit.methods.factors.insert_factors`, as the adapters expect);
-        a network where that finds nothing (HF models) gets them at bind, the first time the loop asks for the
-        optimizers, from the analysis with the loop's example inputs (for an exact resume of such a network,
-        call ``prepare(model, example_inputs)`` before building the Trainer)."""
+        """Insert the scaling factors (idempotent). A zoo network (prunekit's blocks, torchvision's): where
+        :func:`~prunekit.methods.factors.insert_factors` puts them (the paper's placement, projection blocks
+        included). Any other network, given ``example_inputs`` (every loop passes them): where the shared
+        analysis says (:meth:`bind`). Without example inputs a ``torch.fx`` trace places them, and a network
+        where that finds nothing (HF models) gets them at bind, when the loop first asks for the optimizers."""
         c = self.config
         if factor_modules(model):
             return model
-        if example_inputs is not None:
+        if example_inputs is not None and not _zoo(model):
             return self.bind(model, example_inputs)
         insert_factors(model, channels=c.channels, blocks=c.blocks, groups=c.groups)  # zoo blocks, torch.fx
+        if not factor_modules(model) and example_inputs is not None:
+            return self.bind(model, example_inputs)
         if not factor_modules(model) and sum(isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
                                              for m in model.modules()) < 2:
             raise PrunekitError("sss: the model has no structure to put a scaling factor on (no residual "

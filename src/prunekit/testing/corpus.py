@@ -523,7 +523,7 @@ def run_method(name: str, net: Network, epochs: int = 4, lr: float = 0.01, progr
     x = net.inputs
     batches = [(x, torch.randint(0, NUM_CLASSES, (x.shape[0],)))]
     method = methods.get(name)(**METHOD_OPTIONS[name])
-    state = LoopState(method.prepare(copy.deepcopy(net.model).train()), callbacks=[method], example_inputs=x,
+    state = LoopState(method.prepare(copy.deepcopy(net.model).train(), x), callbacks=[method], example_inputs=x,
                       train_data=batches, lr=lr)
     method.on_fit_start(state)
     for i, stage in enumerate(method.stages(epochs=epochs)):

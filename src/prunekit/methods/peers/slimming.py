@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -114,7 +115,7 @@ class NetworkSlimming(PenaltyThenPrune):
     starts_from_scratch = True  # Liu et al. train with the sparsity penalty from scratch, then prune and fine-tune
     Config = SlimmingConfig
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, example_inputs: Any = None) -> nn.Module:
         """Give BN-free prunable layers a channel scale (idempotent); BN layers use their own scale."""
         modules = dict(model.named_modules())
         if not factor_modules(model):
