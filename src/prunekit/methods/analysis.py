@@ -61,6 +61,10 @@ class GroupInfo:
     tails: tuple[tuple[str, str | None, str], ...] = ()
     """``(depthwise conv, its activation, its pre-activation)`` for each depthwise conv of the group: the
     channels leave the group through the last of them (an inverted residual's expand -> depthwise)."""
+    readers: tuple[tuple[str, str | None], ...] = ()
+    """``(norm, its activation)`` for each BatchNorm on these channels other than :attr:`pre_activation`: where
+    later layers read them, e.g. the BN -> ReLU -> conv of each DenseNet layer reading a concatenation
+    (activation None when none, or not read directly from that norm)."""
 
     @property
     def name(self) -> str:
@@ -173,7 +177,12 @@ def analyse(model: nn.Module, example_inputs: Any) -> NetworkAnalysis:
             a, p = _activations(dg, [d], names)
             tails.append((d, next(iter(a)) if len(a) == 1 and "" not in a else None,
                           next(iter(p)) if len(a) == 1 and "" not in a and len(p) == 1 else ""))
-        groups.append(GroupInfo(g, norms, params, renorm, dw, act, before, tuple(tails)))
+        readers = []
+        for n in norms:
+            if n != before and isinstance(mods[n], nn.modules.batchnorm._BatchNorm):
+                a, p = _activations(dg, [n], names)
+                readers.append((n, next(iter(a)) if len(a) == 1 and "" not in a and p == {n} else None))
+        groups.append(GroupInfo(g, norms, params, renorm, dw, act, before, tuple(tails), tuple(readers)))
     try:
         blocks = list(residual_blocks(model, example_inputs))
     except PrunekitError:  # a block analysis that cannot run means no blocks, never a failed analysis

@@ -49,11 +49,13 @@ class ChannelScale(Scale):
 
     kind = "channel"
 
-    def __init__(self, num_channels: int, layer: str = "", last: bool = False) -> None:
+    def __init__(self, num_channels: int, layer: str = "", last: bool = False, reader: bool = False) -> None:
         super().__init__(num_channels)
         self.num_channels = num_channels
         self.layer = layer  # the conv / linear whose channels these are (placed from the analysis), or ""
         self.last = last  # channels are the last dimension (a linear layer's output, e.g. [N, tokens, C])
+        self.reader = reader  # after a BN reading a concatenation (``layer`` is that BN): a channel goes when
+        #                       every reader's factor of it is 0
 
     def per_channel(self, num_channels: int) -> torch.Tensor:
         return self.factor
@@ -67,14 +69,17 @@ class ChannelScale(Scale):
             cfg["layer"] = self.layer
         if self.last:
             cfg["last"] = True
+        if self.reader:
+            cfg["reader"] = True
         return cfg
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> ChannelScale:
-        layer, last = cfg.get("layer", ""), cfg.get("last", False)
-        if not isinstance(layer, str) or not isinstance(last, bool) or set(cfg) - {"num_channels", "layer", "last"}:
+        layer, last, reader = cfg.get("layer", ""), cfg.get("last", False), cfg.get("reader", False)
+        if not isinstance(layer, str) or not isinstance(last, bool) or not isinstance(reader, bool) or \
+                set(cfg) - {"num_channels", "layer", "last", "reader"}:
             raise PrunekitError(f"ChannelScale: bad configuration {sorted(cfg)}")
-        return cls(_pos_int(cfg, "num_channels"), layer, last)
+        return cls(_pos_int(cfg, "num_channels"), layer, last, reader)
 
 
 @register_module
@@ -83,21 +88,28 @@ class GroupScale(Scale):
 
     kind = "group"
 
-    def __init__(self, num_channels: int, groups: int) -> None:
+    def __init__(self, num_channels: int, groups: int, layer: str = "") -> None:
         if num_channels % groups:
             raise PrunekitError(f"GroupScale: {num_channels} channels do not split into {groups} groups")
         super().__init__(groups)
         self.num_channels, self.groups = num_channels, groups
+        self.layer = layer  # the grouped conv whose groups these are (placed from the analysis), or ""
 
     def per_channel(self, num_channels: int) -> torch.Tensor:
         return self.factor.repeat_interleave(self.num_channels // self.groups)
 
     def to_config(self) -> dict[str, Any]:
-        return {"num_channels": self.num_channels, "groups": self.groups}
+        cfg: dict[str, Any] = {"num_channels": self.num_channels, "groups": self.groups}
+        if self.layer:
+            cfg["layer"] = self.layer
+        return cfg
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> GroupScale:
-        return cls(_pos_int(cfg, "num_channels"), _pos_int(cfg, "groups"))
+        layer = cfg.get("layer", "")
+        if not isinstance(layer, str) or set(cfg) - {"num_channels", "groups", "layer"}:
+            raise PrunekitError(f"GroupScale: bad configuration {sorted(cfg)}")
+        return cls(_pos_int(cfg, "num_channels"), _pos_int(cfg, "groups"), layer)
 
 
 @register_module
@@ -198,6 +210,7 @@ class Site:
     block: str = ""  # analysis placement of a block factor: the block (``target`` is its branch's end)
     fold: str = ""  # ... and where the factor folds
     last: bool = False  # channels are the output's last dimension (a linear layer)
+    reader: bool = False  # a factor after a BN reading a concatenation (``layer`` is that BN)
 
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool1d,
@@ -376,6 +389,23 @@ def _head_site(model: nn.Module, info: Any) -> tuple[Site | None, str]:
     return Site("head", values[0], values[0], mods[values[0]].out_features, groups=info.heads, last=True), ""
 
 
+def _group_site(model: nn.Module, info: Any) -> tuple[Site | None, str]:
+    """A factor per group of a grouped (non-depthwise) convolution rooting ``info``, after its output (its BN),
+    when an activation with f(0) = 0 follows: a zero silences the whole conv group, removed with its inputs."""
+    from prunekit.methods.analysis import ZERO_AT_ZERO
+
+    mods = dict(model.named_modules())
+    conv = mods[info.name]
+    if not _grouped_conv(conv):  # other producers (an SE gate's expand conv) are checked by removal on a copy
+        return None, f"a grouped convolution splits its channels into {info.chunks} chunks (its own group factors)"
+    if info.activation not in ZERO_AT_ZERO:
+        return None, f"no element-wise activation with f(0) = 0 after the grouped convolution ({info.activation})"
+    pre = info.pre_activation
+    if not pre or pre not in mods or not _foldable(mods[pre]):
+        return None, f"its {info.activation} reads a sum or a rescaled tensor, not a layer's output"
+    return Site("group", pre, info.name, info.size, groups=int(conv.groups)), ""
+
+
 def _channel_site(model: nn.Module, info: Any) -> tuple[Site | None, str]:
     """A channel factor for group ``info`` (see :func:`analysis_sites`), or why it gets none."""
     from prunekit.methods.analysis import ZERO_AT_ZERO, foreign_params
@@ -402,6 +432,27 @@ def _channel_site(model: nn.Module, info: Any) -> tuple[Site | None, str]:
     width = info.size
     last = isinstance(mods[pre], nn.Linear)
     return Site("channel", pre, layer, width, last=last), ""
+
+
+def _reader_sites(model: nn.Module, info: Any) -> tuple[list[Site], str]:
+    """The channels of a concatenated branch: a factor after every BN reading them (before its activation
+    with f(0) = 0), so that a channel whose factors are all 0 is read as 0 everywhere and goes through the
+    concat mapping. A factor right after the producer would not do: each reader BN adds its shift to a 0."""
+    from prunekit.methods.analysis import ZERO_AT_ZERO
+
+    mods = dict(model.named_modules())
+    if not info.readers:
+        return [], "no BatchNorm reads its channels after the concatenation"
+    for norm, act in info.readers:
+        if act not in ZERO_AT_ZERO or not _foldable(mods[norm]):
+            return [], f"{norm!r} reads its channels without an activation with f(0) = 0 after it"
+    return [Site("channel", n, n, _width(mods[n]), reader=True) for n, _ in info.readers], ""
+
+
+def _concatenated(model: nn.Module, info: Any) -> bool:
+    """The group's channels are read through a concatenation: a norm on them is wider than the group."""
+    return any(n in dict(model.named_modules()) and _width(model.get_submodule(n)) != info.size
+               for n in info.norms if isinstance(model.get_submodule(n), NORM_LAYERS))
 
 
 def _block_site(model: nn.Module, name: str, info: Any) -> tuple[Site | None, str]:
@@ -438,8 +489,11 @@ def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True,
       chain, after the depthwise conv's output, where the channels leave the group;
     * block factor (one scalar) at the end of every residual block's branch (the block analysis of
       :func:`prunekit.surgery.block_analysis`), folded into the last conv / linear / BN of that branch;
-    * with ``heads``, a factor per attention head (:class:`HeadScale`) on the value projection of every
-      head-aware group: a zero silences the head, removed whole (query, key and value channels).
+    * with ``heads`` (the paper's "groups"; SSS's ``groups`` option), a factor per attention head
+      (:class:`HeadScale`) on the value projection of every head-aware group: a zero silences the head,
+      removed whole (query, key and value channels); and a factor per group of every grouped convolution
+      (:class:`GroupScale`, after its BN when an activation with f(0) = 0 follows): a zero removes the whole
+      conv group, its output channels and the input channels that feed it (``conv_group_plan``).
 
     Each site is checked on a copy before it is used: every factor at a random value is folded and the
     outputs compared, then half of every channel factor and every block factor set to 0 is removed by
@@ -452,11 +506,19 @@ def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True,
     skipped: dict[str, str] = {}
     if channels or heads:
         for info in analyse(model, example_inputs).groups:
-            if info.head_dim and not heads:
+            grouped_root = info.chunks > 1 and _grouped_conv(model.get_submodule(info.name))
+            if (info.head_dim or grouped_root) and not heads:
                 continue
-            if not info.head_dim and not channels:
+            if not (info.head_dim or grouped_root) and not channels:
                 continue
-            site, why = _head_site(model, info) if info.head_dim else _channel_site(model, info)
+            if not (info.head_dim or grouped_root or info.renormalising) and _concatenated(model, info):
+                readers, why = _reader_sites(model, info)
+                sites += [r for r in readers if r.target not in {s.target for s in sites}]
+                if why:
+                    skipped[info.name] = why
+                continue
+            site, why = (_head_site(model, info) if info.head_dim else _group_site(model, info) if grouped_root
+                         else _channel_site(model, info))
             if site is None:
                 skipped[info.name] = why
             else:
@@ -533,7 +595,7 @@ def _removal_problem(model: nn.Module, example_inputs: Any, sites: list[Site]) -
     equal the copy with those factors at 0 (not only the surgery's masking: a norm reading a zeroed channel
     after a concatenation still adds its shift). ``(site key, why)`` of a structure that fails, ``("", "")``
     when all went."""
-    for kind in ("channel", "block", "head"):
+    for kind in ("channel", "group", "block", "head"):
         chosen = [s for s in sites if s.kind == kind]
         if not chosen:
             continue
@@ -591,9 +653,9 @@ def _insert(model: nn.Module, sites: list[Site]) -> None:
         elif s.kind == "head":
             scale = HeadScale(s.channels, s.groups, s.layer)
         elif s.kind == "group":
-            scale = GroupScale(s.channels, s.groups)
+            scale = GroupScale(s.channels, s.groups, s.layer)
         else:
-            scale = ChannelScale(s.channels, s.layer, s.last)
+            scale = ChannelScale(s.channels, s.layer, s.last, s.reader)
         set_submodule(model, s.target, nn.Sequential(target, scale.to(device) if device else scale))
 
 
@@ -705,10 +767,12 @@ def zero_structures(model: nn.Module) -> tuple[list[str], dict[str, list[int]], 
             continue
         wrapper = name.rpartition(".")[0]
         summary[wrapper] = {"kind": m.kind, "factors": int(lam.numel()), "zero": len(zero)}
-        if isinstance(m, ChannelScale | HeadScale) and m.layer:
+        if isinstance(m, ChannelScale | HeadScale | GroupScale) and m.layer:
             summary[wrapper]["layer"] = m.layer
         if isinstance(m, HeadScale):
             summary[wrapper]["head_dim"] = m.num_channels // m.heads
+        if isinstance(m, ChannelScale) and m.reader:
+            summary[wrapper]["reader"] = True
         if zero:
             zeros[wrapper] = zero
     return blocks, zeros, summary
@@ -742,11 +806,12 @@ def channel_plan(model: nn.Module, zeros: dict[str, list[int]], summary: dict[st
     """Surgery plan (keyed by the producing conv / linear) for zero channel factors and zero group factors."""
     from prunekit import surgery
 
+    plan = _reader_plan(model, zeros, summary, example_inputs)
+    zeros = {w: z for w, z in zeros.items() if not summary[w].get("reader")}
     placed = {w: v["layer"] for w, v in summary.items() if v.get("layer")}  # analysis placement: no trace
     layer_of = {} if all(w in placed for w in zeros) else {
         s.target: s.layer for s in layer_sites(model, dict(model.named_modules()))}
     layer_of.update(placed)
-    plan: dict[str, list[int]] = {}
     modules = dict(model.named_modules())
     for wrapper, zero in zeros.items():
         layer = layer_of.get(wrapper)
@@ -766,6 +831,28 @@ def channel_plan(model: nn.Module, zeros: dict[str, list[int]], summary: dict[st
         else:
             plan.setdefault(layer, []).extend(zero)
     return plan
+
+
+def _reader_plan(model: nn.Module, zeros: dict[str, list[int]], summary: dict[str, dict[str, Any]],
+                 example_inputs: Any) -> dict[str, list[int]]:
+    """Plan for the factors after BNs reading a concatenation (folded already: the wrappers are those BNs): a
+    channel of a group goes when its factor is 0 after every one of them that reads it (one kept per group)."""
+    readers = {w for w, v in summary.items() if v.get("reader")}
+    if not any(w in readers for w in zeros):
+        return {}
+    from prunekit.surgery import channel_groups
+
+    plan: dict[str, list[int]] = {}
+    for g in channel_groups(model, example_inputs):
+        rs = [n for n in g.norms if n in readers]
+        if not rs:
+            continue
+        zero = {n: set(zeros.get(n, ())) for n in rs}
+        chans = [c for c in range(g.size) if any(g.index[n][c] >= 0 for n in rs)
+                 and all(g.index[n][c] < 0 or g.index[n][c] in zero[n] for n in rs)]
+        if chans:
+            plan[g.name] = chans[:-1] if len(chans) == g.size else chans
+    return {k: v for k, v in plan.items() if v}
 
 
 __all__ = ["BLOCK_CHILD", "FACTOR_TYPES", "NORM_LAYERS", "BlockScale", "ChannelScale", "GroupScale", "HeadScale",

@@ -500,7 +500,7 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
             "final_epochs": 1},
     "sght": {"keep_ratio": 0.5, "hybrid_batch": False},
-    "sss": {"gamma_channel": 20.0, "gamma_block": 20.0},
+    "sss": {"gamma_channel": 20.0, "gamma_block": 20.0, "groups": True, "gamma_group": 20.0},
     "trimming": {"iterations": 1, "initial_epochs": 1, "retrain_epochs": 1, "rule": "fraction", "fraction": 0.25,
                  "progress": False},
 }
