@@ -5,11 +5,16 @@ output of the network with those factors at 0 (folded and removed exactly) and h
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 from torch import nn
 
-from prunekit.methods.factors import ChannelScale, GroupScale, factor_modules
+import prunekit
+from prunekit.methods.factors import BlockScale, ChannelScale, GroupScale, factor_modules
 from prunekit.methods.sss import SparseStructureSelection
+from prunekit.surgery import ZeroBranch
 from prunekit.testing import corpus
 
 
@@ -60,3 +65,30 @@ def test_concatenated_branches_get_factors_after_each_reading_norm_and_lose_chan
     assert model.dense[0].conv.out_channels == 6 and model.dense[1].conv.out_channels == 7
     assert model.dense[1].norm.num_features == 22 and model.transition[0].num_features == 29
     assert after < before
+
+
+@pytest.mark.parametrize("name,attn,mlp", [("hf-vit", "attention.o_proj", "mlp.fc2"),
+                                           ("view-transformer", "attn.out", "mlp.2")])
+def test_each_residual_branch_of_a_pre_norm_transformer_layer_has_a_factor_and_a_zero_one_goes(name, attn, mlp,
+                                                                                               tmp_path):
+    net = corpus.build(name)
+    base = copy.deepcopy(net.model)
+    layers = "vit.layers" if name == "hf-vit" else "blocks"
+    sss = SparseStructureSelection()
+    sss.prepare(net.model, net.inputs)
+    branch = {m.branch: m for _, m in factor_modules(net.model) if isinstance(m, BlockScale) and m.branch}
+    assert sorted(branch) == sorted(f"{layers}.{i}.{b}" for i in (0, 1) for b in (attn, mlp))
+    with torch.no_grad():  # layer 0 loses its attention branch; layer 1 both branches: the whole layer
+        for b in (f"{layers}.0.{attn}", f"{layers}.1.{attn}", f"{layers}.1.{mlp}"):
+            branch[b].factor.zero_()
+    model, before, after = _finalize_exact(sss, net)
+    layer0, layer1 = model.get_submodule(f"{layers}.0"), model.get_submodule(f"{layers}.1")
+    assert isinstance(layer0.get_submodule(attn.split(".")[0]), ZeroBranch)  # attention gone, its norm too
+    assert sum(isinstance(m, nn.Identity) for m in layer0.children()) == 1
+    assert sum(isinstance(m, nn.LayerNorm) for m in layer0.children()) == 1  # the MLP branch's norm stays
+    assert not any(True for _ in layer1.parameters())  # both branches at 0: the layer is gone
+    assert after < before - 2 * 4 * 32 * 32
+    prunekit.save(model, tmp_path / "small.safetensors", base=base)  # the removals replay on a fresh instance
+    again = prunekit.load(tmp_path / "small.safetensors", model=corpus.build(name, seed=1).model)
+    with torch.no_grad():
+        assert torch.equal(corpus.logits(again(net.inputs)), corpus.logits(model(net.inputs)))

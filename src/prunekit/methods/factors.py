@@ -118,10 +118,11 @@ class BlockScale(Scale):
 
     kind = "block"
 
-    def __init__(self, block: str = "", fold: str = "") -> None:
+    def __init__(self, block: str = "", fold: str = "", branch: str = "") -> None:
         super().__init__(1)
         self.block = block  # placed from the analysis: the residual block it scales the branch of
         self.fold = fold  # ... and the conv / linear / BN (model name) the factor folds into
+        self.branch = branch  # one of several branches of the block's sum (a transformer layer): its layer
 
     def per_channel(self, num_channels: int) -> torch.Tensor:
         return self.factor.expand(num_channels)
@@ -130,13 +131,16 @@ class BlockScale(Scale):
         return x * self.factor
 
     def to_config(self) -> dict[str, Any]:
-        return {"block": self.block, "fold": self.fold} if self.block else {}
+        cfg = {"block": self.block, "fold": self.fold} if self.block else {}
+        if self.branch:
+            cfg["branch"] = self.branch
+        return cfg
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> BlockScale:
-        if set(cfg) - {"block", "fold"} or not all(isinstance(v, str) for v in cfg.values()):
+        if set(cfg) - {"block", "fold", "branch"} or not all(isinstance(v, str) for v in cfg.values()):
             raise PrunekitError(f"BlockScale: bad configuration {sorted(cfg)}")
-        return cls(cfg.get("block", ""), cfg.get("fold", ""))
+        return cls(cfg.get("block", ""), cfg.get("fold", ""), cfg.get("branch", ""))
 
 
 @register_module
@@ -455,6 +459,21 @@ def _concatenated(model: nn.Module, info: Any) -> bool:
                for n in info.norms if isinstance(model.get_submodule(n), NORM_LAYERS))
 
 
+def _branch_sites(model: nn.Module, name: str, info: Any) -> tuple[list[Site], dict[str, str]]:
+    """One block factor per branch of a sum with several (a transformer layer: attention, then MLP), after
+    the layer producing the branch (its output projection), folded into it; a zero one removes the branch
+    (:func:`prunekit.surgery.remove_branches`), all of them the block."""
+    sites, skipped = [], {}
+    for br in info.branches:
+        m = model.get_submodule(br.layer) if br.layer else None
+        if m is None or not br.producer or not _foldable(m):
+            skipped[br.layer or name] = (f"a branch of {name!r} not produced by a conv / linear / norm layer "
+                                         f"({br.layer or 'none'}) to fold a factor into")
+        else:
+            sites.append(Site("block", br.layer, br.layer, 0, block=name, fold=br.layer))
+    return sites, skipped
+
+
 def _block_site(model: nn.Module, name: str, info: Any) -> tuple[Site | None, str]:
     """A block factor at the end of block ``name``'s branch, folded into the last conv / linear / BN there."""
     if not info.removable:
@@ -527,6 +546,11 @@ def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True,
         for name, binfo in block_analysis(model, example_inputs).items():
             if not binfo.removable and "contains residual blocks" in binfo.reason:
                 continue  # a stage: its blocks get their own factors
+            if binfo.removable and len(binfo.branches) > 1:
+                branch_sites, why_not = _branch_sites(model, name, binfo)
+                sites += branch_sites
+                skipped.update(why_not)
+                continue
             site, why = _block_site(model, name, binfo)
             if site is None:
                 skipped[name] = why
@@ -538,7 +562,7 @@ def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True,
 
 
 def _key(s: Site) -> str:
-    return s.block or s.layer
+    return s.layer or s.block  # a branch factor: its layer (a block has several)
 
 
 def _checked(model: nn.Module, example_inputs: Any, sites: list[Site], skipped: dict[str, str]) -> list[Site]:
@@ -595,8 +619,8 @@ def _removal_problem(model: nn.Module, example_inputs: Any, sites: list[Site]) -
     equal the copy with those factors at 0 (not only the surgery's masking: a norm reading a zeroed channel
     after a concatenation still adds its shift). ``(site key, why)`` of a structure that fails, ``("", "")``
     when all went."""
-    for kind in ("channel", "group", "block", "head"):
-        chosen = [s for s in sites if s.kind == kind]
+    for kind in ("channel", "group", "block", "branch", "head"):
+        chosen = [s for s in sites if s.kind == kind or (kind == "branch" and s.kind == "block" and s.layer)]
         if not chosen:
             continue
         problem = _zeroed_removal(model, example_inputs, sites, kind)
@@ -617,15 +641,19 @@ def _zeroed_removal(model: nn.Module, example_inputs: Any, sites: list[Site], ki
     twin = copy.deepcopy(model).eval()
     _insert(twin, sites)
     with torch.no_grad():
+        branched: set[str] = set()
         for _, m in factor_modules(twin):
-            if (m.kind if not isinstance(m, HeadScale) else "head") == kind:
+            if kind == "branch" and isinstance(m, BlockScale) and m.branch and m.block not in branched:
+                branched.add(m.block)  # one branch of each block alone
+                m.factor.zero_()
+            elif (m.kind if not isinstance(m, HeadScale) else "head") == kind:
                 m.factor[: max(1, m.factor.numel() // 2)].zero_()
         ref = _forward(twin, example_inputs)
     blocks, zeros, summary = zero_structures(twin)
     fold_factors(twin)
     try:
         if blocks:
-            remove_blocks(twin, blocks, example_inputs)
+            remove_zero_blocks(twin, blocks, summary, example_inputs)
         plan = channel_plan(twin, zeros, summary, example_inputs)
         if plan:
             surgery.remove_channels(twin, plan, example_inputs, min_channels=1, clamp=True)
@@ -649,7 +677,7 @@ def _insert(model: nn.Module, sites: list[Site]) -> None:
         target = model.get_submodule(s.target)
         device = next((t.device for t in list(target.parameters()) + list(target.buffers())), None)
         if s.kind == "block":
-            scale: Scale = BlockScale(s.block, s.fold)
+            scale: Scale = BlockScale(s.block, s.fold, s.layer)
         elif s.kind == "head":
             scale = HeadScale(s.channels, s.groups, s.layer)
         elif s.kind == "group":
@@ -761,9 +789,12 @@ def zero_structures(model: nn.Module) -> tuple[list[str], dict[str, list[int]], 
         if isinstance(m, BlockScale):
             # analysis placement names its block; else <block>.branch.block_scale / <block>.bn3.1
             block = m.block or name.rpartition(".")[0].rpartition(".")[0]
-            summary[block] = {"kind": "block", "factor": float(lam.item())}
+            key = m.branch or block  # one of several branches: keyed by its layer
+            summary[key] = {"kind": "block", "factor": float(lam.item())}
+            if m.branch:
+                summary[key]["block"] = block
             if zero:
-                blocks.append(block)
+                blocks.append(key)
             continue
         wrapper = name.rpartition(".")[0]
         summary[wrapper] = {"kind": m.kind, "factors": int(lam.numel()), "zero": len(zero)}
@@ -799,6 +830,27 @@ def remove_blocks(model: nn.Module, names: list[str], example_inputs: Any = None
                 shortcut, act = block.get_submodule("downsample"), copy.deepcopy(block.get_submodule("relu"))
                 vars(act)["inplace"] = False
             set_submodule(model, n, nn.Sequential(OrderedDict([("shortcut", shortcut), ("act", act)])))
+
+
+def remove_zero_blocks(model: nn.Module, names: list[str], summary: dict[str, dict[str, Any]],
+                       example_inputs: Any, zoo: bool = False) -> tuple[list[str], list[str]]:
+    """Remove the zero structures ``names`` of :func:`zero_structures`: blocks, and branches of blocks whose sum
+    has several (all of a block's branches at 0: the block). ``zoo``: blocks placed by :func:`insert_factors`
+    (removed without the graph). ``(blocks removed, branches removed)``."""
+    from prunekit import surgery
+
+    block_of = {k: v["block"] for k, v in summary.items() if v.get("block")}
+    zero_branches = [n for n in names if n in block_of]
+    infos = surgery.block_analysis(model, example_inputs) if zero_branches else {}
+    whole = [b for b in dict.fromkeys(block_of[n] for n in zero_branches)  # every branch at 0, not only the
+             if b in infos and {br.layer for br in infos[b].branches} <= set(names)]  # factored ones
+    blocks = [n for n in names if n not in block_of] + whole
+    branches = [n for n in names if n in block_of and block_of[n] not in whole]
+    if blocks:
+        remove_blocks(model, blocks, None if zoo else example_inputs)
+    if branches:
+        surgery.remove_branches(model, branches, example_inputs)
+    return blocks, branches
 
 
 def channel_plan(model: nn.Module, zeros: dict[str, list[int]], summary: dict[str, dict[str, Any]],
@@ -855,7 +907,61 @@ def _reader_plan(model: nn.Module, zeros: dict[str, list[int]], summary: dict[st
     return {k: v for k, v in plan.items() if v}
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the report of a finalize
+
+
+def is_zoo(model: nn.Module) -> bool:
+    """A prunekit zoo network, or one holding blocks of the zoo / torchvision kinds (placed by
+    :func:`insert_factors`)."""
+    return type(model).__module__.startswith("prunekit.models") or any(is_block(m) for m in model.modules())
+
+
+def width_of(model: nn.Module, name: str) -> int | None:
+    """Output width of module ``name`` (None when it is gone or has none)."""
+    try:
+        m = model.get_submodule(name)
+    except AttributeError:
+        return None
+    if isinstance(m, (*NORM_LAYERS, nn.Linear, nn.modules.conv._ConvNd)):
+        return _width(m)
+    return None
+
+
+def structure_report(model: nn.Module, summary: dict[str, dict[str, Any]], widths_before: dict[str, int | None],
+                     all_blocks: list[str], blocks: list[str], branches: list[str], channels: Any) -> dict[str, Any]:
+    """What a finalize removed: blocks and branches, each block factor, blocks kept per stage (the container
+    holding them, e.g. ``layer2``), the width of every factored layer before and after, the channel surgery."""
+    stages: dict[str, dict[str, int]] = OrderedDict()
+    for b in all_blocks:
+        st = stages.setdefault(b.rpartition(".")[0] or "<root>", {"blocks": 0, "kept": 0})
+        st["blocks"] += 1
+        st["kept"] += b not in blocks
+    widths = [{"layer": k, "kind": v["kind"], "before": widths_before.get(k), "after": width_of(model, k),
+               "factors": v["factors"], "zero_factors": v["zero"]} for k, v in summary.items() if v["kind"] != "block"]
+    return {"blocks_removed": list(blocks), "branches_removed": list(branches),
+            "block_factors": {k: v["factor"] for k, v in summary.items() if v["kind"] == "block"},
+            "depth_per_stage": dict(stages), "width_per_layer": widths, "channel_surgery": _jsonable(channels)}
+
+
+def _jsonable(x: Any) -> Any:
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "to_dict"):
+        return _jsonable(x.to_dict())
+    if hasattr(x, "__dataclass_fields__"):
+        import dataclasses
+
+        return _jsonable(dataclasses.asdict(x))
+    return str(x)
+
+
 __all__ = ["BLOCK_CHILD", "FACTOR_TYPES", "NORM_LAYERS", "BlockScale", "ChannelScale", "GroupScale", "HeadScale",
            "Scale", "Site",
            "analysis_sites", "channel_plan", "factor_modules", "factor_parameters", "find_sites", "fold_factors",
-           "insert_factors", "insert_sites", "is_block", "layer_sites", "remove_blocks", "zero_structures"]
+           "insert_factors", "insert_sites", "is_block", "is_zoo", "layer_sites", "remove_blocks", "remove_zero_blocks",
+           "structure_report", "width_of", "zero_structures"]
