@@ -157,3 +157,22 @@ def test_a_new_network_object_during_training_is_refused_in_one_line(tmp_path):
     with pytest.raises(PrunekitError, match="replaced the model by a new object during training") as err:
         _train(TinyCNN(), Replacing(), tmp_path, epochs=2)
     assert "\n" not in str(err.value)
+
+
+def test_sss_with_example_inputs_is_prepared_when_the_optimizers_are_made(tmp_path):
+    """Given example inputs, pk.optimizers(model) places SSS's factors at once (a HF ResNet: by running it) and
+    fills the optimizer before the HF Trainer sees it; the run then delivers a smaller network, exactly."""
+    from prunekit.methods.factors import factor_modules
+
+    model = hf_resnet()
+    dense = sum(p.numel() for p in model.parameters())
+    pk = PrunekitTrainerCallback(methods.get("sss")(**PAPER_METHODS["sss"]), example_inputs=X0)
+    opt, sched = pk.optimizers(model)
+    assert factor_modules(model) and [type(o) for o in opt.optimizers] == [torch.optim.SGD, APG]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], num_train_epochs=2,
+                                          per_device_train_batch_size=16, learning_rate=0.05, save_strategy="no",
+                                          logging_strategy="no", disable_tqdm=True)
+    transformers.Trainer(model=model, args=args, train_dataset=Images(), callbacks=[pk],
+                         optimizers=(opt, sched)).train()
+    assert pk.result.report["adapter"]["finalize_max_abs_diff"] < 1e-5
+    assert sum(p.numel() for p in pk.result.model.parameters()) < dense
