@@ -556,7 +556,10 @@ def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True,
                 skipped[name] = why
             else:
                 sites.append(site)
-    sites = _checked(model, example_inputs, sites, skipped)
+    unique: dict[str, Site] = {}
+    for site in sites:  # one factor per module output (a BN both after its conv and reading a concatenation)
+        unique.setdefault(site.target, site)
+    sites = _checked(model, example_inputs, list(unique.values()), skipped)
     order = {n: i for i, n in enumerate(dict(model.named_modules()))}
     return sorted(sites, key=lambda s: order[s.target]), skipped
 
