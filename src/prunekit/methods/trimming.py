@@ -31,13 +31,8 @@ Where we chose (the paper leaves it open or is not verified):
   ``max_fraction`` of a layer goes per iteration, and ``round_to`` keeps widths at multiples of 8/16.
 * The retrain learning rate (``retrain_lr``) and the epochs per stage are not given by the paper.
 
-Engineering: under DistributedDataParallel every process counts zeros on its shard and the counts are
-summed, so all processes take the same decision; the Trainer then re-wraps the smaller model. The trim runs
-at the start of its stage, after the checkpoint of the previous one, and every checkpoint stores the pruned
-architecture and this method's records, so a resumed run ends bit-identical. ``records`` (state) keeps, per
-network (0 = before the first trim), the widths of every conv/linear layer, parameters, MACs, accuracy
-after the trim and after retraining, and the full APoZ vectors; :meth:`report` turns them into a table, APoZ
-means and histograms, and a per-layer plot.
+Bookkeeping (records of every network, the report and plot, checkpoint state, DDP):
+:mod:`prunekit.methods.trimming_records`.
 """
 
 from __future__ import annotations
@@ -45,22 +40,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from prunekit.engine.distributed import check_same, is_main
+from prunekit.engine.distributed import check_same
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods import trimming_records
-from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
+from prunekit.methods.api import MethodConfig, TrainingLoop
 from prunekit.methods.apoz import ScoredGroup, choose_groups, collect_apoz, per_chunk, scored_groups
 from prunekit.methods.budget import round_up
 from prunekit.methods.checks import BOOL, check_options, int_at_least, is_int, is_num, one_of, optional, unit_interval
-from prunekit.methods.loopdata import example_inputs_of, split_batches
-from prunekit.methods.trimming_records import TrimmingRecords
+from prunekit.methods.loopdata import split_batches
+from prunekit.methods.trimming_records import RecordedTrimming
 
 RULES = ("paper", "threshold", "fraction")
 ORDERS = ("together", "highest_mean")
@@ -140,7 +134,7 @@ def select_channels(apoz: torch.Tensor, cfg: TrimmingConfig) -> tuple[list[int],
 # ------------------------------------------------------------------------------------------------ the method
 
 
-class NetworkTrimming(PruningMethod):
+class NetworkTrimming(RecordedTrimming):
     """Network Trimming (Hu et al. 2016): iteratively remove the neurons with the highest APoZ, retrain.
 
     APoZ is measured on the loop's data (``apoz_data``: its train or val split; in a user's own loop, a
@@ -159,14 +153,7 @@ class NetworkTrimming(PruningMethod):
                  apoz_data: Any = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
         self.apoz_data = apoz_data
-        self.log = TrimmingRecords()  # one record per network, the loop's last metrics, unscorable groups
-        self.out_dir: Path | None = None
         self.unscorable: dict[str, str] = {}  # group -> why it is not scored (no ReLU-like activation, ...)
-
-    @property
-    def records(self) -> list[dict[str, Any]]:
-        """One record per network: 0 = before the first trim, t = after trim t (:mod:`.trimming_records`)."""
-        return self.log.records
 
     # -- schedule -------------------------------------------------------------------------------
     def stages(self, epochs: int) -> list[Stage]:
@@ -196,12 +183,7 @@ class NetworkTrimming(PruningMethod):
         """Every scorable channel group of ``model`` (in module order) with its measuring points; refused in
         one line, naming a group and why, when there is none."""
         self.unscorable = {}
-        out, self.log.unscorable = scored_groups(model, example_inputs, reasons=self.unscorable)
-        if not out:
-            first = next(iter(self.unscorable.items()), None)
-            why = f"; e.g. {first[0]!r}: {first[1]}" if first else ""
-            raise PrunekitError(f"trimming: no channel group of {type(model).__name__} can be scored (APoZ needs a "
-                                f"ReLU-like activation after a conv / linear layer){why}")
+        out, self.log.unscorable = scored_groups(model, example_inputs, reasons=self.unscorable, required=True)
         return out
 
     def chosen(self, groups: list[ScoredGroup]) -> list[ScoredGroup]:
@@ -260,64 +242,28 @@ class NetworkTrimming(PruningMethod):
 
     # -- callback hooks -------------------------------------------------------------------------
     def on_fit_start(self, trainer: TrainingLoop) -> None:
-        self.out_dir = trainer.out_dir
+        super().on_fit_start(trainer)
         if trainer.example_inputs is not None:  # bind: refuse now, not after the first training stage
             self.chosen(self.groups(trainer.raw_model, trainer.example_inputs))
-
-    def on_model_changed(self, trainer: TrainingLoop) -> None:
-        self.out_dir = trainer.out_dir
-
-    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
-        self.log.last_metrics = dict(metrics)
 
     def on_stage_start(self, trainer: TrainingLoop, stage: Stage) -> None:
         t = int(stage.info.get("iteration", len(self.records)))
         if stage.kind != "retrain" or self.log.has(t):
             return
-        example = example_inputs_of(trainer, self.apoz_data)
+        example = self.example_of(trainer)
         self.log.before_trim(trainer, example)
         model, rec = self.trim(trainer.raw_model, self.apoz_batches(trainer), example, device=trainer.device,
                                amp=trainer.amp)
         trainer.replace_model(model)
         self.log.after_trim(trainer, t, rec, example, evaluate=self.config.evaluate_trims)
 
-    def on_stage_end(self, trainer: TrainingLoop, stage: Stage) -> None:
-        if stage.kind == "train":
-            self.log.trained(trainer, example_inputs_of(trainer, self.apoz_data))
-        else:
-            self.log.retrained(stage)
-
     def on_fit_end(self, trainer: TrainingLoop) -> None:
         if not self.config.final_apoz or not self.records or "apoz" in self.records[-1]:
             return
-        model, example = trainer.raw_model, example_inputs_of(trainer, self.apoz_data)
+        model, example = trainer.raw_model, self.example_of(trainer)
         groups = self.groups(model, example)
         apoz = self.measure(model, self.apoz_batches(trainer), groups, device=trainer.device, amp=trainer.amp)
         self.log.final_apoz(apoz, *self.plan(apoz, groups))  # what one more iteration would remove
-
-    # -- report ---------------------------------------------------------------------------------
-    def table_rows(self) -> list[dict[str, Any]]:
-        """One row per network: iteration, widths of the trimmed layers, parameters, MACs, accuracy."""
-        return trimming_records.table_rows(self.records)
-
-    def plot(self, path: str | Path) -> Path:
-        """Per-layer APoZ histograms of every iteration's network saved to ``path``."""
-        return trimming_records.plot(self.records, path)
-
-    def report(self, plot_path: str | Path | None = None) -> dict[str, Any]:
-        """Iterations (widths, parameters, MACs, accuracy, APoZ summary per layer), a text table, the plot."""
-        target = plot_path or self.config.plot_path or (self.out_dir / "trimming_apoz.png" if self.out_dir else None)
-        return self.log.report(target if is_main() else None)  # one writer
-
-    def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
-        """The trimmed network is already small (channels were removed for real); add the report."""
-        return FinalizeResult(getattr(model, "module", model), sparse=False, report=self.report())
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.log.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.log.load_state_dict(state)
 
 
 __all__ = ["NetworkTrimming", "TrimmingConfig", "select_channels"]

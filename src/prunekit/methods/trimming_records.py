@@ -1,22 +1,34 @@
-"""Network Trimming's records, one per network (0 = before the first trim, t = after trim t): widths of every
-conv / linear layer, parameters, MACs, accuracy after the trim and after retraining, and the full APoZ
-vectors. :class:`TrimmingRecords` keeps them through a run (and in its checkpoints); :func:`report` turns
-them into a table, APoZ means and histograms, and a per-layer plot."""
+"""Network Trimming's bookkeeping: its records, one per network (0 = before the first trim, t = after trim t),
+with the widths of every conv / linear layer, parameters, MACs, accuracy after the trim and after retraining,
+and the full APoZ vectors.
+
+:class:`TrimmingRecords` keeps them through a run; :func:`report` turns them into a table, APoZ means and
+histograms, and a per-layer plot. :class:`RecordedTrimming`, the base of
+:class:`~prunekit.methods.trimming.NetworkTrimming`, holds the hooks that only record, the report, and the
+checkpoint state. The trim runs at the start of its stage, after the checkpoint of the previous one, and every
+checkpoint stores the pruned architecture and these records, so a resumed run ends bit-identical. Under
+DistributedDataParallel every process counts zeros on its shard and the counts are summed, so all processes
+take the same decision; the Trainer then re-wraps the smaller model.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from prunekit.engine.distributed import is_main
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
-from prunekit.methods.api import TrainingLoop
+from prunekit.methods.api import FinalizeResult, PruningMethod, TrainingLoop
 from prunekit.methods.apoz import ScoredGroup
-from prunekit.methods.loopdata import val_top1
+from prunekit.methods.loopdata import example_inputs_of, val_top1
+
+if TYPE_CHECKING:
+    from prunekit.methods.trimming import TrimmingConfig
 
 HIST_BINS = 20
 
@@ -200,4 +212,67 @@ class TrimmingRecords:
             raise PrunekitError(f"trimming: method state in the checkpoint is malformed ({exc})") from None
 
 
-__all__ = ["HIST_BINS", "TrimmingRecords", "histogram", "plot", "report", "snapshot", "table_rows", "trim_record"]
+class RecordedTrimming(PruningMethod):
+    """Base of :class:`~prunekit.methods.trimming.NetworkTrimming`: its :class:`TrimmingRecords` (``log``), the
+    hooks that only record (epoch and stage ends), the report and plot made of the records, and its
+    checkpoint state (the records)."""
+
+    config: TrimmingConfig
+    apoz_data: Any = None  # data given to the method itself (it also shapes the example inputs)
+
+    def __init__(self, config: Any = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.log = TrimmingRecords()
+        self.out_dir: Path | None = None  # where the report's plot goes by default
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """One record per network: 0 = before the first trim, t = after trim t."""
+        return self.log.records
+
+    def example_of(self, loop: TrainingLoop) -> torch.Tensor:
+        """Example inputs of the loop's model (:func:`prunekit.methods.loopdata.example_inputs_of`)."""
+        return example_inputs_of(loop, self.apoz_data)
+
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
+        self.out_dir = trainer.out_dir
+
+    def on_model_changed(self, trainer: TrainingLoop) -> None:
+        self.out_dir = trainer.out_dir
+
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
+        self.log.last_metrics = dict(metrics)
+
+    def on_stage_end(self, trainer: TrainingLoop, stage: Stage) -> None:
+        if stage.kind == "train":
+            self.log.trained(trainer, self.example_of(trainer))
+        else:
+            self.log.retrained(stage)
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """One row per network: iteration, widths of the trimmed layers, parameters, MACs, accuracy."""
+        return table_rows(self.records)
+
+    def plot(self, path: str | Path) -> Path:
+        """Per-layer APoZ histograms of every iteration's network saved to ``path``."""
+        return plot(self.records, path)
+
+    def report(self, plot_path: str | Path | None = None) -> dict[str, Any]:
+        """Iterations (widths, parameters, MACs, accuracy, APoZ summary per layer), a text table, the plot
+        (to ``plot_path``, else the config's, else ``<out_dir>/trimming_apoz.png``)."""
+        target = plot_path or self.config.plot_path or (self.out_dir / "trimming_apoz.png" if self.out_dir else None)
+        return self.log.report(target if is_main() else None)  # one writer
+
+    def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
+        """The trimmed network is already small (channels were removed for real); add the report."""
+        return FinalizeResult(getattr(model, "module", model), sparse=False, report=self.report())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.log.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.log.load_state_dict(state)
+
+
+__all__ = ["HIST_BINS", "RecordedTrimming", "TrimmingRecords", "histogram", "plot", "report", "snapshot", "table_rows",
+           "trim_record"]
