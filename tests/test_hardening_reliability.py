@@ -250,7 +250,7 @@ def test_the_download_hint_is_a_real_option(tmp_path: Path, capsys: pytest.Captu
 
     monkeypatch.delenv("PRUNEKIT_DATA", raising=False)  # no MNIST anywhere: the not-found message
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loaders, "_repo_root", lambda: None)
+    monkeypatch.setattr(loaders, "repo_root", lambda: None)
     monkeypatch.setattr(loaders, "SYSTEM_DIRS", {})
 
     empty = tmp_path / "empty"

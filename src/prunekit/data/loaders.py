@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunekit.data import _cache, _formats
-from prunekit.data._download import RELEASES, download_release
+from prunekit.data import cache, formats
 from prunekit.data.dataset import Dataset
 from prunekit.data.pipeline import RECIPES
+from prunekit.data.releases import RELEASES, download_release
 from prunekit.errors import PrunekitError
 
 SPLITS = ("train", "test")
@@ -70,7 +70,7 @@ IDX_NAMES = {"train": "train", "test": "t10k"}
 # ------------------------------------------------------------------------------------------- search
 
 
-def _repo_root() -> Path | None:
+def repo_root() -> Path | None:
     """The prunekit checkout this module lives in (editable install), or None for an installed package."""
     for parent in Path(__file__).resolve().parents:
         if (parent / "pyproject.toml").is_file() and (parent / "src" / "prunekit").is_dir():
@@ -89,7 +89,7 @@ def search_dirs(name: str, root: str | os.PathLike | None = None) -> list[Path]:
         dirs.append(Path(env).expanduser() / name)
     cwd = Path.cwd()
     dirs += [cwd / "data" / name, cwd.parent / "shared" / "datasets" / name]
-    repo = _repo_root()
+    repo = repo_root()
     if repo is not None:
         dirs.append(repo.parent / "shared" / "datasets" / name)
     dirs += SYSTEM_DIRS.get(name, [])
@@ -288,11 +288,11 @@ def _idx_loader(name: str, classes: list[str]) -> Callable[..., Dataset]:
         p = IDX_NAMES[split]
         images, labels = _locate(name, split, root, download, mirror, lambda d: _idx_files(d, split),
                                  f"{p}-images-idx3-ubyte[.gz] and {p}-labels-idx1-ubyte[.gz]")
-        arrays = _cache.cached_arrays(
+        arrays = cache.cached_arrays(
             f"{name}-{split}",
             [images, labels],
             {},
-            lambda: _formats.read_idx_pair(images, labels, len(classes)),
+            lambda: formats.read_idx_pair(images, labels, len(classes)),
             cache_dir,
             validate=_valid(len(classes)),
         )
@@ -338,15 +338,15 @@ def _load_cifar10(
         missing = [f for f in files if not f.is_file()]
         if missing:
             raise PrunekitError(f"{missing[0]}: missing from the CIFAR-10 binary release; re-download it")
-        arrays = _cache.cached_arrays(
+        arrays = cache.cached_arrays(
             f"cifar10-bin-{split}",
             files,
             {},
-            lambda: _concat([_formats.read_cifar_bin(f, 1, 0, (10,)) for f in files]),
+            lambda: _concat([formats.read_cifar_bin(f, 1, 0, (10,)) for f in files]),
             cache_dir,
             validate=_valid(10),
         )
-        classes = _formats.read_class_names(path / "batches.meta.txt", 10) or CIFAR10_CLASSES
+        classes = formats.read_class_names(path / "batches.meta.txt", 10) or CIFAR10_CLASSES
         return _dataset("cifar10", split, arrays, classes, STATS["cifar10"], "crop_flip")
     if kind == "folder":
         arrays = _folder_arrays(path, split, "RGB", None, cache_dir)
@@ -365,13 +365,13 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def _archive_arrays(path: Path, split: str, cache_dir: str | os.PathLike | None) -> dict[str, np.ndarray]:
     """Decoded images of one split of a ``<split>/<class>/*.jpg`` archive; one pass caches every split."""
-    entries = {s: _cache.entry(f"archive-{s}", [path], {"mode": "RGB"}, cache_dir) for s in SPLITS}
-    arrays = _cache.lookup(*entries[split])
+    entries = {s: cache.entry(f"archive-{s}", [path], {"mode": "RGB"}, cache_dir) for s in SPLITS}
+    arrays = cache.lookup(*entries[split])
     if arrays is not None and _valid(1 << 30, ("classes",))(arrays):
         return arrays
-    decoded = _formats.decode_split_archive(path, SPLITS)
+    decoded = formats.decode_split_archive(path, SPLITS)
     for s, a in decoded.items():
-        _cache.store(*entries[s], a)
+        cache.store(*entries[s], a)
     if split not in decoded:
         raise PrunekitError(
             f"{path}: the archive has no {split}/<class>/ images (found: {', '.join(decoded)})"
@@ -398,15 +398,15 @@ def _load_cifar100(
     file = path / f"{split}.bin"
     if not file.is_file():
         raise PrunekitError(f"{file}: missing from the CIFAR-100 binary release; re-download it")
-    arrays = _cache.cached_arrays(
+    arrays = cache.cached_arrays(
         f"cifar100-bin-{split}",
         [file],
         {},
-        lambda: _formats.read_cifar_bin(file, 2, 1, (20, 100)),
+        lambda: formats.read_cifar_bin(file, 2, 1, (20, 100)),
         cache_dir,
         validate=_valid(100),
     )
-    classes = _formats.read_class_names(path / "fine_label_names.txt", 100) or CIFAR100_CLASSES
+    classes = formats.read_class_names(path / "fine_label_names.txt", 100) or CIFAR100_CLASSES
     return _dataset("cifar100", split, arrays, classes, STATS["cifar100"], "crop_flip")
 
 
@@ -430,22 +430,22 @@ def _folder_arrays(
             raise PrunekitError(
                 f"{root}: no {split}/ folder (found {', '.join(splits)}/); add it or pick a split"
             )
-        classes = sorted({c for s in splits for c in _formats.scan_image_folder(root / s)[0]})
+        classes = sorted({c for s in splits for c in formats.scan_image_folder(root / s)[0]})
         folder = root / split
     else:
-        classes = _formats.scan_image_folder(root)[0]
+        classes = formats.scan_image_folder(root)[0]
         folder = root
-    files = _formats.list_class_files(folder, classes)
+    files = formats.list_class_files(folder, classes)
     if not files:
         raise PrunekitError(f"{folder}: no images (.png, .jpg, .jpeg, .bmp) in <class>/ sub-folders")
     fingerprint = [[str(p.relative_to(folder)), lab, *_stat(p)] for p, lab in files] + [classes]
 
     def build() -> dict[str, np.ndarray]:
-        arrays = _formats.decode_files(files, mode, size)
+        arrays = formats.decode_files(files, mode, size)
         mean, std = channel_stats(arrays["images"])
         return {**arrays, "classes": np.asarray(classes), "mean": np.asarray(mean), "std": np.asarray(std)}
 
-    return _cache.cached_arrays(
+    return cache.cached_arrays(
         f"folder-{split}",
         [folder],
         {"mode": mode, "size": size},
@@ -458,7 +458,7 @@ def _folder_arrays(
 
 def _stat(p: Path) -> tuple[int, str]:
     """Size and content digest of one image (the cache key: a same-size edit that kept the mtime counts)."""
-    return p.stat().st_size, _cache.file_digest(p)
+    return p.stat().st_size, cache.file_digest(p)
 
 
 def _parse_size(size: object) -> tuple[int, int] | None:

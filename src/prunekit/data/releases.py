@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunekit._atomic import atomic_path, write_bytes
-from prunekit.data._formats import iter_tar_files
+from prunekit.data.formats import iter_tar_files
 from prunekit.errors import PrunekitError
 
 MAX_DOWNLOAD = 2 << 30  # bytes; every official file is far smaller
