@@ -24,7 +24,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import nn
 
-from prunekit._atomic import atomic_path
+from prunekit.atomic import atomic_path
 from prunekit.errors import PrunekitError
 
 FORMAT = "prunekit-model/1"

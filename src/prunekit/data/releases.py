@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunekit._atomic import atomic_path, write_bytes
+from prunekit.atomic import atomic_path, write_bytes
 from prunekit.data.formats import iter_tar_files
 from prunekit.errors import PrunekitError
 

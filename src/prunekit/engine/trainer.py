@@ -33,7 +33,7 @@ from torch import nn
 
 from prunekit import data as pdata
 from prunekit import io
-from prunekit._atomic import write_text
+from prunekit.atomic import write_text
 from prunekit.data.pipeline import batch_size_fn
 from prunekit.engine import distributed as pdist
 from prunekit.engine.callbacks import BatchSize, Callback, build_optimizers

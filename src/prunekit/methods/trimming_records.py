@@ -81,7 +81,7 @@ def plot(records: list[dict[str, Any]], path: str | Path) -> Path:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from prunekit._atomic import atomic_path
+    from prunekit.atomic import atomic_path
 
     names: list[str] = []
     for r in records:
