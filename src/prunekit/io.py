@@ -664,8 +664,8 @@ def layer_tracker(model: nn.Module) -> Iterator[_Tracker]:
 
 
 def _twin(model: nn.Module, what: str) -> nn.Module:
-    """A structural copy of ``model`` on the meta device (see :func:`prunekit.surgery._graph.meta_twin`)."""
-    from prunekit.surgery._graph import meta_twin
+    """A structural copy of ``model`` on the meta device (see :func:`prunekit.surgery.graph.meta_twin`)."""
+    from prunekit.surgery.graph import meta_twin
 
     try:
         return meta_twin(model)

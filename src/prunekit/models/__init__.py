@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from prunekit.models import alexnet, lenet, nin, resnet, resnet_cifar, vgg  # noqa: F401 - registers models
-from prunekit.models._registry import create, describe, names, options, register
 from prunekit.models.common import ResidualBlock
+from prunekit.models.registry import create, describe, names, options, register
 
 __all__ = ["ResidualBlock", "create", "describe", "example_input", "names", "options", "register"]
 

@@ -2,7 +2,7 @@
 
 A *plan* maps a layer name to the output channels (conv) or neurons (linear) to remove, in that layer's
 current numbering. :func:`remove_channels` resolves the plan on the coupled groups found by Torch-Pruning's
-dependency graph (see :mod:`prunekit.surgery._graph`), checks it as a whole (indices, minimum widths,
+dependency graph (see :mod:`prunekit.surgery.graph`), checks it as a whole (indices, minimum widths,
 grouped convolutions), builds every new tensor, and only then swaps them into the model, which stays made
 of plain torch layers whose config attributes (``in_channels``, ``num_features``, ...) match their weights,
 so :func:`prunekit.io.save` records the thinner architecture and :func:`prunekit.io.load` rebuilds it.
@@ -25,7 +25,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.surgery import history
-from prunekit.surgery._graph import (
+from prunekit.surgery.graph import (
     HEAD_COUNT_ATTRS,
     IN,
     OUT,
