@@ -217,9 +217,19 @@ def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 # architecture record
 
 
+FACTORY_ATTR = "_prunekit_factory"
+"""The model attribute holding how it was made (underscored so it cannot collide with the model's own; read and
+written only through :func:`factory_of` and :func:`remember_factory`)."""
+
+
+def remember_factory(model: nn.Module, factory: dict[str, Any]) -> None:
+    """Record on ``model`` the ``{"name", "kwargs"}`` :func:`prunekit.models.create` builds it from."""
+    vars(model)[FACTORY_ATTR] = dict(factory)  # a plain attribute, not a registered module or parameter
+
+
 def factory_of(model: nn.Module) -> dict[str, Any] | None:
     """The ``{"name", "kwargs"}`` a zoo model was created with, or None for a user's own module."""
-    f = getattr(model, "_prunekit_factory", None)
+    f = getattr(model, FACTORY_ATTR, None)
     return dict(f) if f else None
 
 
@@ -565,7 +575,7 @@ class Prepared:
         if model is None:
             model = self.structure  # built on meta from the zoo factory: take the file's tensors as they are
             load_state(model, tensors, self.where, assign=True)
-            model._prunekit_factory = arch["factory"]
+            remember_factory(model, arch["factory"])
         else:
             if isinstance(arch, dict) and arch.get("factory") is None:
                 from prunekit.surgery import history

@@ -501,7 +501,7 @@ class Trainer:
             model = io.build_from_architecture(arch, device="meta", base=base)
             io.load_state(model, st["model"], str(path), assign=True)
             if arch.get("factory"):
-                model._prunekit_factory = arch["factory"]
+                io.remember_factory(model, arch["factory"])
             data = self.train_data
             check_fits_data(path, model, tuple(data.input_shape), data.num_classes,
                             forward=lambda m, x: forward_logits(m, x, input_key=self.input_key,

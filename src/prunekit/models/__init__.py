@@ -1,9 +1,9 @@
 """Model zoo: a registry of named factories (the timm idiom), one file per family, each documented with
 its source paper and exact parameter / MAC counts (``describe(name)``).
 
->>> from prunekit import models
+>>> from prunekit import io, models
 >>> model = models.create("resnet56", num_classes=100)
->>> model._prunekit_factory
+>>> io.factory_of(model)
 {'name': 'resnet56', 'kwargs': {'num_classes': 100}}
 
 ``create`` builds on the current default device, so ``with torch.device("meta"):`` gives a model without
