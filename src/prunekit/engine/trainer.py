@@ -144,7 +144,7 @@ class Trainer:
         self.rank = pdist.rank()
         # on one CPU process a per-step NaN check is free; on an accelerator, or across processes (where the
         # verdict must be all-reduced so that no rank stops alone), it is batched (see _FINITE_CHECK_EVERY)
-        self._nan_check_each_step = self.device.type == "cpu" and self.world_size == 1
+        self.nan_check_each_step = self.device.type == "cpu" and self.world_size == 1
         # position
         self.stages: list[Stage] = []
         self.stage: Stage | None = None
@@ -304,7 +304,7 @@ class Trainer:
         self.model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
-        sync_each_step = self._nan_check_each_step
+        sync_each_step = self.nan_check_each_step
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         seen = 0
         batches = pdata.iterate(self.train_data, bs, shuffle=True, seed=self.cfg.seed, epoch=self.epoch,
