@@ -4,7 +4,7 @@ The paper's procedure, and where each step lives here::
 
     train the network                                   stage "train" (or start from a pretrained model)
     repeat for iterations t = 1..N:                     stages "trim1".."trimN" (kind "retrain")
-        APoZ_c = sum_k sum_j [O_c,j(k) == 0] / (N*M)    on_stage_start -> measure_apoz (apoz.py)
+        APoZ_c = sum_k sum_j [O_c,j(k) == 0] / (N*M)    on_stage_start -> measure (apoz.collect_apoz)
         remove c where APoZ_c > mean + k * std          select_channels (rule "paper", k = 1)
         (and its in/out connections)                    prunekit.surgery.remove_channels
         retrain from the surviving weights              the stage's epochs, after trainer.replace_model
