@@ -32,6 +32,7 @@ from prunekit import config, io, models, surgery
 from prunekit.data import _formats, loaders
 from prunekit.engine import load_checkpoint, save_checkpoint
 from prunekit.errors import PrunekitError
+from tests.helpers import one_line
 
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="pk-hypothesis-"))  # keep the checkout clean
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow],
@@ -512,10 +513,7 @@ def test_out_of_range_configs_are_rejected_before_training(tmp_path: Path, monke
             "--quiet"]
     for s in sets:
         args += ["--set", s]
-    code = cli.main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert message in err, err
+    one_line(capsys, cli.main(args), message)
     assert not (out / "checkpoint.safetensors").exists() and not (out / "log.jsonl").exists()
 
 

@@ -15,6 +15,7 @@ from prunekit.config import load_config
 from prunekit.engine import Callback, LoopState, OptimConfig, Stage, Trainer, TrainerConfig, load_checkpoint
 from prunekit.errors import PrunekitError
 from prunekit.methods.iht import IHT, hard_threshold_masks, keep_count, parse_target, topk_mask
+from tests.helpers import Kill
 
 torch.set_num_threads(1)
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs" / "iht").glob("*.yaml"))
@@ -313,15 +314,6 @@ def test_finalize_in_a_dense_phase_thresholds_to_the_budget() -> None:
 
 
 # ------------------------------------------------------------------------------------------ resume
-
-
-class Kill(Callback):
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer) -> None:
-        if self.at is not None and trainer.step == self.at:
-            raise KeyboardInterrupt("simulated kill")
 
 
 @pytest.mark.parametrize("kill_at,stage", [(15, "dense1"), (19, "sparse2")])  # mid phase II / mid phase I

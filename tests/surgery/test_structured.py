@@ -21,14 +21,7 @@ from prunekit.surgery import (
     zero_channel_plan,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast and does not spin against other work."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is as fast
 
 
 # ---------------------------------------------------------------------------------------------------------

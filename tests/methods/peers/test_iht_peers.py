@@ -14,6 +14,7 @@ from prunekit.errors import PrunekitError
 from prunekit.methods.iht import keep_count
 from prunekit.methods.peers.dsd import DenseSparseDense
 from prunekit.methods.peers.magnitude import OneShotMagnitude
+from tests.helpers import Kill
 
 torch.set_num_threads(1)
 SHAPE = (1, 8, 8)
@@ -148,15 +149,6 @@ def test_dsd_sparse_phase_freezes_weights() -> None:
         m.on_after_optimizer_step(state)
         opt.zero_grad()
     assert nonzeros(model) == {"1": 512, "3": 40}
-
-
-class Kill(Callback):
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer) -> None:
-        if self.at is not None and trainer.step == self.at:
-            raise KeyboardInterrupt("simulated kill")
 
 
 def test_dsd_resume_mid_redense_is_bit_identical(train_data: pdata.Dataset, tmp_path) -> None:
