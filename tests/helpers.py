@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
 from prunekit import data, metrics, models
-from prunekit.engine import Callback, seed_everything
+from prunekit.engine import Callback, LoopState, seed_everything
 from prunekit.methods.iht import keep_count
 
 
@@ -52,6 +53,19 @@ class Kill(Callback):
     def on_train_batch_end(self, trainer) -> None:
         if self.at is not None and trainer.step == self.at:
             raise KeyboardInterrupt("simulated kill")
+
+
+def hooked_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                m: Callback | None = None, state: LoopState | None = None, before: bool = True,
+                after: bool = True) -> None:
+    """One optimizer step of a user's own loop around the method ``m``'s two step hooks (either left out)."""
+    F.cross_entropy(model(x), y).backward()
+    if m is not None and before:
+        m.on_before_optimizer_step(state)
+    opt.step()
+    if m is not None and after:
+        m.on_after_optimizer_step(state)
+    opt.zero_grad()
 
 
 def one_line(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
