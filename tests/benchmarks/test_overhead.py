@@ -1,0 +1,49 @@
+"""benchmarks/overhead.py: its --smoke variant runs end to end as a real process (every method attached as the
+Trainer attaches it, interleaved timing, the side-by-side table and the JSON); bad options are one line, exit 2.
+No timed assertion: the figures themselves live in README.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "overhead.py"
+
+
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_smoke_run_times_every_method_beside_a_plain_step(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    res = _run("--smoke", "--out", str(out))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in doc["rows"]}
+    assert list(rows) == ["plain", "iht", "sght", "sss", "trimming", "plain inference", "trimming APoZ pass"]
+    for r in rows.values():
+        assert r["cpu_ms"] > 0 and r["wall_ms"] > 0
+        assert r["overhead_cpu"] > -1.0 and r["overhead_wall"] > -1.0
+    assert rows["plain"]["overhead_cpu"] == 0.0
+    assert all(len(t["cpu"]) == doc["rounds"] for t in doc["times"].values())  # every variant, every round
+    assert doc["apoz"]["groups"] > 0 and doc["apoz"]["points"] >= doc["apoz"]["groups"]
+    table = [line for line in res.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 2 + len(rows)  # header, rule, one line per row
+    assert res.stdout.startswith("# python benchmarks/overhead.py --smoke")  # the command, recipe and seed first
+    assert "seed 0" in res.stdout and "sparse1" in res.stdout  # IHT timed in its sparse phase
+
+
+def test_bad_options_are_one_line_and_exit_2() -> None:
+    res = _run("--smoke", "--only", "iht,nope", timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "overhead.py: error: --only: unknown nope; choose from iht, sght, sss, trimming, apoz"]
