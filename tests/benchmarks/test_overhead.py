@@ -43,10 +43,12 @@ def test_smoke_run_times_every_method_beside_a_plain_step(tmp_path: Path) -> Non
     assert "seed 0" in res.stdout and "sparse1" in res.stdout  # IHT timed in its sparse phase
 
 
-def test_bad_options_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_options_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     spec = importlib.util.spec_from_file_location("overhead_bench", SCRIPT)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "overhead_bench", bench)  # its dataclasses look their module up
     spec.loader.exec_module(bench)
     with pytest.raises(SystemExit) as exc:
         bench.parse(["--smoke", "--only", "iht,nope"])
