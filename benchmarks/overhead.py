@@ -75,8 +75,9 @@ class Variant:
     def callbacks(self) -> list[Callback]:
         return [self.method] if self.method is not None else []
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One training step in the built-in Trainer's order (``Trainer._run_epoch``)."""
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One training step in the built-in Trainer's order (``Trainer._run_epoch``); returns the thread CPU
+        seconds of its update part (the hooks around the optimizers, their steps, ``zero_grad``)."""
         st, cbs = self.state, self.callbacks
         for cb in cbs:
             cb.on_train_batch_start(st, (x, y))
@@ -85,6 +86,7 @@ class Variant:
             raise RuntimeError(f"{self.name}: loss became {loss.item()}")
         st.loss = loss
         loss.backward()
+        t0 = time.thread_time()
         for cb in cbs:
             cb.on_before_optimizer_step(st)
         for opt in st.optimizers:
@@ -96,6 +98,7 @@ class Variant:
         for cb in cbs:
             cb.on_train_batch_end(st)
         st.step += 1
+        return time.thread_time() - t0
 
 
 def build(name: str, arch: str, image: int, num_classes: int, data: list[tuple[torch.Tensor, torch.Tensor]],
@@ -133,15 +136,17 @@ def _timed(fn: Callable[[], None], n: int) -> tuple[float, float]:
 
 def measure_steps(variants: list[Variant], data: list[tuple[torch.Tensor, torch.Tensor]], *, rounds: int,
                   steps: int, warmup: int) -> dict[str, dict[str, list[float]]]:
-    """Per variant: the mean step (cpu, wall) of every round; rounds interleave the variants, order rotating."""
-    times: dict[str, dict[str, list[float]]] = {v.name: {"cpu": [], "wall": []} for v in variants}
+    """Per variant: the mean step (cpu, wall) and its update part (cpu) of every round; rounds interleave the
+    variants, their order rotating."""
+    times: dict[str, dict[str, list[float]]] = {v.name: {"cpu": [], "wall": [], "update": []} for v in variants}
     cursor = {v.name: 0 for v in variants}
+    update = {v.name: 0.0 for v in variants}
 
     def run(v: Variant) -> Callable[[], None]:
         def one() -> None:
             x, y = data[cursor[v.name] % len(data)]
             cursor[v.name] += 1
-            v.step(x, y)
+            update[v.name] += v.step(x, y)
         return one
 
     for v in variants:
@@ -149,9 +154,11 @@ def measure_steps(variants: list[Variant], data: list[tuple[torch.Tensor, torch.
     for r in range(rounds):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
+            update[v.name] = 0.0
             cpu, wall = _timed(run(v), steps)
             times[v.name]["cpu"].append(cpu)
             times[v.name]["wall"].append(wall)
+            times[v.name]["update"].append(update[v.name] / steps)
     return times
 
 
@@ -230,7 +237,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(1)
-    command = "python benchmarks/overhead.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python benchmarks/overhead.py", *(sys.argv[1:] if argv is None else argv)])
     num_classes = 10 if args.smoke else 1000
     gen = torch.Generator().manual_seed(args.seed)
     n_batches = 4
@@ -251,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         t = times[v.name]
         rows.append({"variant": v.name, "what": "training step", "cpu_ms": _ms(t["cpu"]), "wall_ms": _ms(t["wall"]),
                      "overhead_cpu": _overhead(t["cpu"], base["cpu"]),
-                     "overhead_wall": _overhead(t["wall"], base["wall"])})
+                     "overhead_wall": _overhead(t["wall"], base["wall"]),
+                     "fwd_bwd_ms": _ms([a - b for a, b in zip(t["cpu"], t["update"], strict=True)]),
+                     "update_ms": _ms(t["update"])})
     apoz = None
     if "apoz" in args.only:
         apoz = measure_apoz(args.arch, args.image, num_classes, data[0][0], rounds=args.rounds,
@@ -262,13 +271,14 @@ def main(argv: list[str] | None = None) -> int:
                          "wall_ms": _ms(apoz["wall"][name]),
                          "overhead_cpu": _overhead(apoz["cpu"][name], apoz["cpu"]["plain"]),
                          "overhead_wall": _overhead(apoz["wall"][name], apoz["wall"]["plain"])})
-    print("\n| variant | against | step ms (CPU) | overhead (CPU) | step ms (wall) | overhead (wall) |\n"
-          "| --- | --- | ---: | ---: | ---: | ---: |")
+    print("\n| variant | against | step ms (CPU) | overhead (CPU) | fwd+bwd / update ms (CPU) | step ms (wall) "
+          "| overhead (wall) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         against = "plain step" if r["what"] == "training step" else "plain inference"
         ov = "—" if r["variant"].startswith("plain") else f"{100 * r['overhead_cpu']:+.1f}%"
         ow = "—" if r["variant"].startswith("plain") else f"{100 * r['overhead_wall']:+.1f}%"
-        print(f"| {r['variant']} | {against} | {r['cpu_ms']:.1f} | {ov} | {r['wall_ms']:.1f} | {ow} |")
+        parts = f"{r['fwd_bwd_ms']:.1f} / {r['update_ms']:.1f}" if "update_ms" in r else "—"
+        print(f"| {r['variant']} | {against} | {r['cpu_ms']:.1f} | {ov} | {parts} | {r['wall_ms']:.1f} | {ow} |")
     over = [r["variant"] for r in rows if r["what"] == "training step" and r["variant"] != "plain"
             and r["overhead_cpu"] > TARGET]
     print(f"\ntraining-step overhead within {100 * TARGET:.0f}% (CPU clock): "

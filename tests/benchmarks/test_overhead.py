@@ -35,6 +35,8 @@ def test_smoke_run_times_every_method_beside_a_plain_step(tmp_path: Path) -> Non
         assert r["cpu_ms"] > 0 and r["wall_ms"] > 0
         assert r["overhead_cpu"] > -1.0 and r["overhead_wall"] > -1.0
     assert rows["plain"]["overhead_cpu"] == 0.0
+    for name in ("plain", "iht", "sght", "sss", "trimming"):  # a step = forward + backward, then the update
+        assert rows[name]["fwd_bwd_ms"] > 0 and rows[name]["update_ms"] > 0
     assert all(len(t["cpu"]) == doc["rounds"] for t in doc["times"].values())  # every variant, every round
     assert doc["apoz"]["groups"] > 0 and doc["apoz"]["points"] >= doc["apoz"]["groups"]
     table = [line for line in res.stdout.splitlines() if line.startswith("| ")]
