@@ -3,8 +3,10 @@ worker process, or as a class to subclass). Fixtures live in the conftest.py fil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,22 @@ from torch import nn
 from prunekit import data, metrics, models
 from prunekit.engine import Callback, LoopState, seed_everything
 from prunekit.methods.iht import keep_count
+
+
+@contextlib.contextmanager
+def gloo_group(rank: int, world: int, init_file: str) -> Iterator[None]:
+    """A spawned test worker's gloo process group (one thread per rank). On success every rank meets at a last
+    barrier before the group is destroyed: a rank that left early would tear the connections down under a peer
+    still finishing (the peer then aborts with SIGABRT on a loaded machine). After an error: destroyed at once."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def synthetic(n: int = 96, n_test: int = 32, *, shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 4,

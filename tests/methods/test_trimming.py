@@ -19,7 +19,7 @@ from prunekit.errors import PrunekitError
 from prunekit.methods import get
 from prunekit.methods.apoz import APoZCollector, activation_points, channel_counts, collect_apoz
 from prunekit.methods.trimming import NetworkTrimming, TrimmingConfig, select_channels
-from tests.helpers import Kill, synthetic, tiny_lenet
+from tests.helpers import Kill, gloo_group, synthetic, tiny_lenet
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "trimming"
@@ -426,11 +426,7 @@ def test_resume_across_a_trim_is_exact(tmp_path, kill_at):
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
+    with gloo_group(rank, world, init_file):
         train, test = synthetic(128, 48)
         shard = data.iterate(train, 16, shuffle=False, augment=None, rank=rank, world_size=world)
         apoz = collect_apoz(tiny_lenet(), shard, progress=False)  # counts summed over both ranks
@@ -441,8 +437,6 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
         flat = torch.cat([p.detach().flatten() for p in tr.raw_model.parameters()])
         torch.save({"apoz": apoz, "flat": flat, "removed": m.records[1]["removed_channels"],
                     "widths": m.records[1]["widths"]}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_ddp_counts_are_summed_and_ranks_trim_alike(tmp_path):
