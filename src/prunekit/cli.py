@@ -153,7 +153,7 @@ def _load_any(spec: str) -> Any:
     import stat
 
     from prunekit import io, models
-    from prunekit._atomic import file_kind
+    from prunekit.atomic import file_kind
 
     try:
         mode = Path(spec).stat().st_mode
@@ -353,7 +353,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     text = reports.table(rows, markdown=True, ratios_to=0)
     print(text)
     if args.out:
-        from prunekit._atomic import write_text
+        from prunekit.atomic import write_text
 
         out = Path(args.out)
         write_text(out / "report.md", text + "\n")

@@ -30,7 +30,7 @@ from torch import nn
 from prunekit import config as pconfig
 from prunekit import configio, io, metrics, models
 from prunekit import data as pdata
-from prunekit._atomic import write_text
+from prunekit.atomic import write_text
 from prunekit.config import dump, optim_config, trainer_config
 from prunekit.engine import Stage, Trainer, distributed, evaluate, seed_everything
 from prunekit.errors import PrunekitError

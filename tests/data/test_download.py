@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from prunekit import PrunekitError, data
-from prunekit.data import _download, loaders
+from prunekit.data import loaders, releases
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -49,7 +49,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("PRUNEKIT_DATA", raising=False)
     monkeypatch.delenv("PRUNEKIT_MIRROR", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loaders, "_repo_root", lambda: None)  # the real ../shared/datasets must not be found
+    monkeypatch.setattr(loaders, "repo_root", lambda: None)  # the real ../shared/datasets must not be found
     monkeypatch.setattr(loaders, "SYSTEM_DIRS", {})
 
 
@@ -83,8 +83,8 @@ def patch_release(
 ) -> None:
     """Point the release table at our generated files' checksums (and unreachable official URLs)."""
     table = {f: (algorithm, hashlib.new(algorithm, b).hexdigest()) for f, b in files.items()}
-    release = dataclasses.replace(_download.RELEASES[name], bases=tuple(bases), files=table)
-    monkeypatch.setitem(_download.RELEASES, name, release)
+    release = dataclasses.replace(releases.RELEASES[name], bases=tuple(bases), files=table)
+    monkeypatch.setitem(releases.RELEASES, name, release)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -93,11 +93,11 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_release_table_has_official_urls_and_checksums():
     for name in ("mnist", "fashion-mnist", "cifar10", "cifar100"):
-        rel = _download.RELEASES[name]
+        rel = releases.RELEASES[name]
         assert rel.bases and all(b.startswith(("http://", "https://")) for b in rel.bases)
         for algorithm, digest in rel.files.values():
             assert algorithm in ("md5", "sha256") and len(digest) == hashlib.new(algorithm).digest_size * 2
-    assert _download.RELEASES["cifar10"].files == {
+    assert releases.RELEASES["cifar10"].files == {
         "cifar-10-binary.tar.gz": ("md5", "c32a1d4ab5d03f1284b67883e8d87530")
     }
 

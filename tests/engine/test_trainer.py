@@ -222,7 +222,7 @@ def test_batched_nan_check_stops_before_any_nan_checkpoint(tmp_path):
     cfg = TrainerConfig(batch_size=32, device="cpu", quiet=True, checkpoint_every_steps=1)
     Trainer(_model(), train, test, config=cfg, out_dir=tmp_path).fit(1)
     tr = Trainer(_model(), train, test, optim=OptimConfig(lr=1e6, momentum=0.0), config=cfg, out_dir=tmp_path)
-    tr._nan_check_each_step = False
+    tr.nan_check_each_step = False
     with pytest.raises(PrunekitError, match="loss became"):
         tr.fit(50)
     state = load_checkpoint(tmp_path / "checkpoint.safetensors")

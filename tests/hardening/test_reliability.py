@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from prunekit import cli, io, models, surgery
-from prunekit._atomic import atomic_path, write_text
+from prunekit.atomic import atomic_path, write_text
 from prunekit.errors import PrunekitError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def test_atomic_writer_refuses_nodes_and_folders_but_replaces_files(tmp_path: Pa
 
 def _killed_mid_write(target: Path, tmp: Path) -> Path:
     """A real process that dies by SIGKILL inside the atomic writer; returns the temp file it left."""
-    code = ("import os, signal, sys\nfrom prunekit._atomic import atomic_path\n"
+    code = ("import os, signal, sys\nfrom prunekit.atomic import atomic_path\n"
             "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_text('half')\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")
     before = set(target.parent.iterdir()) if target.parent.exists() else set()
@@ -121,7 +121,7 @@ def test_temp_files_of_a_killed_run_are_swept_on_resume(tmp_path: Path, capsys: 
 
 
 def test_rewriting_a_target_sweeps_its_own_stale_temp_files(tmp_path: Path) -> None:
-    from prunekit._atomic import sweep_stale
+    from prunekit.atomic import sweep_stale
 
     target = tmp_path / "out" / "a.txt"
     target.parent.mkdir()
@@ -250,7 +250,7 @@ def test_the_download_hint_is_a_real_option(tmp_path: Path, capsys: pytest.Captu
 
     monkeypatch.delenv("PRUNEKIT_DATA", raising=False)  # no MNIST anywhere: the not-found message
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loaders, "_repo_root", lambda: None)
+    monkeypatch.setattr(loaders, "repo_root", lambda: None)
     monkeypatch.setattr(loaders, "SYSTEM_DIRS", {})
 
     empty = tmp_path / "empty"

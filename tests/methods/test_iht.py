@@ -157,7 +157,7 @@ def test_frozen_weights_stay_zero_with_momentum_and_weight_decay(hooks: str, opt
     state = LoopState(model, [opt])
     for _ in range(3):  # dense steps build up momentum on every weight
         _step(model, opt, x, y, None, None)
-    m._enter(state, Stage("sparse1", 1, kind="sparse", reset_optimizer=False), 1)
+    m.enter_phase(state, Stage("sparse1", 1, kind="sparse", reset_optimizer=False), 1)
     frozen = {n: ~mask for n, mask in m.masks.items()}
     for name, w in weights(model).items():  # the optimizer state of frozen weights was zeroed as well
         for v in opt.state[w].values():
@@ -180,10 +180,10 @@ def test_phase_two_reactivates_frozen_connections_from_zero() -> None:
     opt = _sgd(model)
     m = IHT(keep=0.25)
     state = LoopState(model, [opt])
-    m._enter(state, Stage("sparse1", 1, kind="sparse"), 1)
+    m.enter_phase(state, Stage("sparse1", 1, kind="sparse"), 1)
     frozen = ~m.masks["fc1"]
     _step(model, opt, x, y, m, state)
-    m._enter(state, Stage("dense1", 1, kind="dense"), 2)
+    m.enter_phase(state, Stage("dense1", 1, kind="dense"), 2)
     assert m.masks is None and not opt.state  # masks dropped, momentum reset (AC/DC)
     assert torch.all(model.fc1.weight[frozen] == 0)  # they restart from exactly zero ...
     _step(model, opt, x, y, m, state)

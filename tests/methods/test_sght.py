@@ -282,7 +282,7 @@ def test_zeroed_channels_get_exactly_zero_gradient_so_reset_momentum_makes_zeroi
                     assert float(p.grad[dead].abs().sum()) == 0.0, name
 
         def on_train_batch_end(self, trainer) -> None:
-            masks.append(method._last_mask.clone())
+            masks.append(method.comebacks.last_mask.clone())
 
     Trainer(model, train_data, optim=OptimConfig(lr=0.1), callbacks=[method, Grad()],
             config=TrainerConfig(device="cpu", quiet=True)).fit(method.stages(2))

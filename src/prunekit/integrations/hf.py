@@ -54,7 +54,7 @@ from torch import nn
 from prunekit.engine.stages import OptimConfig
 from prunekit.errors import PrunekitError
 from prunekit.integrations import require
-from prunekit.integrations._driver import AdapterResults, Driver, MethodOptimizer, refuse_processes
+from prunekit.integrations.driver import AdapterResults, Driver, MethodOptimizer, refuse_processes
 from prunekit.methods.api import PruningMethod
 
 transformers = require("transformers", "transformers", "hf")

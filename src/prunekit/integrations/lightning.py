@@ -48,7 +48,7 @@ from torch import nn
 from prunekit.engine.stages import OptimConfig
 from prunekit.errors import PrunekitError
 from prunekit.integrations import require
-from prunekit.integrations._driver import AdapterResults, Driver, refuse_processes, split_batch
+from prunekit.integrations.driver import AdapterResults, Driver, refuse_processes, split_batch
 from prunekit.methods.api import PruningMethod
 
 pl = require("lightning.pytorch", "lightning", "lightning")

@@ -148,8 +148,8 @@ def _activations(dg: Any, layers: Sequence[str], names: dict[Any, str]) -> tuple
 def analyse(model: nn.Module, example_inputs: Any) -> NetworkAnalysis:
     """Trace ``model`` (the surgery's graph) and describe every channel group, block and activation."""
     from prunekit.surgery import residual_blocks
-    from prunekit.surgery._graph import analyse as graph_analyse
-    from prunekit.surgery._graph import build_graph
+    from prunekit.surgery.graph import analyse as graph_analyse
+    from prunekit.surgery.graph import build_graph
 
     an = graph_analyse(model, example_inputs)
     dg = build_graph(model, example_inputs)

@@ -678,7 +678,7 @@ def _checked(model: nn.Module, example_inputs: Any, sites: list[Site], skipped: 
 
 
 def _forward(model: nn.Module, inputs: Any) -> Any:
-    from prunekit.surgery._graph import forward_fn
+    from prunekit.surgery.graph import forward_fn
 
     return forward_fn(model, inputs)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.models._registry import register
 from prunekit.models.common import basic_block, check_int, init_kaiming
+from prunekit.models.registry import register
 
 _BLOCKS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
 

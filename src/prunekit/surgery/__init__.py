@@ -1,6 +1,6 @@
 """Surgery: make a pruned network really smaller.
 
-Structured (built on Torch-Pruning's dependency graph, see :mod:`prunekit.surgery._graph`):
+Structured (built on Torch-Pruning's dependency graph, see :mod:`prunekit.surgery.graph`):
 
 * :func:`channel_groups` - the coupled groups of output channels a method should score as one unit;
 * :func:`remove_channels` - remove channels / neurons and everything coupled to them, in place (attention
@@ -19,7 +19,6 @@ Unstructured: :class:`MaskSet` (masks kept through optimizer steps) and :func:`s
 :func:`load_sparse` (files that store only the non-zeros, loaded back bit for bit).
 """
 
-from prunekit.surgery._graph import ChannelGroup, channel_groups, meta_twin
 from prunekit.surgery.blocks import (
     Skip,
     ZeroBranch,
@@ -30,6 +29,7 @@ from prunekit.surgery.blocks import (
     residual_blocks,
 )
 from prunekit.surgery.fold import deployed, fold_batchnorm
+from prunekit.surgery.graph import ChannelGroup, channel_groups, meta_twin
 from prunekit.surgery.masks import MaskSet, keep_count, topk_mask
 from prunekit.surgery.sparse import load_sparse, save_sparse
 from prunekit.surgery.structured import (

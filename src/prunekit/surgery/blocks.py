@@ -27,7 +27,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.io import set_submodule
 from prunekit.surgery import history
-from prunekit.surgery._graph import forward_fn, meta_twin, preserve_mode, to_meta
+from prunekit.surgery.graph import forward_fn, meta_twin, preserve_mode, to_meta
 from prunekit.surgery.structured import SurgeryReport, compare_outputs, count_params, recorded_shapes, run_model
 
 # element-wise activations allowed after the sum, by autograd node: a fresh module computing the same

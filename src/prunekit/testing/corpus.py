@@ -341,7 +341,8 @@ class Outcome:
         return f"{self.done}/{self.total}" + (f" {self.note}" if self.note else "")
 
 
-def _renormalised(model: nn.Module, g: Any) -> bool:
+def renormalised(model: nn.Module, g: Any) -> bool:
+    """Whether a LayerNorm / GroupNorm of group ``g`` computes over its channels (removal is not masking)."""
     return any(isinstance(model.get_submodule(n), nn.LayerNorm | nn.GroupNorm)
                for n in g.norms if n in dict(model.named_modules()))
 
@@ -411,7 +412,7 @@ def remove_dead_channels(net: Network, frac: float = 0.25) -> Outcome:
     from prunekit.surgery import channel_groups
 
     groups = channel_groups(net.model, net.inputs)
-    renorm = {g.name for g in groups if _renormalised(net.model, g)}
+    renorm = {g.name for g in groups if renormalised(net.model, g)}
     while True:
         model = copy.deepcopy(net.model)
         exact = [g for g in groups if g.name not in renorm]
