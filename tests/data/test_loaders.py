@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import struct
 import tarfile
 from pathlib import Path
 
@@ -16,32 +15,15 @@ from PIL import Image
 
 from prunekit import PrunekitError, data
 from prunekit.data import formats, loaders
+from tests.helpers import idx_bytes
 
 RNG = np.random.default_rng(0)
 
 
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/data/conftest.py
+
+
 # --------------------------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No user data, cache or mirror leaks in; the cache lives under tmp_path."""
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("PRUNEKIT_DATA", raising=False)
-    monkeypatch.delenv("PRUNEKIT_MIRROR", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def no_system_data(monkeypatch):
-    """Hide the repo-relative ../shared/datasets and system folders so 'not found' paths are testable."""
-    monkeypatch.setattr(loaders, "repo_root", lambda: None)
-    monkeypatch.setattr(loaders, "SYSTEM_DIRS", {})
-
-
-def idx_bytes(arr: np.ndarray, magic: int) -> bytes:
-    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape)
-    return header + np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
 
 
 def write(path: Path, payload: bytes, gz: bool) -> Path:

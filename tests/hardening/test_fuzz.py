@@ -32,6 +32,7 @@ from prunekit import config, io, models, surgery
 from prunekit.data import formats, loaders
 from prunekit.engine import load_checkpoint, save_checkpoint
 from prunekit.errors import PrunekitError
+from tests.helpers import one_line
 
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="pk-hypothesis-"))  # keep the checkout clean
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow],
@@ -64,6 +65,16 @@ def _only_prunekit_errors(fn: Callable[[], Any], seconds: float = 10.0) -> Any:
         except PrunekitError as exc:
             assert "\n" not in str(exc), str(exc)
             return exc
+
+
+def _with_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """``_only_prunekit_errors(fn)`` and the peak of Python allocations (bytes, tracemalloc) while it ran."""
+    tracemalloc.start()
+    try:
+        res = _only_prunekit_errors(fn)
+        return res, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -146,12 +157,7 @@ def test_idx_gzip_bomb_is_not_inflated_beyond_the_header() -> None:
     header = _idx((10, 28, 28), formats.IDX_IMAGES_MAGIC, b"")
     bomb = gzip.compress(header + bytes(64 << 20), compresslevel=9)
     p = _file(bomb)
-    tracemalloc.start()
-    try:
-        res = _only_prunekit_errors(lambda: formats.read_idx(p, formats.IDX_IMAGES_MAGIC))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    res, peak = _with_peak(lambda: formats.read_idx(p, formats.IDX_IMAGES_MAGIC))
     assert isinstance(res, PrunekitError) and "unexpected bytes" in str(res)
     assert peak < 4 << 20, f"{peak >> 20} MiB allocated"
 
@@ -161,12 +167,7 @@ def test_idx_gzip_bomb_is_not_inflated_beyond_the_header() -> None:
 def test_idx_lying_header_allocates_nothing_large(n: int, gz: bool) -> None:
     raw = _idx((n, 28, 28), formats.IDX_IMAGES_MAGIC, b"\0" * 1000)
     p = _file(gzip.compress(raw) if gz else raw)
-    tracemalloc.start()
-    try:
-        res = _only_prunekit_errors(lambda: formats.read_idx(p, formats.IDX_IMAGES_MAGIC))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    res, peak = _with_peak(lambda: formats.read_idx(p, formats.IDX_IMAGES_MAGIC))
     assert isinstance(res, PrunekitError)
     assert peak < 4 << 20, f"{peak >> 20} MiB allocated"
 
@@ -512,10 +513,7 @@ def test_out_of_range_configs_are_rejected_before_training(tmp_path: Path, monke
             "--quiet"]
     for s in sets:
         args += ["--set", s]
-    code = cli.main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert message in err, err
+    one_line(capsys, cli.main(args), message)
     assert not (out / "checkpoint.safetensors").exists() and not (out / "log.jsonl").exists()
 
 
@@ -617,12 +615,7 @@ def test_cache_entries_that_lie_are_a_miss(shape: tuple[int, ...], dtype: str, p
     with zipfile.ZipFile(p, "w") as zf:
         zf.writestr("images.npy", _npy(shape, dtype, payload))
         zf.writestr("__cache_key__.npy", _npy((), "<U1", "k".encode("utf-32-le")) if key_ok else b"junk")
-    tracemalloc.start()
-    try:
-        res = _only_prunekit_errors(lambda: cache.lookup(p, "k"))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    res, peak = _with_peak(lambda: cache.lookup(p, "k"))
     honest = int(np.prod(shape)) * np.dtype(dtype).itemsize <= len(payload) and dtype != "|O"
     assert res is None or (honest and key_ok and isinstance(res, dict))
     assert peak < 4 << 20, f"{peak >> 20} MiB allocated"

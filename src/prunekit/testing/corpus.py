@@ -319,7 +319,7 @@ def logits(output: Any) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# surgery capabilities checked on every entry (tests/test_surgery_corpus.py, benchmarks/corpus.py)
+# surgery capabilities checked on every entry (tests/surgery/test_corpus.py, benchmarks/corpus.py)
 
 
 @dataclass
@@ -495,7 +495,7 @@ CAPABILITIES: dict[str, Callable[[Network], Outcome]] = {
 
 
 # ---------------------------------------------------------------------------------------------------------
-# every paper method on every entry (tests/test_methods_corpus.py, benchmarks/corpus.py)
+# every paper method on every entry (tests/methods/test_corpus.py, benchmarks/corpus.py)
 
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
