@@ -109,10 +109,7 @@ class GroupScale(Scale):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> GroupScale:
-        layer = cfg.get("layer", "")
-        if not isinstance(layer, str) or set(cfg) - {"num_channels", "groups", "layer"}:
-            raise PrunekitError(f"GroupScale: bad configuration {sorted(cfg)}")
-        return cls(_pos_int(cfg, "num_channels"), _pos_int(cfg, "groups"), layer)
+        return cls(*_split_config(cls.__name__, cfg, "groups"))
 
 
 @register_module
@@ -171,10 +168,7 @@ class HeadScale(Scale):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> HeadScale:
-        layer = cfg.get("layer", "")
-        if not isinstance(layer, str) or set(cfg) - {"num_channels", "heads", "layer"}:
-            raise PrunekitError(f"HeadScale: bad configuration {sorted(cfg)}")
-        return cls(_pos_int(cfg, "num_channels"), _pos_int(cfg, "heads"), layer)
+        return cls(*_split_config(cls.__name__, cfg, "heads"))
 
 
 @register_module
@@ -252,6 +246,15 @@ def _hooked(m: nn.Module) -> bool:
 def wrap(target: nn.Module, scale: Scale) -> nn.Sequential:
     """``Sequential(target, scale)``: a :class:`ScaledSequential` after a BatchNorm (fused), else plain."""
     return ScaledSequential(target, scale) if isinstance(target, NORM_LAYERS) else nn.Sequential(target, scale)
+
+
+def _split_config(kind: str, cfg: dict[str, Any], parts: str) -> tuple[int, int, str]:
+    """``(num_channels, parts, layer)`` of a factor per contiguous part of a layer's channels (conv groups,
+    attention heads), checked: the config comes from a file."""
+    layer = cfg.get("layer", "")
+    if not isinstance(layer, str) or set(cfg) - {"num_channels", parts, "layer"}:
+        raise PrunekitError(f"{kind}: bad configuration {sorted(cfg)}")
+    return _pos_int(cfg, "num_channels"), _pos_int(cfg, parts), layer
 
 
 def _pos_int(cfg: dict[str, Any], key: str) -> int:
