@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
 from prunekit.errors import PrunekitError
+
+T = TypeVar("T")
 
 ACTIVATIONS = {"Relu": "relu", "Hardtanh": "relu6", "Gelu": "gelu", "Silu": "silu", "Hardswish": "hardswish",
                "Mish": "mish", "Elu": "elu", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh",
@@ -37,6 +39,20 @@ _PASS = ("BatchNorm", "Mul", "Add", "Permute", "View", "Reshape", "Transpose", "
          "Unsafe", "Expand", "Contiguous", "Alias")
 """Nodes an activation may sit behind and still be "after the group" (norms, layer-scale, bias, residual sum,
 layout changes)."""
+
+
+class _OfGroup(Generic[T]):
+    """A read-only attribute of :class:`GroupInfo` that is the same-named one of its surgery group, as ``T``
+    (a plain value: the group's own may be a list or a tensor-derived number)."""
+
+    def __init__(self, convert: Callable[[Any], T]) -> None:
+        self.convert = convert
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> T:
+        return self.convert(getattr(obj.group, self.attr))
 
 
 @dataclass(frozen=True)
@@ -66,33 +82,14 @@ class GroupInfo:
     later layers read them, e.g. the BN -> ReLU -> conv of each DenseNet layer reading a concatenation
     (activation None when none, or not read directly from that norm)."""
 
-    @property
-    def name(self) -> str:
-        return str(self.group.name)
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return tuple(self.group.layers)
-
-    @property
-    def consumers(self) -> tuple[str, ...]:
-        return tuple(self.group.consumers)
-
-    @property
-    def size(self) -> int:
-        return int(self.group.size)
-
-    @property
-    def chunks(self) -> int:
-        return int(self.group.chunks)
-
-    @property
-    def heads(self) -> int:
-        return int(self.group.heads)
-
-    @property
-    def head_dim(self) -> int:
-        return int(self.group.head_dim)
+    # the surgery group's own attributes, as plain values
+    name = _OfGroup[str](str)
+    layers = _OfGroup[tuple[str, ...]](tuple)
+    consumers = _OfGroup[tuple[str, ...]](tuple)
+    size = _OfGroup[int](int)
+    chunks = _OfGroup[int](int)
+    heads = _OfGroup[int](int)
+    head_dim = _OfGroup[int](int)
 
 
 @dataclass

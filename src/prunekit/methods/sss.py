@@ -38,9 +38,12 @@ Where we chose (the paper does not say, or covers only ResNet / ResNeXt / VGG):
   ``torch.fx`` trace, or the analysis at bind with the loop's example inputs.
 * Channel factors sit inside residual blocks too (the paper uses block factors alone for ResNet): set
   ``channels: false`` for the paper's ResNet setting. Factors are real modules (``Sequential(layer, scale)``),
-  registered for checkpoints, so a resumed run is exact. ``finalize`` folds every factor into the layer
-  before it (a zero factor becomes a channel that outputs 0), then removes zero blocks, branches and
-  channels with :mod:`prunekit.surgery` (verified against masking): same outputs, no scale modules left.
+  registered for checkpoints, so a resumed run is exact; a factor right after a BatchNorm is computed inside
+  it (:class:`~prunekit.methods.factors.ScaledSequential`: ``batch_norm(x, gamma * lambda, beta * lambda)``,
+  the same function up to rounding, without an activation-sized multiply per factor). ``finalize`` folds
+  every factor into the layer before it (a zero factor becomes a channel that outputs 0), then removes zero
+  blocks, branches and channels with :mod:`prunekit.surgery` (verified against masking): same outputs, no
+  scale modules left.
 """
 
 from __future__ import annotations
