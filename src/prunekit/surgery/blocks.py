@@ -479,19 +479,12 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Any = 
     if check and example_inputs is not None and todo:
         with _branches_zeroed(model, ends):
             ref = run_model(model, example_inputs)
-    for name, _, new in todo:
-        set_submodule(model, name, new)
+    diff, problem = _swap_checked(model, todo, ref, example_inputs)
+    if problem:
+        which = ", ".join(repr(n) for n, _, _ in todo[:4])
+        raise PrunekitError(f"remove_blocks: replacing block {which} does not equal zeroing its branch: {problem}; "
+                            "the model was restored")
     if ref is not None:
-        try:
-            diff, problem = compare_outputs(ref, run_model(model, example_inputs))
-        except Exception as exc:
-            diff, problem = float("inf"), f"the model no longer runs ({type(exc).__name__}: {str(exc)[:160]})"
-        if problem:
-            for name, old, _ in todo:
-                set_submodule(model, name, old)
-            which = ", ".join(repr(n) for n, _, _ in todo[:4])
-            raise PrunekitError(f"remove_blocks: replacing block {which} does not equal zeroing its branch: {problem}; "
-                                "the model was restored")
         report.verified, report.max_diff = True, diff
     for name, _, new in todo:
         report.blocks[name] = type(new).__name__
@@ -565,21 +558,33 @@ def remove_branches(model: nn.Module, layers: Iterable[str], example_inputs: Any
     if check:
         with _branches_zeroed(model, layers, tuples=True):
             ref = run_model(model, example_inputs)
-    for name, _, new in todo:
-        set_submodule(model, name, new)
+    diff, problem = _swap_checked(model, todo, ref, example_inputs)
+    if problem:
+        raise PrunekitError(f"remove_branches: removing the branch of {layers[0]!r} does not equal zeroing it: "
+                            f"{problem}; the model was restored")
     if ref is not None:
-        try:
-            diff, problem = compare_outputs(ref, run_model(model, example_inputs))
-        except Exception as exc:
-            diff, problem = float("inf"), f"the model no longer runs ({type(exc).__name__}: {str(exc)[:160]})"
-        if problem:
-            for name, old, _ in reversed(todo):
-                set_submodule(model, name, old)
-            raise PrunekitError(f"remove_branches: removing the branch of {layers[0]!r} does not equal zeroing it: "
-                                f"{problem}; the model was restored")
         report.verified, report.max_diff = True, diff
     for name, _, new in todo:
         report.blocks[name] = type(new).__name__
     report.params_after = count_params(model)
     history.record(model, {"op": "branches", "names": layers, "input_shapes": recorded_shapes(example_inputs)})
     return report
+
+
+def _swap_checked(model: nn.Module, todo: list[tuple[str, nn.Module, nn.Module]], ref: Any,
+                  example_inputs: Any) -> tuple[float, str]:
+    """Put each ``(name, old, new)`` replacement in place; given the reference output ``ref`` (the network with
+    the removed parts zeroed), compare and put the old modules back on a mismatch. Returns (max abs difference,
+    "" or the problem); unchecked when ``ref`` is None."""
+    for name, _, new in todo:
+        set_submodule(model, name, new)
+    if ref is None:
+        return 0.0, ""
+    try:
+        diff, problem = compare_outputs(ref, run_model(model, example_inputs))
+    except Exception as exc:
+        diff, problem = float("inf"), f"the model no longer runs ({type(exc).__name__}: {str(exc)[:160]})"
+    if problem:
+        for name, old, _ in reversed(todo):
+            set_submodule(model, name, old)
+    return diff, problem
