@@ -130,7 +130,7 @@ def _method(check: Callable[[Network], corpus.Outcome]) -> Callable[[Network], s
     def cell(net: Network) -> str:
         try:
             out = check(net)
-        except Exception as exc:  # never expected: tests/test_methods_corpus.py fails on it
+        except Exception as exc:  # never expected: tests/methods/test_corpus.py fails on it
             return f"error ({type(exc).__name__})"
         if out.refused:
             REFUSALS.append(f"{next(iter(out.refused))} on {net.name}: {next(iter(out.refused.values()))}")

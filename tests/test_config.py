@@ -58,7 +58,8 @@ def test_every_shipped_recipe_validates():
     assert len(recipes) >= 20
     for path in recipes:
         config.load_config(path)
-    # configs/compare holds comparison grids, a schema of their own (prunekit.compare.config; test_compare.py)
+    # configs/compare holds comparison grids, a schema of their own (prunekit.compare.config;
+    # tests/compare/test_harness.py)
 
 
 def test_exponent_floats_without_a_dot():

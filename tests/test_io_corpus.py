@@ -23,7 +23,7 @@ pytest.importorskip("transformers")
 
 WITH_BLOCKS = {"hf-resnet-basic", "hf-convnext", "hf-mobilenetv2", "hf-vit", "my-res-unit", "preact",
                "no-post-act", "mha-transformer", "view-transformer"}
-"""Networks whose graph has removable residual blocks (tests/test_surgery_corpus.py lists the same)."""
+"""Networks whose graph has removable residual blocks (tests/surgery/test_corpus.py lists the same)."""
 
 KNOWN_REFUSALS: dict[str, str] = {}
 """network -> the layer its one-line refusal must name (none today)."""

@@ -25,7 +25,7 @@ SMALL = ["--set", "train.epochs=1", "--set", "data.subset=256", "--set", "data.t
 NOT_HERE = {
     "make test": "this test runs inside `make test`",
     "make demo": "tests/test_demo.py runs `prunekit demo`, which is all `make demo` adds to the install",
-    "torchrun": "multi-process / multi-node training on a full dataset (tests/test_distributed*.py run it "
+    "torchrun": "multi-process / multi-node training on a full dataset (tests/engine/test_distributed*.py run it "
                 "on 2 gloo ranks)",
     "python benchmarks/": "benchmarks are timed runs, not tests",
     ".venv/bin/python benchmarks/": "benchmarks are timed runs, not tests",

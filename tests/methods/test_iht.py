@@ -17,7 +17,7 @@ from prunekit.errors import PrunekitError
 from prunekit.methods.iht import IHT, hard_threshold_masks, keep_count, parse_target, topk_mask
 
 torch.set_num_threads(1)
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs" / "iht").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs" / "iht").glob("*.yaml"))
 SHAPE = (1, 8, 8)
 
 

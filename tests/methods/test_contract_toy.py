@@ -16,7 +16,7 @@ from prunekit import compare, config, data, methods, metrics, models
 from prunekit.engine import OptimConfig, Trainer, TrainerConfig, seed_everything
 from prunekit.errors import PrunekitError
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "CONTRIBUTING.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "CONTRIBUTING.md"
 
 
 @pytest.fixture(scope="module")

@@ -339,7 +339,7 @@ def test_idx_label_out_of_range_and_count_mismatch(tmp_path):
 
 
 def test_real_mnist_counts_if_present():
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mnist"
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "mnist"
     if not (shared / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("../shared/datasets/mnist is not present")
     train = data.load("mnist", "train")  # found through the repo-relative search path

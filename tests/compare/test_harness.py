@@ -191,7 +191,7 @@ def test_report_rejects_a_malformed_results_file(tmp_path, capsys):
 
 def test_shipped_compare_recipes_plan(tmp_path):
     """Every recipe under configs/compare is valid and plans a grid with the same budget on every row."""
-    root = Path(__file__).resolve().parents[1] / "configs" / "compare"
+    root = Path(__file__).resolve().parents[2] / "configs" / "compare"
     recipes = sorted(root.glob("*.yaml"))
     assert len(recipes) >= 4
     for path in recipes:

@@ -157,7 +157,7 @@ def test_checkpoint_state_is_named_per_callback_and_old_lists_still_resume(tmp_p
 
 
 # ------------------------------------------------------------------------------------------- own loop
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 CONSTRUCTOR = 'method = methods.get("sght")(keep_ratio=0.5)'
 EPOCHS = "method.stages(epochs=10)"
 PAPER_METHODS = {

@@ -18,7 +18,7 @@ from prunekit import config, data, experiment, io, models
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MNIST = ROOT.parent.parent / "shared" / "datasets" / "mnist"
 if not MNIST.is_dir():
     MNIST = Path("/work/shared/datasets/mnist")

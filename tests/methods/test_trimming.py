@@ -21,7 +21,7 @@ from prunekit.methods.apoz import APoZCollector, activation_points, channel_coun
 from prunekit.methods.trimming import NetworkTrimming, TrimmingConfig, select_channels
 
 torch.set_num_threads(1)
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "trimming"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "trimming"
 
 
 def _data(n=96, shape=(1, 8, 8)):

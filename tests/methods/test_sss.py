@@ -31,7 +31,7 @@ from prunekit.methods.sss import (
 from prunekit.models.common import ResidualBlock
 
 torch.set_num_threads(1)
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs" / "sss").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs" / "sss").glob("*.yaml"))
 
 
 def _param(values, grad):

@@ -22,7 +22,7 @@ from prunekit.methods.sght import SGHT, HybridBatchSchedule
 
 torch.set_num_threads(1)
 SHAPE = (3, 8, 8)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def resnet() -> nn.Module:

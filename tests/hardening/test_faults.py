@@ -26,7 +26,7 @@ from prunekit import cli, data, io, models, surgery
 from prunekit.engine import Callback, Trainer, TrainerConfig, load_checkpoint
 from prunekit.errors import PrunekitError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRUNE_YAML = "model: {name: lenet5}\ndata: {name: digits}\ntrain: {epochs: 4, batch_size: 64}\n" \
              "method: {name: iht, cycles: 1}\n"
 PRUNE_SETS = ["--set", "train.device=cpu", "--set", "train.checkpoint_every_steps=2",

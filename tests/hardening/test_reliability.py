@@ -18,7 +18,7 @@ from prunekit import cli, io, models, surgery
 from prunekit._atomic import atomic_path, write_text
 from prunekit.errors import PrunekitError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SLOW = bool(os.environ.get("PRUNEKIT_SLOW_TESTS"))
 TRAIN_YAML = "model: {name: lenet5}\ndata: {name: digits}\ntrain: {epochs: 1, batch_size: 64, device: cpu}\n"
 
