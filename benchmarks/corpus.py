@@ -70,7 +70,7 @@ def tp_dead_channels(net: Network) -> str:
     from prunekit.surgery import channel_groups
 
     model = copy.deepcopy(net.model)
-    groups = [g for g in channel_groups(model, net.inputs) if not corpus._renormalised(model, g)]
+    groups = [g for g in channel_groups(model, net.inputs) if not corpus.renormalised(model, g)]
     if not groups:
         return "-"
     plan = {g.name: corpus.pick(g, 0.25) for g in groups}

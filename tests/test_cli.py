@@ -10,19 +10,10 @@ from pathlib import Path
 import pytest
 
 from prunekit import cli, io, models
+from tests.helpers import one_line
 
 TINY = ["--set", "data.name=digits", "--set", "train.epochs=1", "--set", "train.batch_size=64",
         "--set", "train.device=cpu", "--set", "optim.lr=0.05", "--quiet"]
-
-
-def _one_error_line(capsys, code: int, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("prunekit: error:")
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 @pytest.fixture
@@ -64,29 +55,29 @@ def test_eval_and_export(tmp_path, capsys):
 
 
 def test_missing_config(tmp_path, capsys):
-    _one_error_line(capsys, cli.main(["train", str(tmp_path / "nope.yaml")]), "nope.yaml", "not found")
+    one_line(capsys, cli.main(["train", str(tmp_path / "nope.yaml")]), "nope.yaml", "not found")
 
 
 def test_bad_yaml(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
     p.write_text("train: {epochs: [\n")
-    _one_error_line(capsys, cli.main(["train", str(p)]), "bad.yaml", "YAML")
+    one_line(capsys, cli.main(["train", str(p)]), "bad.yaml", "YAML")
 
 
 def test_unknown_key_lists_valid_ones(recipe, capsys):
-    _one_error_line(capsys, cli.main(["train", str(recipe), "--set", "optim.lrr=1"]), "lrr", "valid keys")
+    one_line(capsys, cli.main(["train", str(recipe), "--set", "optim.lrr=1"]), "lrr", "valid keys")
 
 
 def test_wrong_dataset_name(recipe, tmp_path, capsys):
     code = cli.main(["train", str(recipe), "--set", "data.name=imagenet42", "--out", str(tmp_path / "o")])
-    _one_error_line(capsys, code, "imagenet42")
+    one_line(capsys, code, "imagenet42")
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
 def test_corrupt_checkpoint(tmp_path, capsys):
     p = tmp_path / "m.safetensors"
     p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
-    _one_error_line(capsys, cli.main(["eval", str(p), "--data", "digits"]), "m.safetensors")
+    one_line(capsys, cli.main(["eval", str(p), "--data", "digits"]), "m.safetensors")
 
 
 def test_corrupt_resume_checkpoint(tmp_path, recipe, capsys):
@@ -94,15 +85,15 @@ def test_corrupt_resume_checkpoint(tmp_path, recipe, capsys):
     out.mkdir()
     (out / "checkpoint.safetensors").write_bytes(b"junk")
     code = cli.main(["train", str(recipe), "--out", str(out), "--resume", *TINY])
-    _one_error_line(capsys, code, "checkpoint.safetensors")
+    one_line(capsys, code, "checkpoint.safetensors")
 
 
 def test_prune_without_method(recipe, capsys):
-    _one_error_line(capsys, cli.main(["prune", str(recipe)]), "method")
+    one_line(capsys, cli.main(["prune", str(recipe)]), "method")
 
 
 def test_bad_input_shape(capsys):
-    _one_error_line(capsys, cli.main(["info", "lenet5", "--input-shape", "a,b"]), "C,H,W")
+    one_line(capsys, cli.main(["info", "lenet5", "--input-shape", "a,b"]), "C,H,W")
 
 
 def test_unknown_command_and_option_exit_2(capsys):

@@ -154,7 +154,7 @@ def test_engine_fields_are_config_keys_and_reach_the_engine():
     class Newer(TrainerConfig):
         grad_clip: float = 0.0  # a field the engine gains later: a typed config key at once
 
-    section = config._section_from(Newer, "T", {}, skip=("seed",))
+    section = config.section_from(Newer, "T", {}, skip=("seed",))
     assert section(grad_clip=1.5).grad_clip == 1.5
     with pytest.raises(Exception, match="grad_clip"):
         section(grad_clip="x")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from prunekit import io, models
-from prunekit._atomic import atomic_path
+from prunekit.atomic import atomic_path
 from prunekit.errors import PrunekitError
 
 

@@ -43,6 +43,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="on --resume, accept a changed train.device, train.amp or train.channels_last (repeatable)")
     p.add_argument("--data-dir", help="where the dataset files are (sets data.root)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--model", dest="factory", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                   help="train your own network instead of the config's model.name: FACTORY() builds it (any "
+                        "nn.Module, e.g. a HF transformers classifier); the module is imported, i.e. its code runs, "
+                        "only when you pass this (the current folder is searched first). Pass the same on --resume "
+                        "and to eval / export with the saved file")
 
 
 def _add_max_macs(p: argparse.ArgumentParser) -> None:
@@ -71,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where the dataset files are")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--model", dest="factory", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                   help="the file is your own network, saved by prunekit train / prune --model: FACTORY() builds a "
+                        "fresh instance it is loaded into (imported only when you pass this)")
     _add_max_macs(p)
     p = sub.add_parser("info", help="per-layer table of a zoo model or a saved model")
     p.add_argument("model", help="a zoo name (e.g. resnet56) or a prunekit model file")
@@ -145,7 +153,7 @@ def _load_any(spec: str) -> Any:
     import stat
 
     from prunekit import io, models
-    from prunekit._atomic import file_kind
+    from prunekit.atomic import file_kind
 
     try:
         mode = Path(spec).stat().st_mode
@@ -182,7 +190,14 @@ def cmd_run(args: argparse.Namespace, prune: bool) -> int:
     elif cfg["method"]["name"] == "none":
         raise PrunekitError(f"{args.config}: no method.name; choose one, e.g. --set method.name=sght")
     out = args.out or cfg.get("out") or f"runs/{Path(args.config).stem}"
-    res = experiment.run(cfg, out=out, resume=args.resume, allow_change=args.allow_change)
+    model = None
+    if args.factory is not None:  # the user's code, imported on request only; built under the run's seed
+        from prunekit.engine import seed_everything
+
+        seed_everything(cfg["seed"])
+        model = _user_network(args.factory)
+    res = experiment.run(cfg, out=out, resume=args.resume, allow_change=args.allow_change, model=model,
+                         model_label=args.factory)
     if distributed.is_main():
         print(reports.table([dict(res.figures)], [*reports.COLUMNS, "train_seconds"]))
         print(f"saved: {Path(out) / 'model.safetensors'}")
@@ -192,7 +207,12 @@ def cmd_run(args: argparse.Namespace, prune: bool) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from prunekit import data, engine
 
-    model = _load_any(args.model)
+    if args.factory is not None:
+        from prunekit import io
+
+        model = io.load(args.model, model=_user_network(args.factory))
+    else:
+        model = _load_any(args.model)
     ds = data.load(args.data, args.split, root=args.data_dir)
     _check_bounds(model, tuple(ds.images.shape[1:]), args)
     from prunekit.experiment import check_data, check_model_data
@@ -333,7 +353,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     text = reports.table(rows, markdown=True, ratios_to=0)
     print(text)
     if args.out:
-        from prunekit._atomic import write_text
+        from prunekit.atomic import write_text
 
         out = Path(args.out)
         write_text(out / "report.md", text + "\n")

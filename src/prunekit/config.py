@@ -130,7 +130,7 @@ _OPTIM_TYPES: dict[str, Any] = {
 }
 
 
-def _section_from(dc: type, name: str, types: dict[str, Any], skip: tuple[str, ...] = (),
+def section_from(dc: type, name: str, types: dict[str, Any], skip: tuple[str, ...] = (),
                   extra: dict[str, Any] | None = None) -> type[Section]:
     """A config section with one key per field of the engine dataclass ``dc`` (its defaults, its types,
     tightened by ``types``), so that a field added to the engine is validated and passed on, never dropped."""
@@ -147,10 +147,10 @@ def _section_from(dc: type, name: str, types: dict[str, Any], skip: tuple[str, .
     return create_model(name, __base__=Section, __doc__=dc.__doc__, **fields)
 
 
-TrainSection = _section_from(
+TrainSection = section_from(
     TrainerConfig, "TrainSection", _TRAIN_TYPES, skip=("seed",),
     extra={"epochs": (Annotated[int, Field(ge=0, le=MAX_EPOCHS, description="the method's budget")], 10)})
-OptimSection = _section_from(OptimConfig, "OptimSection", _OPTIM_TYPES)
+OptimSection = section_from(OptimConfig, "OptimSection", _OPTIM_TYPES)
 
 _KWARG_BOUNDS = {"num_classes": (1, MAX_CLASSES), "input_size": (1, MAX_INPUT_SIZE), "in_channels": (1, MAX_CHANNELS)}
 

@@ -12,6 +12,7 @@ never mix their files in one folder.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import json
 import os
@@ -29,12 +30,13 @@ from torch import nn
 from prunekit import config as pconfig
 from prunekit import configio, io, metrics, models
 from prunekit import data as pdata
-from prunekit._atomic import write_text
+from prunekit.atomic import write_text
 from prunekit.config import dump, optim_config, trainer_config
 from prunekit.engine import Stage, Trainer, distributed, evaluate, seed_everything
 from prunekit.errors import PrunekitError
 from prunekit.methods import FinalizeResult, PruningMethod
 from prunekit.methods import get as get_method
+from prunekit.metrics.evaluation import forward_logits, logits_of
 
 
 @dataclass
@@ -332,8 +334,9 @@ def check_model_data(model: nn.Module, dataset: pdata.Dataset, what: str = "mode
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            out = model(torch.zeros((1, *shape), device=device, dtype=dtype))
+        with torch.no_grad():  # a HF classifier: input by keyword, logits in a ModelOutput (as the Trainer)
+            raw = forward_logits(model, torch.zeros((1, *shape), device=device, dtype=dtype),
+                                 output_transform=lambda o: o)
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         text = str(exc)[:2000].strip()
         first = text.splitlines()[0][:160] if text else type(exc).__name__
@@ -342,6 +345,10 @@ def check_model_data(model: nn.Module, dataset: pdata.Dataset, what: str = "mode
                             "for this data (model.kwargs input_size, in_channels) or choose matching data") from None
     finally:
         model.train(was_training)
+    try:
+        out = logits_of(raw)
+    except PrunekitError:
+        out = raw
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PrunekitError(f"{what} gives {got} for one image; a classifier gives (1, classes)")
@@ -354,10 +361,14 @@ def check_model_data(model: nn.Module, dataset: pdata.Dataset, what: str = "mode
 
 def run(cfg: dict[str, Any], *, out: str | Path | None = None, resume: bool = False,
         model: nn.Module | None = None, data: tuple[pdata.Dataset, pdata.Dataset] | None = None,
-        latency: bool = True, allow_change: Iterable[str] = ()) -> Result:
+        latency: bool = True, allow_change: Iterable[str] = (), model_label: str | None = None) -> Result:
     """Run the experiment ``cfg`` (see :mod:`prunekit.config`) and write its files under ``out``.
 
-    ``model`` / ``data`` let a driver (demo, harness) reuse an already trained network or loaded data.
+    ``model`` / ``data`` let a driver (demo, harness) reuse an already trained network or loaded data. A
+    ``model`` that is not from the zoo (a user's own network, a HF ``transformers`` classifier) is saved with
+    its structure as given as ``base`` (:func:`prunekit.io.save`), so ``prunekit.load(path, model=fresh)``
+    rebuilds the pruned one; ``model_label`` names it in the figures and messages (default: the config's
+    ``model.name``).
     ``resume`` continues the folder's checkpoint when the config is the saved one (see :func:`check_resume`;
     ``allow_change`` lists keys of :data:`ALLOWABLE_CHANGES` that may differ).
 
@@ -385,13 +396,14 @@ def run(cfg: dict[str, Any], *, out: str | Path | None = None, resume: bool = Fa
     check_data(train, test, cfg)
     if model is None:
         model = build_model(cfg, train)
-    check_model_data(model, train, f"model {cfg['model']['name']!r}" if not cfg.get("pretrained")
+    label = model_label or cfg["model"]["name"]
+    check_model_data(model, train, f"model {label!r}" if not cfg.get("pretrained") or model_label
                      else f"{cfg['pretrained']}")
     method = make_method(cfg)
     t = cfg["train"]
     stages = method.stages(t["epochs"]) if method is not None else [Stage("train", t["epochs"])]
     with _locked(out_dir, main, resume, cfg, allow_change):
-        return _run_locked(cfg, out_dir, main, resume, model, train, test, method, stages, latency)
+        return _run_locked(cfg, out_dir, main, resume, model, train, test, method, stages, latency, label)
 
 
 @contextlib.contextmanager
@@ -418,9 +430,10 @@ def _locked(out_dir: Path, main: bool, resume: bool, cfg: dict[str, Any],
 
 def _run_locked(cfg: dict[str, Any], out_dir: Path, main: bool, resume: bool, model: nn.Module,
                 train: pdata.Dataset, test: pdata.Dataset, method: PruningMethod | None, stages: list[Stage],
-                latency: bool) -> Result:
+                latency: bool, label: str) -> Result:
     if main:
         write_text(out_dir / "config.yaml", dump(cfg))
+    base = _structure(model)
     t = cfg["train"]
     tcfg = trainer_config(cfg)  # every TrainerConfig field, from the validated config
     optim = optim_config(cfg)
@@ -443,18 +456,30 @@ def _run_locked(cfg: dict[str, Any], out_dir: Path, main: bool, resume: bool, mo
 
         surgery.save_sparse(final, model_path)
     else:
-        io.save(final, model_path)
+        io.save(final, model_path, base=base if io.factory_of(final) is None else None)
     figs = measure(final, test, device=trainer.device, path=model_path, latency=latency,
                    eval_batch_size=t["eval_batch_size"])
     figs["train_seconds"] = round(train_seconds, 2)
     figs["method"] = "dense" if cfg["method"]["name"] == "none" else cfg["method"]["name"]
-    figs["model"] = cfg["model"]["name"]
+    figs["model"] = label
     figs["data"] = cfg["data"]["name"]
     figs["seed"] = cfg["seed"]
     write_text(out_dir / "report.json", json.dumps({"figures": figs, "method_report": _jsonable(result.report)},
                                                    indent=2))
     distributed.barrier()
     return Result(final, figs, history, result.report, result.sparse)
+
+
+def _structure(model: nn.Module) -> nn.Module | None:
+    """A user's network as given, on the meta device (no memory): the ``base`` its pruned file records changes
+    against. None for a zoo network (its file names its factory) or one that cannot be copied."""
+    raw = getattr(model, "module", model)
+    if io.factory_of(raw) is not None:
+        return None
+    try:
+        return copy.deepcopy(raw).to("meta")
+    except Exception:  # a module that cannot be deep-copied: saved as before, loadable into an unchanged model
+        return None
 
 
 def _jsonable(obj: Any) -> Any:

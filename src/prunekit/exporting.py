@@ -152,7 +152,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _onnx(model: nn.Module, example_inputs: Any, path: Path, check: bool | None, atol: float, rtol: float,
           opset: int | None) -> Exported:
-    from prunekit._atomic import atomic_path
+    from prunekit.atomic import atomic_path
     from prunekit.io import layer_tracker
 
     require("onnx", "ONNX export")

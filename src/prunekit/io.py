@@ -24,7 +24,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import nn
 
-from prunekit._atomic import atomic_path
+from prunekit.atomic import atomic_path
 from prunekit.errors import PrunekitError
 
 FORMAT = "prunekit-model/1"
@@ -217,9 +217,19 @@ def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 # architecture record
 
 
+FACTORY_ATTR = "_prunekit_factory"
+"""The model attribute holding how it was made (underscored so it cannot collide with the model's own; read and
+written only through :func:`factory_of` and :func:`remember_factory`)."""
+
+
+def remember_factory(model: nn.Module, factory: dict[str, Any]) -> None:
+    """Record on ``model`` the ``{"name", "kwargs"}`` :func:`prunekit.models.create` builds it from."""
+    vars(model)[FACTORY_ATTR] = dict(factory)  # a plain attribute, not a registered module or parameter
+
+
 def factory_of(model: nn.Module) -> dict[str, Any] | None:
     """The ``{"name", "kwargs"}`` a zoo model was created with, or None for a user's own module."""
-    f = getattr(model, "_prunekit_factory", None)
+    f = getattr(model, FACTORY_ATTR, None)
     return dict(f) if f else None
 
 
@@ -565,7 +575,7 @@ class Prepared:
         if model is None:
             model = self.structure  # built on meta from the zoo factory: take the file's tensors as they are
             load_state(model, tensors, self.where, assign=True)
-            model._prunekit_factory = arch["factory"]
+            remember_factory(model, arch["factory"])
         else:
             if isinstance(arch, dict) and arch.get("factory") is None:
                 from prunekit.surgery import history
@@ -664,8 +674,8 @@ def layer_tracker(model: nn.Module) -> Iterator[_Tracker]:
 
 
 def _twin(model: nn.Module, what: str) -> nn.Module:
-    """A structural copy of ``model`` on the meta device (see :func:`prunekit.surgery._graph.meta_twin`)."""
-    from prunekit.surgery._graph import meta_twin
+    """A structural copy of ``model`` on the meta device (see :func:`prunekit.surgery.graph.meta_twin`)."""
+    from prunekit.surgery.graph import meta_twin
 
     try:
         return meta_twin(model)

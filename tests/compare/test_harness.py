@@ -16,32 +16,22 @@ from prunekit.cli import main
 from prunekit.errors import PrunekitError
 from prunekit.methods import get as get_method
 from prunekit.methods.iht import prunable_layers
-
-BASE = {"model": {"name": "lenet5"}, "data": {"name": "digits", "subset": 240, "test_subset": 120},
-        "train": {"batch_size": 32, "device": "cpu", "eval_every": 1000, "max_steps_per_epoch": 2},
-        "optim": {"lr": 0.05, "schedule": "cosine"}}
+from tests.helpers import TINY_RUN, digits_lenet, write_yaml
 
 
 def _write(tmp_path: Path, **over) -> Path:
-    cfg = {"name": "tiny", "seeds": [0], "base": BASE, "dense_epochs": 1, "budget_epochs": 2,
+    cfg = {"name": "tiny", "seeds": [0], "base": TINY_RUN, "dense_epochs": 1, "budget_epochs": 2,
            "targets": [{"macs": 0.4}, {"params": 0.25}], "latency_rounds": 1, "latency_batch": 8,
            "methods": {"dense": {}, "sght": {}, "torch-global": {}, "random-filter": {},
                        "trimming": {"iterations": 2}}}
-    cfg.update(over)
-    p = tmp_path / "cmp.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
-
-
-def _dense_lenet() -> torch.nn.Module:
-    return models.create("lenet5", in_channels=1, input_size=8, num_classes=10)
+    return write_yaml(tmp_path / "cmp.yaml", {**cfg, **over})
 
 
 def test_plan_gives_every_row_the_same_total_budget_and_maps_targets(tmp_path):
     cfg = compare.load(_write(tmp_path, dense_epochs=3, budget_epochs=6, seeds=[0, 1], methods={
         "dense": {}, "iht": {}, "magnitude": {}, "sght": {}, "l1-filter": {}, "slimming": {}, "trimming": {},
         "sss": {"sweep": {"gamma_channel": [0.01, 0.03]}}, "sfp": {"kinds": ["params"]}}))
-    rows = compare.plan(cfg, dense_model=lambda seed: _dense_lenet())
+    rows = compare.plan(cfg, dense_model=lambda seed: digits_lenet())
     by = {(r.label, r.seed): r for r in rows}
     # same total training for every row: dense start + budget, or all of it from scratch
     assert {r.epochs for r in rows} == {9}
@@ -66,7 +56,7 @@ def test_plan_gives_every_row_the_same_total_budget_and_maps_targets(tmp_path):
     assert ("sfp@params=0.25", 0) in by and ("sfp@macs=0.4", 0) not in by
     # the unstructured keep is solved so that the non-zeros of the whole network meet the target
     keep = by[("iht@params=0.25", 0)].cfg["method"]["keep"]
-    net = _dense_lenet()
+    net = digits_lenet()
     layers = prunable_layers(net)
     total = sum(p.numel() for p in net.parameters())
     weights = sum(m.weight.numel() for m in layers.values())
@@ -84,7 +74,7 @@ def test_plan_gives_every_row_the_same_total_budget_and_maps_targets(tmp_path):
     ({"methods": {"trimming": {"kinds": ["macs"]}}}, "cannot be set to a macs target"),
     ({"seeds": []}, "seeds"),
     ({"budget_epochs": 0}, "budget_epochs"),
-    ({"base": {**BASE, "method": {"name": "sght"}}}, "must not set a method"),
+    ({"base": {**TINY_RUN, "method": {"name": "sght"}}}, "must not set a method"),
     ({"methods": {"sght": {"keep_ratio": 2.0}}}, "keep_ratio"),
     ({"typo_key": 1}, "unknown key"),
     ({"targets": [{"params": 0.2}], "methods": {"slimming": {}}}, "runs at macs targets only"),
@@ -95,20 +85,20 @@ def test_plan_gives_every_row_the_same_total_budget_and_maps_targets(tmp_path):
     ({"tolerance": float("inf")}, "tolerance must be a number in (0, 1), got inf"),
     ({"targets": [{"macs": 0.5, "params": 0.1}]}, "expected {macs: f}"),
     ({"seeds": [0, 0]}, "seeds must be distinct"),
-    ({"base": {**BASE, "optim": {"lr": 1e308}}}, "compare config: base: optim.lr must be a number in (0, 10]"),
-    ({"base": {**BASE, "train": {"epoch": 3}}}, "unknown config key 'train.epoch'"),
+    ({"base": {**TINY_RUN, "optim": {"lr": 1e308}}}, "compare config: base: optim.lr must be a number in (0, 10]"),
+    ({"base": {**TINY_RUN, "train": {"epoch": 3}}}, "unknown config key 'train.epoch'"),
 ])
 def test_bad_configs_are_rejected_before_training(tmp_path, bad, needle):
     with pytest.raises(PrunekitError, match=None) as err:
         cfg = compare.load(_write(tmp_path, **bad))
-        compare.plan(cfg, dense_model=lambda seed: _dense_lenet())
+        compare.plan(cfg, dense_model=lambda seed: digits_lenet())
     assert needle in str(err.value)
 
 
 def test_unreachable_unstructured_target_is_rejected(tmp_path):
     cfg = compare.load(_write(tmp_path, targets=[{"params": 0.0001}], methods={"iht": {}}))
     with pytest.raises(PrunekitError, match="unreachable"):
-        compare.plan(cfg, dense_model=lambda seed: _dense_lenet())
+        compare.plan(cfg, dense_model=lambda seed: digits_lenet())
 
 
 def test_pareto_front():
@@ -208,7 +198,7 @@ def test_shipped_compare_recipes_plan(tmp_path):
 
 
 def test_smoke_flag_shrinks_a_grid(tmp_path, capsys):
-    src = json.loads(json.dumps(BASE))
+    src = json.loads(json.dumps(TINY_RUN))
     src["train"].pop("max_steps_per_epoch")
     cfg_path = _write(tmp_path, base=src, dense_epochs=30, budget_epochs=40, methods={"dense": {}, "sght": {}},
                       targets=[{"macs": 0.5}], latency=False, seeds=[3, 4, 5])
@@ -244,7 +234,7 @@ def test_compare_runs_unchanged_under_torchrun(tmp_path):
 def test_a_sweep_multiplies_the_target_points(tmp_path):
     cfg = compare.load(_write(tmp_path, dense_epochs=2, budget_epochs=4, targets=[{"macs": 0.4}, {"params": 0.2}],
                               methods={"sght": {"kinds": ["macs"], "sweep": {"ramp_epochs": [0, 2]}}}))
-    rows = compare.plan(cfg, dense_model=lambda seed: _dense_lenet())
+    rows = compare.plan(cfg, dense_model=lambda seed: digits_lenet())
     got = {r.label: r.cfg["method"] for r in rows}
     assert set(got) == {"sght@macs=0.4[ramp_epochs=0]", "sght@macs=0.4[ramp_epochs=2]"}
     assert got["sght@macs=0.4[ramp_epochs=2]"]["ramp_epochs"] == 2

@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import http.server
 import io
-import struct
 import tarfile
 import threading
 from pathlib import Path
@@ -17,7 +16,8 @@ import numpy as np
 import pytest
 
 from prunekit import PrunekitError, data
-from prunekit.data import _download, loaders
+from prunekit.data import releases
+from tests.helpers import idx_bytes
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -43,22 +43,12 @@ def server(tmp_path):
         thread.join(timeout=5)
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("PRUNEKIT_DATA", raising=False)
-    monkeypatch.delenv("PRUNEKIT_MIRROR", raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loaders, "_repo_root", lambda: None)  # the real ../shared/datasets must not be found
-    monkeypatch.setattr(loaders, "SYSTEM_DIRS", {})
+# the real ../shared/datasets must not be found (tests/data/conftest.py)
+pytestmark = pytest.mark.usefixtures("isolated", "no_system_data")
 
 
 def md5(b: bytes) -> str:
     return hashlib.md5(b).hexdigest()
-
-
-def idx(arr: np.ndarray, magic: int) -> bytes:
-    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.tobytes()
 
 
 def mnist_files(n_train=9, n_test=4) -> dict[str, bytes]:
@@ -66,9 +56,9 @@ def mnist_files(n_train=9, n_test=4) -> dict[str, bytes]:
     out = {}
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         out[f"{prefix}-images-idx3-ubyte.gz"] = gzip.compress(
-            idx(rng.integers(0, 256, (n, 28, 28), np.uint8), 2051)
+            idx_bytes(rng.integers(0, 256, (n, 28, 28), np.uint8), 2051)
         )
-        out[f"{prefix}-labels-idx1-ubyte.gz"] = gzip.compress(idx(rng.integers(0, 10, n, np.uint8), 2049))
+        out[f"{prefix}-labels-idx1-ubyte.gz"] = gzip.compress(idx_bytes(rng.integers(0, 10, n, np.uint8), 2049))
     return out
 
 
@@ -83,8 +73,8 @@ def patch_release(
 ) -> None:
     """Point the release table at our generated files' checksums (and unreachable official URLs)."""
     table = {f: (algorithm, hashlib.new(algorithm, b).hexdigest()) for f, b in files.items()}
-    release = dataclasses.replace(_download.RELEASES[name], bases=tuple(bases), files=table)
-    monkeypatch.setitem(_download.RELEASES, name, release)
+    release = dataclasses.replace(releases.RELEASES[name], bases=tuple(bases), files=table)
+    monkeypatch.setitem(releases.RELEASES, name, release)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -93,11 +83,11 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_release_table_has_official_urls_and_checksums():
     for name in ("mnist", "fashion-mnist", "cifar10", "cifar100"):
-        rel = _download.RELEASES[name]
+        rel = releases.RELEASES[name]
         assert rel.bases and all(b.startswith(("http://", "https://")) for b in rel.bases)
         for algorithm, digest in rel.files.values():
             assert algorithm in ("md5", "sha256") and len(digest) == hashlib.new(algorithm).digest_size * 2
-    assert _download.RELEASES["cifar10"].files == {
+    assert releases.RELEASES["cifar10"].files == {
         "cifar-10-binary.tar.gz": ("md5", "c32a1d4ab5d03f1284b67883e8d87530")
     }
 

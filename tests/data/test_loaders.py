@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import struct
 import tarfile
 from pathlib import Path
 
@@ -15,33 +14,16 @@ import torch
 from PIL import Image
 
 from prunekit import PrunekitError, data
-from prunekit.data import _formats, loaders
+from prunekit.data import formats, loaders
+from tests.helpers import idx_bytes
 
 RNG = np.random.default_rng(0)
 
 
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/data/conftest.py
+
+
 # --------------------------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No user data, cache or mirror leaks in; the cache lives under tmp_path."""
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("PRUNEKIT_DATA", raising=False)
-    monkeypatch.delenv("PRUNEKIT_MIRROR", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def no_system_data(monkeypatch):
-    """Hide the repo-relative ../shared/datasets and system folders so 'not found' paths are testable."""
-    monkeypatch.setattr(loaders, "_repo_root", lambda: None)
-    monkeypatch.setattr(loaders, "SYSTEM_DIRS", {})
-
-
-def idx_bytes(arr: np.ndarray, magic: int) -> bytes:
-    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape)
-    return header + np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
 
 
 def write(path: Path, payload: bytes, gz: bool) -> Path:
@@ -276,7 +258,7 @@ def test_search_order_cwd_data_and_shared(tmp_path, monkeypatch, no_system_data)
 
 
 def test_repo_relative_shared_folder_is_searched():
-    repo = loaders._repo_root()
+    repo = loaders.repo_root()
     assert repo is not None and (repo / "src" / "prunekit").is_dir()
     assert repo.parent / "shared" / "datasets" / "mnist" in data.search_dirs("mnist")
     assert Path("/usr/share/datasets/fashion-mnist") in data.search_dirs("fashion-mnist")
@@ -540,7 +522,7 @@ def test_cache_hit_skips_decoding(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoded again despite a valid cache entry")
 
-    monkeypatch.setattr(_formats, "read_idx_pair", boom)
+    monkeypatch.setattr(formats, "read_idx_pair", boom)
     again = data.load("mnist", root=tmp_path)
     assert torch.equal(again.images, first.images) and np.array_equal(again.labels.numpy(), truth["train"][1])
 
@@ -580,7 +562,7 @@ def test_archive_cache_covers_both_splits(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("archive decoded again")
 
-    monkeypatch.setattr(_formats, "decode_split_archive", boom)
+    monkeypatch.setattr(formats, "decode_split_archive", boom)
     assert len(data.load("cifar10", "test", root=tmp_path)) == 4
     assert torch.equal(data.load("cifar10", "train", root=tmp_path).images, train.images)
 

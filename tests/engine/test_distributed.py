@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from prunekit import data, models
 from prunekit.engine import Callback, Stage, Trainer, TrainerConfig, distributed, seed_everything
 from prunekit.errors import PrunekitError
+from tests.helpers import gloo_group
 
 
 class ShrinkOnce(Callback):
@@ -27,9 +28,7 @@ class ShrinkOnce(Callback):
 
 
 def _worker(rank: int, world: int, init_file: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
+    with gloo_group(rank, world, init_file):
         train = data.load("synthetic", "train", n=128, shape=(1, 8, 8), num_classes=4, seed=0)
         test = data.load("synthetic", "test", n=64, shape=(1, 8, 8), num_classes=4, seed=0)
         seed_everything(0)
@@ -42,8 +41,6 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         torch.save({"flat": flat, "steps": tr.step, "val": tr.history[-1]["val_top1"]},
                     os.path.join(out, f"rank{rank}.pt"))
         _nan_run(rank, out)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")

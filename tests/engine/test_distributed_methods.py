@@ -25,6 +25,7 @@ import torch.multiprocessing as mp
 from prunekit import data, io, methods, models
 from prunekit.engine import Callback, OptimConfig, Stage, Trainer, TrainerConfig, distributed, seed_everything
 from prunekit.errors import PrunekitError
+from tests.helpers import gloo_group
 
 GLOBAL_BATCH = 32
 # method -> (options, epochs, model); small enough that each run is a few dozen CPU steps
@@ -94,9 +95,7 @@ def _resume_run(out: str, stop: int | None) -> torch.Tensor:
 
 
 def _worker(rank: int, world: int, init_file: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
+    with gloo_group(rank, world, init_file):
         results: dict[str, Any] = {name: run_method(name) for name in [*CASES, *BN_CASES]}
         # the decision-time check can fail: ranks holding different masks stop together with one error
         try:
@@ -113,8 +112,6 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         results["resumed"] = _resume_run(ckpt_dir, stop=None)
         results["uninterrupted"] = _resume_run(os.path.join(out, "plain"), stop=None)
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit import data, io, models
+from prunekit import data, io
 from prunekit.engine import (
     Callback,
     LoopState,
@@ -19,17 +19,7 @@ from prunekit.engine import (
     seed_everything,
 )
 from prunekit.errors import PrunekitError
-
-
-def _data(n=192):
-    train = data.load("synthetic", "train", n=n, shape=(1, 8, 8), num_classes=4, seed=0)
-    test = data.load("synthetic", "test", n=64, shape=(1, 8, 8), num_classes=4, seed=0)
-    return train, test
-
-
-def _model(seed=0):
-    seed_everything(seed)
-    return models.create("lenet5", in_channels=1, num_classes=4, input_size=8)
+from tests.helpers import Kill, synthetic, tiny_lenet
 
 
 def test_lr_schedules():
@@ -76,9 +66,9 @@ class Recorder(Callback):
 
 
 def test_trainer_learns_and_calls_hooks_in_order():
-    train, test = _data()
+    train, test = synthetic(192, 64)
     rec = Recorder()
-    tr = Trainer(_model(), train, test, optim=OptimConfig(lr=0.05, schedule="step", milestones=[1]),
+    tr = Trainer(tiny_lenet(), train, test, optim=OptimConfig(lr=0.05, schedule="step", milestones=[1]),
                  config=TrainerConfig(batch_size=32, device="cpu", quiet=True), callbacks=[rec])
     before = evaluate(tr.raw_model, test)["top1"]
     hist = tr.fit([Stage("a", 2), Stage("b", 1, lr=0.01, schedule="constant")])
@@ -90,17 +80,6 @@ def test_trainer_learns_and_calls_hooks_in_order():
     assert rec.lrs[-1] == pytest.approx(0.01)
     assert [h["stage"] for h in hist] == ["a", "a", "b"]
     assert hist[-1]["val_top1"] > max(before, 60.0)
-
-
-class Kill(Callback):
-    """Simulates a kill after a given global step."""
-
-    def __init__(self, at: int):
-        self.at = at
-
-    def on_train_batch_end(self, t):
-        if t.step + 1 == self.at:
-            raise KeyboardInterrupt
 
 
 class Counter(Callback):
@@ -123,22 +102,23 @@ class Counter(Callback):
 
 @pytest.mark.parametrize("kill_at", [4, 6, 13])  # mid-epoch, at an epoch boundary, in the second stage
 def test_resume_is_exact(tmp_path, kill_at):
-    train, test = _data()
+    train, test = synthetic(192, 64)
     stages = [Stage("a", 2), Stage("b", 1, lr=0.02)]
     cfg = TrainerConfig(batch_size=32, device="cpu", quiet=True, checkpoint_every_steps=1)
     optim = OptimConfig(lr=0.05, schedule="cosine")
     ref_cb = Counter()
-    ref = Trainer(_model(), train, test, optim=optim, config=cfg, callbacks=[ref_cb], out_dir=tmp_path / "ref")
+    ref = Trainer(tiny_lenet(), train, test, optim=optim, config=cfg, callbacks=[ref_cb], out_dir=tmp_path / "ref")
     ref.fit(stages)
 
     run = tmp_path / "run"
-    killed = Trainer(_model(), train, test, optim=optim, config=cfg, callbacks=[Counter(), Kill(kill_at)],
+    killed = Trainer(tiny_lenet(), train, test, optim=optim, config=cfg, callbacks=[Counter(), Kill.after(kill_at)],
                      out_dir=run)
     with pytest.raises(KeyboardInterrupt):
         killed.fit(stages)
     torch.manual_seed(1234)  # the resumed run must not depend on the global RNG state it starts with
     cb = Counter()
-    resumed = Trainer(_model(seed=99), train, test, optim=optim, config=cfg, callbacks=[cb, Kill(-1)], out_dir=run)
+    resumed = Trainer(tiny_lenet(seed=99), train, test, optim=optim, config=cfg, callbacks=[cb, Kill(None)],
+                      out_dir=run)
     resumed.fit(stages, resume=True)
     for (k, a), b in zip(ref.raw_model.state_dict().items(), resumed.raw_model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
@@ -148,16 +128,16 @@ def test_resume_is_exact(tmp_path, kill_at):
 
 
 def test_resume_with_other_schedule_is_refused(tmp_path):
-    train, test = _data()
+    train, test = synthetic(192, 64)
     cfg = TrainerConfig(batch_size=32, device="cpu", quiet=True)
-    Trainer(_model(), train, test, config=cfg, out_dir=tmp_path).fit(1)
+    Trainer(tiny_lenet(), train, test, config=cfg, out_dir=tmp_path).fit(1)
     with pytest.raises(PrunekitError, match="different schedule"):
-        Trainer(_model(), train, test, config=cfg, out_dir=tmp_path).fit(2, resume=True)
+        Trainer(tiny_lenet(), train, test, config=cfg, out_dir=tmp_path).fit(2, resume=True)
 
 
 def test_nan_loss_stops_with_clear_error():
-    train, test = _data()
-    tr = Trainer(_model(), train, test, optim=OptimConfig(lr=1e6, momentum=0.0),
+    train, test = synthetic(192, 64)
+    tr = Trainer(tiny_lenet(), train, test, optim=OptimConfig(lr=1e6, momentum=0.0),
                  config=TrainerConfig(batch_size=32, device="cpu", quiet=True))
     with pytest.raises(PrunekitError, match="loss became .* lower the learning rate"):
         tr.fit(50)
@@ -173,8 +153,8 @@ class Shrink(Callback):
 
 
 def test_replace_model_rebuilds_optimizer():
-    train, test = _data()
-    tr = Trainer(_model(), train, test, config=TrainerConfig(batch_size=32, device="cpu", quiet=True),
+    train, test = synthetic(192, 64)
+    tr = Trainer(tiny_lenet(), train, test, config=TrainerConfig(batch_size=32, device="cpu", quiet=True),
                  callbacks=[Shrink()])
     tr.fit([Stage("a", 1), Stage("b", 1)])
     params = {id(p) for p in tr.raw_model.parameters()}
@@ -183,8 +163,8 @@ def test_replace_model_rebuilds_optimizer():
 
 
 def test_callback_works_in_a_users_own_loop():
-    train, _ = _data()
-    model = _model()
+    train, _ = synthetic(192, 64)
+    model = tiny_lenet()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     state = LoopState(model, [opt])
     cb = Counter()
@@ -198,9 +178,9 @@ def test_callback_works_in_a_users_own_loop():
 
 
 def test_stage_lr_applies_without_rebuilding_the_optimizer():
-    train, test = _data()
+    train, test = synthetic(192, 64)
     rec = Recorder()
-    tr = Trainer(_model(), train, test, optim=OptimConfig(lr=0.05, schedule="constant"),
+    tr = Trainer(tiny_lenet(), train, test, optim=OptimConfig(lr=0.05, schedule="constant"),
                  config=TrainerConfig(batch_size=32, device="cpu", quiet=True), callbacks=[rec])
     tr.fit([Stage("a", 1), Stage("b", 1, lr=0.01, reset_optimizer=False)])
     steps = len(train) // 32
@@ -218,11 +198,11 @@ def test_batched_nan_check_stops_before_any_nan_checkpoint(tmp_path):
     """The accelerator path (NaN checks batched to avoid a host sync per step), exercised on the CPU."""
     from prunekit.engine import load_checkpoint
 
-    train, test = _data()
+    train, test = synthetic(192, 64)
     cfg = TrainerConfig(batch_size=32, device="cpu", quiet=True, checkpoint_every_steps=1)
-    Trainer(_model(), train, test, config=cfg, out_dir=tmp_path).fit(1)
-    tr = Trainer(_model(), train, test, optim=OptimConfig(lr=1e6, momentum=0.0), config=cfg, out_dir=tmp_path)
-    tr._nan_check_each_step = False
+    Trainer(tiny_lenet(), train, test, config=cfg, out_dir=tmp_path).fit(1)
+    tr = Trainer(tiny_lenet(), train, test, optim=OptimConfig(lr=1e6, momentum=0.0), config=cfg, out_dir=tmp_path)
+    tr.nan_check_each_step = False
     with pytest.raises(PrunekitError, match="loss became"):
         tr.fit(50)
     state = load_checkpoint(tmp_path / "checkpoint.safetensors")
@@ -268,11 +248,11 @@ def test_user_network_resumes_across_structural_pruning(tmp_path):
     full.fit(stages)
     assert full.raw_model.conv1.out_channels == 5
     # killed in the thinned stage (step 7 of 12: the last checkpoint holds the thinned network)
-    killed = Trainer(fresh(), train, config=cfg, callbacks=[_ThinAtStage2(), Kill(7)], out_dir=tmp_path / "k")
+    killed = Trainer(fresh(), train, config=cfg, callbacks=[_ThinAtStage2(), Kill.after(7)], out_dir=tmp_path / "k")
     with pytest.raises(KeyboardInterrupt):
         killed.fit(stages)
     # a new process: a fresh instance of the user's network, resumed from the mid-run checkpoint
-    again = Trainer(fresh(), train, config=cfg, callbacks=[_ThinAtStage2(), Kill(-1)], out_dir=tmp_path / "k")
+    again = Trainer(fresh(), train, config=cfg, callbacks=[_ThinAtStage2(), Kill(None)], out_dir=tmp_path / "k")
     again.fit(stages, resume=True)
     assert again.raw_model.conv1.out_channels == 5
     for (n, a), (_, b) in zip(full.raw_model.state_dict().items(), again.raw_model.state_dict().items(),
@@ -293,7 +273,7 @@ class DictNet(nn.Module):
 
     def __init__(self, as_tuple: bool = False):
         super().__init__()
-        self.net, self.as_tuple = _model(), as_tuple
+        self.net, self.as_tuple = tiny_lenet(), as_tuple
 
     def forward(self, *, images):
         logits = self.net(images)
@@ -304,7 +284,7 @@ class DictNet(nn.Module):
 def test_trainer_and_metrics_take_keyword_inputs_and_dict_or_tuple_outputs(as_tuple):
     from prunekit import metrics
 
-    train, test = _data()
+    train, test = synthetic(192, 64)
     seed_everything(0)
     model = DictNet(as_tuple)
     tr = Trainer(model, train, test, optim=OptimConfig(lr=0.05), config=TrainerConfig(batch_size=32, quiet=True))

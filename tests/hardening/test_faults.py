@@ -25,6 +25,7 @@ import torch
 from prunekit import cli, data, io, models, surgery
 from prunekit.engine import Callback, Trainer, TrainerConfig, load_checkpoint
 from prunekit.errors import PrunekitError
+from tests.helpers import one_line, subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
 PRUNE_YAML = "model: {name: lenet5}\ndata: {name: digits}\ntrain: {epochs: 4, batch_size: 64}\n" \
@@ -32,13 +33,6 @@ PRUNE_YAML = "model: {name: lenet5}\ndata: {name: digits}\ntrain: {epochs: 4, ba
 PRUNE_SETS = ["--set", "train.device=cpu", "--set", "train.checkpoint_every_steps=2",
               "--set", "train.max_steps_per_epoch=6", "--set", "optim.lr=0.05", "--quiet"]
 TRAIN_YAML = "model: {name: lenet5}\ndata: {name: digits}\ntrain: {epochs: 2, batch_size: 64, device: cpu}\n"
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PRUNEKIT_CACHE=str(tmp / "cache"),
-               PYTHONPATH=str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", ""))
-    return env
 
 
 def _cmd(cfg: Path, out: Path, resume: bool) -> list[str]:
@@ -67,7 +61,7 @@ def _assert_complete_files_load(out: Path) -> int:
 def _kill_resume(tmp_path: Path, kills: int, seed: int) -> None:
     cfg = tmp_path / "prune.yaml"
     cfg.write_text(PRUNE_YAML)
-    env = _env(tmp_path)
+    env = subprocess_env(tmp_path)
     ref, out = tmp_path / "ref", tmp_path / "killed"
     # the uninterrupted reference runs on the other core meanwhile
     ref_proc = subprocess.Popen(_cmd(cfg, ref, False), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -125,13 +119,6 @@ def test_kill_9_many_times(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- NaN / inf
 
 
-def _one_line(capsys: pytest.CaptureFixture[str], code: int) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("prunekit: error:"), err
-    return err
-
-
 def test_nan_loss_through_the_cli_keeps_the_last_good_checkpoint(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """lr 10 with weight decay 1 (each step scales the weights by -9) reached by a linear warm-up: the first
@@ -147,7 +134,7 @@ def test_nan_loss_through_the_cli_keeps_the_last_good_checkpoint(tmp_path: Path,
                          "--set", "optim.schedule=constant"])
     finally:
         torch.set_num_threads(threads)
-    err = _one_line(capsys, code)
+    err = one_line(capsys, code)
     m = re.search(r"(?:loss|weights) became .* at epoch \d+ step (\d+)", err)
     assert m, err
     assert "intact" in err, err
@@ -235,7 +222,7 @@ def test_disk_full_is_one_line_and_keeps_the_last_checkpoint(tmp_path: Path,
     cfg = tmp_path / "t.yaml"
     cfg.write_text(TRAIN_YAML)
     with _small_file_system(tmp_path / "small", 1600) as out:
-        err = _one_line(capsys, cli.main(_train_args(cfg, out)))
+        err = one_line(capsys, cli.main(_train_args(cfg, out)))
         assert "No space left on device" in err and str(out / "checkpoint.safetensors") in err, err
         assert "intact" in err and ".tmp" not in err, err
         assert load_checkpoint(out / "checkpoint.safetensors")["position"]["step"] == 5
@@ -252,7 +239,7 @@ def test_export_to_a_full_disk_is_one_line(tmp_path: Path, capsys: pytest.Captur
         target = folder / "out.bin"
         target.write_bytes(b"old")
         _fill(folder, 16 * 1024)
-        err = _one_line(capsys, cli.main(["export", str(model), "--to", to, "--out", str(target)]))
+        err = one_line(capsys, cli.main(["export", str(model), "--to", to, "--out", str(target)]))
         assert "No space left on device" in err and f"{target}: cannot write" in err and ".tmp" not in err, err
         assert target.read_bytes() == b"old"
         assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
@@ -274,7 +261,7 @@ def test_unwritable_output_folder_fails_before_any_training(tmp_path: Path, monk
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data were loaded before the output was checked"))
-    err = _one_line(capsys, cli.main(_train_args(cfg, out)))
+    err = one_line(capsys, cli.main(_train_args(cfg, out)))
     assert "read-only" in err.lower() and str(out / "config.yaml") in err, err
     monkeypatch.setattr(tempfile, "mkstemp", real)
 
@@ -304,7 +291,7 @@ def test_read_only_folder_keeps_the_checkpoint(tmp_path: Path, capsys: pytest.Ca
         capsys.readouterr()
         before = {p.name: p.read_bytes() for p in out.iterdir()}
         out.chmod(0o555)
-        err = _one_line(capsys, cli.main(_train_args(cfg, out, "--resume")))
+        err = one_line(capsys, cli.main(_train_args(cfg, out, "--resume")))
         assert str(out) in err and ("not writable" in err or "Permission denied" in err), err
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     finally:

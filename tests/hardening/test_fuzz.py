@@ -29,9 +29,10 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from PIL import Image
 
 from prunekit import config, io, models, surgery
-from prunekit.data import _formats, loaders
+from prunekit.data import formats, loaders
 from prunekit.engine import load_checkpoint, save_checkpoint
 from prunekit.errors import PrunekitError
+from tests.helpers import one_line
 
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="pk-hypothesis-"))  # keep the checkout clean
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow],
@@ -64,6 +65,16 @@ def _only_prunekit_errors(fn: Callable[[], Any], seconds: float = 10.0) -> Any:
         except PrunekitError as exc:
             assert "\n" not in str(exc), str(exc)
             return exc
+
+
+def _with_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """``_only_prunekit_errors(fn)`` and the peak of Python allocations (bytes, tracemalloc) while it ran."""
+    tracemalloc.start()
+    try:
+        res = _only_prunekit_errors(fn)
+        return res, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -114,8 +125,8 @@ def _idx(dims: tuple[int, ...], magic: int, payload: bytes | None = None) -> byt
     return struct.pack(">I", magic) + struct.pack(f">{len(dims)}I", *dims) + body
 
 
-_IDX_IMAGES = _idx((3, 4, 4), _formats.IDX_IMAGES_MAGIC)
-_IDX_LABELS = _idx((3,), _formats.IDX_LABELS_MAGIC, b"\x01\x02\x09")
+_IDX_IMAGES = _idx((3, 4, 4), formats.IDX_IMAGES_MAGIC)
+_IDX_LABELS = _idx((3,), formats.IDX_LABELS_MAGIC, b"\x01\x02\x09")
 
 
 @FUZZ
@@ -123,7 +134,7 @@ _IDX_LABELS = _idx((3,), _formats.IDX_LABELS_MAGIC, b"\x01\x02\x09")
        labels=st.one_of(st.just(_IDX_LABELS), _mutate(_IDX_LABELS)))
 def test_idx_files(data: bytes, labels: bytes) -> None:
     img, lab = _file(data, "images"), _file(labels, "labels")
-    res = _only_prunekit_errors(lambda: _formats.read_idx_pair(img, lab, 10))
+    res = _only_prunekit_errors(lambda: formats.read_idx_pair(img, lab, 10))
     if not isinstance(res, PrunekitError):
         assert res["images"].shape[0] == res["labels"].shape[0]
         assert res["labels"].max(initial=0) < 10
@@ -133,9 +144,9 @@ def test_idx_files(data: bytes, labels: bytes) -> None:
 @given(n=st.sampled_from([10**9, 2**32 - 1, 60000]), hw=st.sampled_from([(28, 28), (8192, 8192), (1, 1)]),
        gz=st.booleans())
 def test_idx_header_that_lies_about_its_size(n: int, hw: tuple[int, int], gz: bool) -> None:
-    raw = _idx((n, *hw), _formats.IDX_IMAGES_MAGIC, b"\0" * 100)
+    raw = _idx((n, *hw), formats.IDX_IMAGES_MAGIC, b"\0" * 100)
     p = _file(gzip.compress(raw) if gz else raw)
-    res = _only_prunekit_errors(lambda: _formats.read_idx(p, _formats.IDX_IMAGES_MAGIC), seconds=5)
+    res = _only_prunekit_errors(lambda: formats.read_idx(p, formats.IDX_IMAGES_MAGIC), seconds=5)
     assert isinstance(res, PrunekitError)
     assert "truncated" in str(res) or "implausible" in str(res) or "more than" in str(res)
 
@@ -143,15 +154,10 @@ def test_idx_header_that_lies_about_its_size(n: int, hw: tuple[int, int], gz: bo
 def test_idx_gzip_bomb_is_not_inflated_beyond_the_header() -> None:
     """64 MiB of zeros compressed to 64 KiB behind a header announcing 10 images: refused after reading
     at most what the header announces (the whole bomb is never inflated)."""
-    header = _idx((10, 28, 28), _formats.IDX_IMAGES_MAGIC, b"")
+    header = _idx((10, 28, 28), formats.IDX_IMAGES_MAGIC, b"")
     bomb = gzip.compress(header + bytes(64 << 20), compresslevel=9)
     p = _file(bomb)
-    tracemalloc.start()
-    try:
-        res = _only_prunekit_errors(lambda: _formats.read_idx(p, _formats.IDX_IMAGES_MAGIC))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    res, peak = _with_peak(lambda: formats.read_idx(p, formats.IDX_IMAGES_MAGIC))
     assert isinstance(res, PrunekitError) and "unexpected bytes" in str(res)
     assert peak < 4 << 20, f"{peak >> 20} MiB allocated"
 
@@ -159,14 +165,9 @@ def test_idx_gzip_bomb_is_not_inflated_beyond_the_header() -> None:
 @FEW
 @given(n=st.sampled_from([10**9, 2**32 - 1]), gz=st.booleans())
 def test_idx_lying_header_allocates_nothing_large(n: int, gz: bool) -> None:
-    raw = _idx((n, 28, 28), _formats.IDX_IMAGES_MAGIC, b"\0" * 1000)
+    raw = _idx((n, 28, 28), formats.IDX_IMAGES_MAGIC, b"\0" * 1000)
     p = _file(gzip.compress(raw) if gz else raw)
-    tracemalloc.start()
-    try:
-        res = _only_prunekit_errors(lambda: _formats.read_idx(p, _formats.IDX_IMAGES_MAGIC))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    res, peak = _with_peak(lambda: formats.read_idx(p, formats.IDX_IMAGES_MAGIC))
     assert isinstance(res, PrunekitError)
     assert peak < 4 << 20, f"{peak >> 20} MiB allocated"
 
@@ -186,7 +187,7 @@ def test_cifar_binary(records: int, tail: bytes, labels: list[int], label_bytes:
         data[i * rec] = lab
     p = _file(bytes(data))
     limits = (10,) if label_bytes == 1 else (20, 100)
-    res = _only_prunekit_errors(lambda: _formats.read_cifar_bin(p, label_bytes, label_bytes - 1, limits))
+    res = _only_prunekit_errors(lambda: formats.read_cifar_bin(p, label_bytes, label_bytes - 1, limits))
     if not isinstance(res, PrunekitError):
         assert res["images"].shape[1:] == (3, 32, 32)
         assert len(data) % rec == 0 and len(data) > 0
@@ -217,7 +218,7 @@ def _bmp() -> bytes:
 @given(data=st.one_of(_mutate(_png()), _mutate(_jpeg()), _mutate(_bmp()), st.binary(max_size=64)),
        mode=st.sampled_from(["RGB", "L"]), size=st.sampled_from([None, (4, 4)]))
 def test_image_decoding(data: bytes, mode: str, size: tuple[int, int] | None) -> None:
-    res = _only_prunekit_errors(lambda: _formats.decode_image(data, "x.png", mode, size))
+    res = _only_prunekit_errors(lambda: formats.decode_image(data, "x.png", mode, size))
     if not isinstance(res, PrunekitError):
         assert res.dtype == np.uint8 and res.ndim in (2, 3)
 
@@ -240,7 +241,7 @@ _ARCHIVE = _tar([("cifar/train/cat/0.png", _png()), ("cifar/train/dog/1.png", _p
 @given(data=st.one_of(_mutate(_ARCHIVE), _mutate(gzip.compress(_ARCHIVE))))
 def test_image_archives(data: bytes) -> None:
     p = _file(data, "cifar10-jpg.tar")
-    res = _only_prunekit_errors(lambda: _formats.decode_split_archive(p, ("train", "test")))
+    res = _only_prunekit_errors(lambda: formats.decode_split_archive(p, ("train", "test")))
     if not isinstance(res, PrunekitError):
         for split in res.values():
             assert split["images"].shape[0] == split["labels"].shape[0]
@@ -456,7 +457,7 @@ def test_fuzz_inputs_include_valid_files() -> None:
     """The seeds are valid files, so mutations start from realistic inputs (and the readers accept them)."""
     for data, reader in ((_DENSE, io.load), (_SPARSE, surgery.load_sparse), (_CKPT, load_checkpoint)):
         assert not isinstance(reader(_file(data, "m.safetensors")), PrunekitError)
-    assert _formats.read_idx_pair(_file(_IDX_IMAGES), _file(_IDX_LABELS), 10)["images"].shape == (3, 1, 4, 4)
+    assert formats.read_idx_pair(_file(_IDX_IMAGES), _file(_IDX_LABELS), 10)["images"].shape == (3, 1, 4, 4)
 
 
 # ------------------------------------------------------------------------------------- out-of-range configs
@@ -512,10 +513,7 @@ def test_out_of_range_configs_are_rejected_before_training(tmp_path: Path, monke
             "--quiet"]
     for s in sets:
         args += ["--set", s]
-    code = cli.main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert message in err, err
+    one_line(capsys, cli.main(args), message)
     assert not (out / "checkpoint.safetensors").exists() and not (out / "log.jsonl").exists()
 
 
@@ -611,18 +609,13 @@ def test_cache_entries_that_lie_are_a_miss(shape: tuple[int, ...], dtype: str, p
     allocation from the sizes its headers announce."""
     import zipfile
 
-    from prunekit.data import _cache
+    from prunekit.data import cache
 
     p = Path(tempfile.mkdtemp(prefix="pk-cache-")) / "e.npz"
     with zipfile.ZipFile(p, "w") as zf:
         zf.writestr("images.npy", _npy(shape, dtype, payload))
         zf.writestr("__cache_key__.npy", _npy((), "<U1", "k".encode("utf-32-le")) if key_ok else b"junk")
-    tracemalloc.start()
-    try:
-        res = _only_prunekit_errors(lambda: _cache.lookup(p, "k"))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    res, peak = _with_peak(lambda: cache.lookup(p, "k"))
     honest = int(np.prod(shape)) * np.dtype(dtype).itemsize <= len(payload) and dtype != "|O"
     assert res is None or (honest and key_ok and isinstance(res, dict))
     assert peak < 4 << 20, f"{peak >> 20} MiB allocated"

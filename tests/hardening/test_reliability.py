@@ -15,26 +15,13 @@ import pytest
 import torch
 
 from prunekit import cli, io, models, surgery
-from prunekit._atomic import atomic_path, write_text
+from prunekit.atomic import atomic_path, write_text
 from prunekit.errors import PrunekitError
+from tests.helpers import one_line, subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW = bool(os.environ.get("PRUNEKIT_SLOW_TESTS"))
 TRAIN_YAML = "model: {name: lenet5}\ndata: {name: digits}\ntrain: {epochs: 1, batch_size: 64, device: cpu}\n"
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PRUNEKIT_CACHE=str(tmp / "cache"),
-               PYTHONPATH=str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", ""))
-    return env
-
-
-def _one_line(capsys: pytest.CaptureFixture[str], code: int) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("prunekit: error:"), err
-    return err
 
 
 @pytest.fixture
@@ -68,7 +55,7 @@ def test_export_never_replaces_a_device_node_or_fifo(tmp_path: Path, model_file:
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     for node in _nodes(tmp_path / f"nodes-{to}"):
         kind = stat.S_IFMT(os.stat(node).st_mode)
-        err = _one_line(capsys, cli.main(["export", str(model_file), "--to", to, "--out", str(node)]))
+        err = one_line(capsys, cli.main(["export", str(model_file), "--to", to, "--out", str(node)]))
         assert str(node) in err and "not a regular file" in err, err
         assert stat.S_IFMT(os.stat(node).st_mode) == kind  # still the node, not a regular file
         assert not [p.name for p in node.parent.iterdir() if p.name.endswith(".tmp")]
@@ -89,11 +76,11 @@ def test_atomic_writer_refuses_nodes_and_folders_but_replaces_files(tmp_path: Pa
 
 def _killed_mid_write(target: Path, tmp: Path) -> Path:
     """A real process that dies by SIGKILL inside the atomic writer; returns the temp file it left."""
-    code = ("import os, signal, sys\nfrom prunekit._atomic import atomic_path\n"
+    code = ("import os, signal, sys\nfrom prunekit.atomic import atomic_path\n"
             "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_text('half')\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")
     before = set(target.parent.iterdir()) if target.parent.exists() else set()
-    res = subprocess.run([sys.executable, "-c", code, str(target)], env=_env(tmp), timeout=60)
+    res = subprocess.run([sys.executable, "-c", code, str(target)], env=subprocess_env(tmp), timeout=60)
     assert res.returncode == -signal.SIGKILL
     left = [p for p in set(target.parent.iterdir()) - before if p.name.endswith(".tmp")]
     assert len(left) == 1, left
@@ -121,7 +108,7 @@ def test_temp_files_of_a_killed_run_are_swept_on_resume(tmp_path: Path, capsys: 
 
 
 def test_rewriting_a_target_sweeps_its_own_stale_temp_files(tmp_path: Path) -> None:
-    from prunekit._atomic import sweep_stale
+    from prunekit.atomic import sweep_stale
 
     target = tmp_path / "out" / "a.txt"
     target.parent.mkdir()
@@ -146,7 +133,7 @@ def test_a_245_character_file_name_works(tmp_path: Path) -> None:
 def test_write_errors_name_the_target_not_the_temp_file(tmp_path: Path, model_file: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     too_long = tmp_path / ("x" * 300 + ".safetensors")  # ENAMETOOLONG from the real file system
-    err = _one_line(capsys, cli.main(["export", str(model_file), "--to", "dense", "--out", str(too_long)]))
+    err = one_line(capsys, cli.main(["export", str(model_file), "--to", "dense", "--out", str(too_long)]))
     assert str(too_long) in err and ".tmp" not in err, err
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -222,7 +209,7 @@ def test_ctrl_c_in_the_first_second_is_one_line(tmp_path: Path, delay: float) ->
     cfg = tmp_path / "t.yaml"
     cfg.write_text(TRAIN_YAML.replace("epochs: 1,", "epochs: 1000,"))  # still running whenever the signal lands
     proc = subprocess.Popen([sys.executable, "-c", _CONSOLE, "train", str(cfg), "--out", str(tmp_path / "run"),
-                             "--quiet"], env=_env(tmp_path), stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                             "--quiet"], env=subprocess_env(tmp_path), stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, preexec_fn=_as_in_a_terminal)
     assert proc.stderr is not None
     assert proc.stderr.readline() == "go\n"
@@ -250,14 +237,14 @@ def test_the_download_hint_is_a_real_option(tmp_path: Path, capsys: pytest.Captu
 
     monkeypatch.delenv("PRUNEKIT_DATA", raising=False)  # no MNIST anywhere: the not-found message
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(loaders, "_repo_root", lambda: None)
+    monkeypatch.setattr(loaders, "repo_root", lambda: None)
     monkeypatch.setattr(loaders, "SYSTEM_DIRS", {})
 
     empty = tmp_path / "empty"
     empty.mkdir()
     cfg = tmp_path / "m.yaml"
     cfg.write_text("model: {name: lenet5}\ndata: {name: mnist}\ntrain: {epochs: 1}\n")
-    err = _one_line(capsys, cli.main(["train", str(cfg), "--data-dir", str(empty), "--out", str(tmp_path / "r")]))
+    err = one_line(capsys, cli.main(["train", str(cfg), "--data-dir", str(empty), "--out", str(tmp_path / "r")]))
     m = re.search(r"\(CLI: ([^)]*)\)", err)
     assert m, err
     hint = shlex.split(m.group(1))
@@ -297,16 +284,16 @@ def test_config_headers_name_real_commands() -> None:
 def test_demo_with_an_unknown_method_fails_before_training(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    err = _one_line(capsys, cli.main(["demo", "--methods", "sght,nosuch", "--out", str(out), "--epochs", "1"]))
+    err = one_line(capsys, cli.main(["demo", "--methods", "sght,nosuch", "--out", str(out), "--epochs", "1"]))
     assert "nosuch" in err, err
     assert not out.exists()
 
 
 def test_info_on_a_device_or_folder_says_what_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for path, kind in (("/dev/zero", "a character device"), (str(tmp_path), "a folder")):
-        err = _one_line(capsys, cli.main(["info", path]))
+        err = one_line(capsys, cli.main(["info", path]))
         assert f"{path}: is {kind}" in err and "no such file" not in err, err
-        err = _one_line(capsys, cli.main(["eval", path, "--data", "digits"]))
+        err = one_line(capsys, cli.main(["eval", path, "--data", "digits"]))
         assert kind in err, err
 
 
@@ -345,7 +332,7 @@ def test_report_of_hostile_report_json_warns_and_never_crashes(tmp_path: Path, k
         d = tmp_path / f"doc{len(doc)}{doc[:3]}"
         d.mkdir()
         (d / "report.json").write_text(doc)
-        assert "not a prunekit report" in _one_line(capsys, cli.main(["report", str(d)]))
+        assert "not a prunekit report" in one_line(capsys, cli.main(["report", str(d)]))
 
 
 def _compare_folder(tmp_path: Path) -> Path:
@@ -463,7 +450,7 @@ def test_forged_checkpoint_is_one_line_on_resume(tmp_path: Path, kind: str, fini
     _forge(kind, state)
     save_checkpoint(out / "checkpoint.safetensors", state)
     capsys.readouterr()
-    err = _one_line(capsys, cli.main(["train", str(cfg), "--out", str(out), "--quiet", "--resume",
+    err = one_line(capsys, cli.main(["train", str(cfg), "--out", str(out), "--quiet", "--resume",
                                       "--set", "train.max_steps_per_epoch=2"]))
     assert "checkpoint" in err and "malformed" in err, err
 
@@ -522,7 +509,7 @@ def test_resume_with_an_architecture_that_does_not_fit_is_one_line(
         opt["state"] = {}
     save_checkpoint(out / "checkpoint.safetensors", state)
     capsys.readouterr()
-    err = _one_line(capsys, cli.main(["train", str(cfg), "--out", str(out), "--quiet", "--resume",
+    err = one_line(capsys, cli.main(["train", str(cfg), "--out", str(out), "--quiet", "--resume",
                                       "--set", "train.max_steps_per_epoch=2"]))
     assert "the checkpoint's network does not take this run's (1, 8, 8) inputs" in err, err
 
@@ -543,15 +530,15 @@ def test_hostile_padding_is_refused_before_anything_runs(tmp_path: Path, padded_
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """info in a real process with a 60 s budget, eval and export in this one: each is refused from the
     architecture on the meta device, before any arithmetic."""
-    res = subprocess.run([sys.executable, "-m", "prunekit.cli", "info", str(padded_model)], env=_env(tmp_path),
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-m", "prunekit.cli", "info", str(padded_model)],
+                         env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=60)
     err = res.stderr.strip()
     assert res.returncode == 2 and len(err.splitlines()) == 1, err
     assert "367,905,706,208 MACs per sample" in err and "--max-macs" in err, err
     onnx = tmp_path / "m.onnx"
     for argv in (["eval", str(padded_model), "--data", "synthetic"],
                  ["export", str(padded_model), "--to", "onnx", "--out", str(onnx)]):
-        err = _one_line(capsys, cli.main(argv))
+        err = one_line(capsys, cli.main(argv))
         assert "367,905,706,208 MACs per sample" in err, err
     assert not onnx.exists()
 
@@ -564,12 +551,12 @@ def test_the_limit_can_be_raised_or_lowered(padded_model: Path, capsys: pytest.C
     assert b is not None and b.macs == 367_905_706_208 and b.largest_activation == 16 * 3030 * 3030
     with pytest.raises(PrunekitError, match="'conv1' outputs 146,894,400 values"):
         check_bounds(io.load(padded_model), (3, 32, 32), max_macs=1e12)
-    assert "more than the limit of 100,000" in _one_line(capsys, cli.main(["info", "lenet5", "--max-macs", "1e5"]))
+    assert "more than the limit of 100,000" in one_line(capsys, cli.main(["info", "lenet5", "--max-macs", "1e5"]))
     monkeypatch.setenv("PRUNEKIT_MAX_MACS", "1e5")
-    assert "PRUNEKIT_MAX_MACS" in _one_line(capsys, cli.main(["info", "lenet5"]))
+    assert "PRUNEKIT_MAX_MACS" in one_line(capsys, cli.main(["info", "lenet5"]))
     assert cli.main(["info", "lenet5", "--max-macs", "1e7"]) == 0  # the flag overrides the environment
     monkeypatch.setenv("PRUNEKIT_MAX_MACS", "lots")
-    assert "PRUNEKIT_MAX_MACS='lots'" in _one_line(capsys, cli.main(["info", "lenet5"]))
+    assert "PRUNEKIT_MAX_MACS='lots'" in one_line(capsys, cli.main(["info", "lenet5"]))
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet20", "vgg16", "nin"])
@@ -585,7 +572,7 @@ def test_bounds_count_what_count_counts(name: str) -> None:
 
 @pytest.mark.parametrize("argv", [["--batch", "100000"], ["--rounds", "1000000"], ["--max-macs", "1000"]])
 def test_bench_is_bounded_before_it_runs(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    err = _one_line(capsys, cli.main(["bench", "resnet20", "--runtime", "eager", *argv]))
+    err = one_line(capsys, cli.main(["bench", "resnet20", "--runtime", "eager", *argv]))
     assert "bounded" in err or "more than the limit" in err, err
 
 

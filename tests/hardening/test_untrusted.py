@@ -17,6 +17,7 @@ import torch
 from prunekit import cli, io, models, surgery
 from prunekit.engine import Trainer, TrainerConfig, load_checkpoint
 from prunekit.errors import PrunekitError
+from tests.helpers import one_line
 
 
 class _Payload:
@@ -103,23 +104,15 @@ def test_trainer_resume_refuses_a_pickled_checkpoint(evil: tuple[list[Path], Pat
     assert not marker.exists()
 
 
-def _one_line(capsys: pytest.CaptureFixture[str], code: int) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("prunekit: error:") and "Traceback" not in err
-    return err
-
-
 def test_cli_entry_points_refuse_pickles(evil: tuple[list[Path], Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     files, marker = evil
     for f in files:
-        _one_line(capsys, cli.main(["eval", str(f), "--data", "digits"]))
-        _one_line(capsys, cli.main(["info", str(f)]))
+        one_line(capsys, cli.main(["eval", str(f), "--data", "digits"]))
+        one_line(capsys, cli.main(["info", str(f)]))
         for to in ("dense", "sparse", "onnx"):
             target = tmp_path / f"out-{to}"
-            _one_line(capsys, cli.main(["export", str(f), "--to", to, "--out", str(target)]))
+            one_line(capsys, cli.main(["export", str(f), "--to", to, "--out", str(target)]))
             assert not target.exists()
     # prune --resume with the pickle as the run's checkpoint
     cfg = tmp_path / "c.yaml"
@@ -127,10 +120,10 @@ def test_cli_entry_points_refuse_pickles(evil: tuple[list[Path], Path], tmp_path
     out = tmp_path / "run"
     out.mkdir()
     shutil.copyfile(files[0], out / "checkpoint.safetensors")
-    err = _one_line(capsys, cli.main(["train", str(cfg), "--out", str(out), "--resume", "--quiet"]))
+    err = one_line(capsys, cli.main(["train", str(cfg), "--out", str(out), "--resume", "--quiet"]))
     assert "pickle" in err
     # a pickle given as the pretrained model of a run
-    err = _one_line(capsys, cli.main(["train", str(cfg), "--out", str(tmp_path / "run2"), "--quiet",
+    err = one_line(capsys, cli.main(["train", str(cfg), "--out", str(tmp_path / "run2"), "--quiet",
                                       "--set", f"pretrained={files[1]}"]))
     assert not marker.exists()
 

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit import methods, metrics
+from prunekit import methods
 from prunekit.engine import seed_everything as seed
 from prunekit.errors import PrunekitError
-from prunekit.methods.iht import keep_count
 from prunekit.methods.optim import AHSGHT, APG
+from tests.helpers import check_delivered
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -83,8 +83,6 @@ def _train(model: nn.Module, method: methods.PruningMethod, tmp_path, epochs: in
 
 def _check(name: str, make, tmp_path) -> None:
     dense_net = make()
-    dense = sum(p.numel() for p in dense_net.parameters())
-    dense_macs = metrics.count(dense_net, X0).macs
     model = make()
     method = methods.get(name)(**PAPER_METHODS[name])
     pk, trainer = _train(model, method, tmp_path)
@@ -96,24 +94,12 @@ def _check(name: str, make, tmp_path) -> None:
     assert {g["lr"] for g in d.optimizer.param_groups} == {0.05}    # args.learning_rate, the method's stages
     assert res.model is trainer.model is model                     # delivered in place, in the HF Trainer
     assert res.report["adapter"]["finalize_max_abs_diff"] < 1e-5   # finalize is exact: same outputs
-    c = metrics.count(res.model, X0)
-    assert c.params == sum(p.numel() for p in res.model.parameters())
-    if method.ends_sparse:  # IHT: same shapes, each thresholded layer at exactly its budget k
-        assert res.sparse and c.params == dense and c.nonzero_params < 0.6 * dense
-        for m in res.model.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                assert int((m.weight != 0).sum()) == keep_count(0.5, m.weight.numel())
-    else:
-        assert c.params < dense and c.macs < dense_macs, name
+    check_delivered(res, dense_net, X0, ends_sparse=method.ends_sparse, name=name)
     if name == "trimming":  # channels went between stages; the optimizer followed the smaller network
         assert {id(p) for g in d.optimizer.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
 
 
-@pytest.mark.parametrize("name", [
-    "iht", "sght", "trimming",
-    pytest.param("sss", marks=pytest.mark.xfail(raises=PrunekitError, strict=True,
-                                                reason="SSS factors on HF models: issue #18 item 3")),
-])
+@pytest.mark.parametrize("name", sorted(PAPER_METHODS))
 def test_every_paper_method_delivers_through_the_hf_trainer_on_a_hf_resnet(name, tmp_path):
     _check(name, hf_resnet, tmp_path)
 
@@ -134,30 +120,26 @@ def test_the_trainer_must_step_the_methods_optimizer(tmp_path):
     assert "\n" not in str(err.value)
 
 
-class Replacing(methods.PruningMethod):
-    """A toy method that hands the loop a new network object at its second stage (as in the Lightning test)."""
-
-    name = "toy-replacing"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.new: nn.Module | None = None
-        self.snapshot: list[torch.Tensor] = []
-
-    def stages(self, epochs: int) -> list:
-        from prunekit.engine.stages import Stage
-
-        return [Stage("before", 1), Stage("after", epochs - 1)]
-
-    def on_stage_start(self, trainer, stage) -> None:
-        if stage.name == "after":
-            self.new = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                     nn.Linear(4, 4))
-            self.snapshot = [p.detach().clone() for p in self.new.parameters()]
-            trainer.replace_model(self.new)
-
-
-def test_a_new_network_object_during_training_is_refused_in_one_line(tmp_path):
+def test_a_new_network_object_during_training_is_refused_in_one_line(tmp_path, replacing):
     with pytest.raises(PrunekitError, match="replaced the model by a new object during training") as err:
-        _train(TinyCNN(), Replacing(), tmp_path, epochs=2)
+        _train(TinyCNN(), replacing, tmp_path, epochs=2)
     assert "\n" not in str(err.value)
+
+
+def test_sss_with_example_inputs_is_prepared_when_the_optimizers_are_made(tmp_path):
+    """Given example inputs, pk.optimizers(model) places SSS's factors at once (a HF ResNet: by running it) and
+    fills the optimizer before the HF Trainer sees it; the run then delivers a smaller network, exactly."""
+    from prunekit.methods.factors import factor_modules
+
+    model = hf_resnet()
+    dense = sum(p.numel() for p in model.parameters())
+    pk = PrunekitTrainerCallback(methods.get("sss")(**PAPER_METHODS["sss"]), example_inputs=X0)
+    opt, sched = pk.optimizers(model)
+    assert factor_modules(model) and [type(o) for o in opt.optimizers] == [torch.optim.SGD, APG]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], num_train_epochs=2,
+                                          per_device_train_batch_size=16, learning_rate=0.05, save_strategy="no",
+                                          logging_strategy="no", disable_tqdm=True)
+    transformers.Trainer(model=model, args=args, train_dataset=Images(), callbacks=[pk],
+                         optimizers=(opt, sched)).train()
+    assert pk.result.report["adapter"]["finalize_max_abs_diff"] < 1e-5
+    assert sum(p.numel() for p in pk.result.model.parameters()) < dense

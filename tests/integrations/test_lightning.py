@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit import methods, metrics
+from prunekit import methods
 from prunekit.engine import seed_everything as seed
 from prunekit.errors import PrunekitError
 from prunekit.integrations import require
-from prunekit.methods.iht import keep_count
 from prunekit.methods.optim import AHSGHT, APG
+from tests.helpers import check_delivered
 
 pl = pytest.importorskip("lightning.pytorch")
 from prunekit.integrations.lightning import PrunekitCallback  # noqa: E402
@@ -70,7 +70,6 @@ def _fit(method: methods.PruningMethod, epochs: int = EPOCHS, **kw) -> tuple[Cla
 def test_every_paper_method_delivers_through_lightning(name):
     seed(0)
     dense_net = Classifier().net
-    dense = sum(p.numel() for p in dense_net.parameters())
     method = methods.get(name)(**PAPER_METHODS[name])
     module, pk, trainer = _fit(method)
     res = pk.result
@@ -84,15 +83,7 @@ def test_every_paper_method_delivers_through_lightning(name):
     assert res.report["adapter"]["not_run"] == []
     out = res.model(torch.zeros(3, 1, 8, 8))
     assert out.shape == (3, 4) and torch.isfinite(out).all()
-    c = metrics.count(res.model, X0)
-    assert c.params == sum(p.numel() for p in res.model.parameters())
-    if method.ends_sparse:  # IHT: same shapes, each thresholded layer at exactly its budget k
-        assert res.sparse and c.params == dense and c.nonzero_params < 0.6 * dense
-        for m in res.model.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                assert int((m.weight != 0).sum()) == keep_count(0.5, m.weight.numel())
-    else:
-        assert c.params < dense and c.macs < metrics.count(dense_net, X0).macs, name
+    check_delivered(res, dense_net, X0, ends_sparse=method.ends_sparse, name=name)
 
 
 def test_sght_installs_ahsght_then_the_smaller_network_trains_with_a_rebuilt_optimizer():
@@ -156,33 +147,45 @@ def test_a_wrong_attribute_and_a_missing_package_are_one_line_errors():
     assert "\n" not in str(err.value)
 
 
-class Replacing(methods.PruningMethod):
-    """A toy method that hands the loop a new network object at its second stage (``replace_model``)."""
-
-    name = "toy-replacing"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.new: nn.Module | None = None
-        self.snapshot: list[torch.Tensor] = []
-
-    def stages(self, epochs: int) -> list:
-        from prunekit.engine.stages import Stage
-
-        return [Stage("before", 1), Stage("after", epochs - 1)]
-
-    def on_stage_start(self, trainer, stage) -> None:
-        if stage.name == "after":
-            self.new = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                     nn.Linear(4, 4))
-            self.snapshot = [p.detach().clone() for p in self.new.parameters()]
-            trainer.replace_model(self.new)
-
-
-def test_a_new_network_object_takes_the_lightning_modules_attribute_and_is_trained():
-    method = Replacing()
+def test_a_new_network_object_takes_the_lightning_modules_attribute_and_is_trained(replacing):
+    method = replacing
     module, pk, trainer = _fit(method, epochs=2)
     assert module.net is method.new and pk.result.model is method.new
     assert {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]} == \
         {id(p) for p in method.new.parameters()}
     assert all(not torch.equal(a, b) for a, b in zip(method.snapshot, method.new.parameters(), strict=True))
+
+
+def test_sss_through_lightning_on_a_hf_resnet_places_its_factors_on_the_first_batch():
+    """A HF model torch.fx cannot trace: SSS's factors are placed by running it on the first training batch."""
+    transformers = pytest.importorskip("transformers")
+
+    class HFClassifier(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            seed(0)
+            self.net = transformers.ResNetForImageClassification(transformers.ResNetConfig(
+                num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                num_labels=3))
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return self.net(pixel_values=batch[0], labels=batch[1]).loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 3, 16, 16, generator=g),
+                                          torch.randint(0, 3, (32,), generator=g))
+    module = HFClassifier()
+    dense = sum(p.numel() for p in module.net.parameters())
+    pk = PrunekitCallback(methods.get("sss")(gamma_channel=2.0, gamma_block=2.0), attr="net")
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=EPOCHS, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[pk])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=16))
+    res = pk.result
+    assert [type(o) for o in pk.driver.optimizer.optimizers] == [torch.optim.SGD, APG]
+    assert res.model is module.net and res.report["adapter"]["finalize_max_abs_diff"] < 1e-5
+    assert sum(p.numel() for p in res.model.parameters()) < dense

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit import data, methods, models
+from prunekit import methods
 from prunekit.engine import LoopState, OptimConfig, Trainer, TrainerConfig, load_checkpoint, save_checkpoint
 from prunekit.engine import seed_everything as seed
 from prunekit.errors import PrunekitError
@@ -18,17 +18,7 @@ from prunekit.methods.iht import IHT, IHTConfig
 from prunekit.methods.sght import SGHT, SGHTConfig
 from prunekit.methods.sss import SparseStructureSelection, SSSConfig
 from prunekit.methods.trimming import NetworkTrimming, TrimmingConfig
-
-
-def _data(n=96):
-    train = data.load("synthetic", "train", n=n, shape=(1, 8, 8), num_classes=4, seed=0)
-    test = data.load("synthetic", "test", n=32, shape=(1, 8, 8), num_classes=4, seed=0)
-    return train, test
-
-
-def _lenet():
-    seed(0)
-    return models.create("lenet5", in_channels=1, num_classes=4, input_size=8)
+from tests.helpers import one_line, synthetic, tiny_lenet
 
 
 def _bnnet():
@@ -86,7 +76,7 @@ def test_every_method_declares_its_capabilities():
 
 
 def test_target_options_come_from_the_method():
-    net = _lenet()
+    net = tiny_lenet()
     assert SGHT.target_options("macs", 0.3, net, {}) == {"macs_budget": 0.3}
     keep = IHT.target_options("params", 0.5, net, {})["keep"]
     assert 0 < keep < 0.5  # biases and BN stay dense, so the thresholded layers keep less than half
@@ -97,9 +87,9 @@ def test_target_options_come_from_the_method():
 
 
 def test_trainer_and_loop_state_are_training_loops():
-    train, test = _data()
-    assert isinstance(Trainer(_lenet(), train, test, config=TrainerConfig(quiet=True)), TrainingLoop)
-    assert isinstance(LoopState(_lenet()), TrainingLoop)
+    train, test = synthetic()
+    assert isinstance(Trainer(tiny_lenet(), train, test, config=TrainerConfig(quiet=True)), TrainingLoop)
+    assert isinstance(LoopState(tiny_lenet()), TrainingLoop)
 
 
 def test_finalize_and_prune_return_one_type():
@@ -137,21 +127,21 @@ class Counter(PruningMethod[MethodConfig]):
 
 
 def test_checkpoint_state_is_named_per_callback_and_old_lists_still_resume(tmp_path):
-    train, test = _data()
+    train, test = synthetic()
     cfg = TrainerConfig(batch_size=32, quiet=True)
-    tr = Trainer(_lenet(), train, test, optim=OptimConfig(lr=0.01), config=cfg, callbacks=[Counter()],
+    tr = Trainer(tiny_lenet(), train, test, optim=OptimConfig(lr=0.01), config=cfg, callbacks=[Counter()],
                  out_dir=tmp_path)
     tr.fit(1)
     st = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert st["callback_state"] == {"counter": {"steps": 3}} and "callbacks" not in st
     # another callback set is refused, naming what the checkpoint holds
     with pytest.raises(PrunekitError, match="holds counter"):
-        Trainer(_lenet(), train, test, config=cfg, callbacks=[SGHT()], out_dir=tmp_path).fit(1, resume=True)
+        Trainer(tiny_lenet(), train, test, config=cfg, callbacks=[SGHT()], out_dir=tmp_path).fit(1, resume=True)
     # a checkpoint of before named state (a positional list) resumes as before
     st["callbacks"] = [st.pop("callback_state")["counter"]]
     save_checkpoint(tmp_path / "checkpoint.safetensors", st)
     again = Counter()
-    Trainer(_lenet(), train, test, optim=OptimConfig(lr=0.01), config=cfg, callbacks=[again],
+    Trainer(tiny_lenet(), train, test, optim=OptimConfig(lr=0.01), config=cfg, callbacks=[again],
             out_dir=tmp_path).fit(1, resume=True)
     assert again.steps == 3
 
@@ -181,10 +171,10 @@ def own_loop_snippet() -> str:
 
 @pytest.mark.parametrize("name", sorted(PAPER_METHODS))
 def test_each_paper_method_runs_through_the_readme_own_loop_snippet(name):
-    train, _ = _data(n=64)
+    train, _ = synthetic(64)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(train.images.float() / 255, train.labels), batch_size=32)
-    model = _lenet()
+    model = tiny_lenet()
     dense = sum(p.numel() for p in model.parameters())
     code = own_loop_snippet().replace(CONSTRUCTOR, f"method = methods.get({name!r})(**{PAPER_METHODS[name]!r})")
     code = code.replace(EPOCHS, "method.stages(epochs=4)")
@@ -223,17 +213,14 @@ def test_unreachable_targets_stop_before_training_in_one_line(tmp_path, monkeypa
     args = ["prune", str(cfg), "--out", str(out), "--quiet"]
     for s in sets:
         args += ["--set", s]
-    code = cli.main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert message in err, err
+    one_line(capsys, cli.main(args), message)
     assert not (out / "checkpoint.safetensors").exists()
 
 
 def test_unreachable_targets_are_refused_in_a_users_loop_too():
     """No on_fit_start (a loop that skips it): the threshold / the prune refuses instead of clamping."""
     with pytest.raises(PrunekitError, match="unreachable"):
-        IHT(target="1000000x").threshold(_lenet())
+        IHT(target="1000000x").threshold(tiny_lenet())
     net = _bnnet()
     method = methods.get("slimming")(target_macs=1e-9)
     with pytest.raises(PrunekitError, match="unreachable"):

@@ -84,10 +84,13 @@ def test_sss_places_factors_on_heads_blocks_and_activated_channels_from_the_anal
 
     net = corpus.build("hf-vit")
     sites, skipped = factors.analysis_sites(net.model, net.inputs, heads=True)
-    assert sorted({s.kind for s in sites}) == ["channel", "head"]
+    assert sorted({s.kind for s in sites}) == ["block", "channel", "head"]
     assert all(s.layer.endswith("v_proj") for s in sites if s.kind == "head")
     assert all(s.layer.endswith("fc1") and s.last for s in sites if s.kind == "channel")  # GELU after fc1
-    assert "vit.layers.0" in skipped  # two residual sums in one layer: no single block factor
+    # two residual sums in one layer: a block factor per branch, after its output projection
+    assert [s.layer.rpartition("layers.0.")[2] for s in sites if s.kind == "block" and s.block == "vit.layers.0"] \
+        == ["attention.o_proj", "mlp.fc2"]
+    assert "vit.layers.0" not in skipped
     net = corpus.build("hf-mobilenetv2")
     sites, _ = factors.analysis_sites(net.model, net.inputs)
     kinds = [s.kind for s in sites]

@@ -15,6 +15,7 @@ from prunekit.config import load_config
 from prunekit.engine import Callback, LoopState, OptimConfig, Stage, Trainer, TrainerConfig, load_checkpoint
 from prunekit.errors import PrunekitError
 from prunekit.methods.iht import IHT, hard_threshold_masks, keep_count, parse_target, topk_mask
+from tests.helpers import Kill, hooked_step
 
 torch.set_num_threads(1)
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs" / "iht").glob("*.yaml"))
@@ -135,17 +136,6 @@ def _sgd(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.05)
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-          m: IHT | None, state: LoopState | None, before: bool = True, after: bool = True) -> None:
-    F.cross_entropy(model(x), y).backward()
-    if m is not None and before:
-        m.on_before_optimizer_step(state)
-    opt.step()
-    if m is not None and after:
-        m.on_after_optimizer_step(state)
-    opt.zero_grad()
-
-
 @pytest.mark.parametrize("hooks", ["both", "before-only", "after-only"])
 @pytest.mark.parametrize("optim", ["sgd", "adamw"])
 def test_frozen_weights_stay_zero_with_momentum_and_weight_decay(hooks: str, optim: str) -> None:
@@ -156,20 +146,20 @@ def test_frozen_weights_stay_zero_with_momentum_and_weight_decay(hooks: str, opt
     m = IHT(keep=0.25, reset_momentum=False)  # keep the dense phase's momentum: the hard case
     state = LoopState(model, [opt])
     for _ in range(3):  # dense steps build up momentum on every weight
-        _step(model, opt, x, y, None, None)
-    m._enter(state, Stage("sparse1", 1, kind="sparse", reset_optimizer=False), 1)
+        hooked_step(model, opt, x, y)
+    m.enter_phase(state, Stage("sparse1", 1, kind="sparse", reset_optimizer=False), 1)
     frozen = {n: ~mask for n, mask in m.masks.items()}
     for name, w in weights(model).items():  # the optimizer state of frozen weights was zeroed as well
         for v in opt.state[w].values():
             if isinstance(v, torch.Tensor) and v.shape == w.shape:
                 assert torch.all(v[frozen[name]] == 0)
     for _ in range(5):
-        _step(model, opt, x, y, m, state, before=hooks != "after-only", after=hooks != "before-only")
+        hooked_step(model, opt, x, y, m, state, before=hooks != "after-only", after=hooks != "before-only")
         for name, w in weights(model).items():
             assert torch.all(w[frozen[name]] == 0), name
     assert nonzeros(model) == expected_k(model, 0.25)
     # the test can fail: one step without the method moves the frozen weights off zero
-    _step(model, opt, x, y, None, None)
+    hooked_step(model, opt, x, y)
     assert any(bool(torch.any(w[frozen[n]] != 0)) for n, w in weights(model).items())
 
 
@@ -180,13 +170,13 @@ def test_phase_two_reactivates_frozen_connections_from_zero() -> None:
     opt = _sgd(model)
     m = IHT(keep=0.25)
     state = LoopState(model, [opt])
-    m._enter(state, Stage("sparse1", 1, kind="sparse"), 1)
+    m.enter_phase(state, Stage("sparse1", 1, kind="sparse"), 1)
     frozen = ~m.masks["fc1"]
-    _step(model, opt, x, y, m, state)
-    m._enter(state, Stage("dense1", 1, kind="dense"), 2)
+    hooked_step(model, opt, x, y, m, state)
+    m.enter_phase(state, Stage("dense1", 1, kind="dense"), 2)
     assert m.masks is None and not opt.state  # masks dropped, momentum reset (AC/DC)
     assert torch.all(model.fc1.weight[frozen] == 0)  # they restart from exactly zero ...
-    _step(model, opt, x, y, m, state)
+    hooked_step(model, opt, x, y, m, state)
     assert int(torch.count_nonzero(model.fc1.weight[frozen])) > 0  # ... and train again
 
 
@@ -290,7 +280,7 @@ def test_works_in_a_users_own_loop() -> None:
         m.on_epoch_start(state)
         seen.append(not opt.state)  # reset at each phase switch
         for x, y in zip(xs, ys, strict=True):
-            _step(model, opt, x, y, m, state)
+            hooked_step(model, opt, x, y, m, state)
             state.step += 1
         seen.append(nonzeros(model))
     k = expected_k(model, 0.5)
@@ -313,15 +303,6 @@ def test_finalize_in_a_dense_phase_thresholds_to_the_budget() -> None:
 
 
 # ------------------------------------------------------------------------------------------ resume
-
-
-class Kill(Callback):
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer) -> None:
-        if self.at is not None and trainer.step == self.at:
-            raise KeyboardInterrupt("simulated kill")
 
 
 @pytest.mark.parametrize("kill_at,stage", [(15, "dense1"), (19, "sparse2")])  # mid phase II / mid phase I

@@ -11,14 +11,12 @@ import pytest
 import torch
 import yaml
 
-from prunekit import compare, config, methods, models
+from prunekit import compare, config, methods
 from prunekit.cli import main
 from prunekit.errors import PrunekitError
+from tests.helpers import TINY_RUN, digits_lenet, one_line, write_yaml
 
 FILTER_METHODS = ("sght", "l1-filter", "sfp", "tp-magnitude", "random-filter")
-BASE = {"model": {"name": "lenet5"}, "data": {"name": "digits", "subset": 240, "test_subset": 120},
-        "train": {"batch_size": 32, "device": "cpu", "eval_every": 1000, "max_steps_per_epoch": 2},
-        "optim": {"lr": 0.05, "schedule": "cosine"}}
 
 
 def test_latency_target_schema_fills_defaults_and_bounds_every_key():
@@ -75,30 +73,21 @@ def test_experiment_config_accepts_and_bounds_a_latency_target():
 
 def test_latency_target_beside_a_budget_is_refused_on_the_command_line(tmp_path, capsys):
     p = tmp_path / "exp.yaml"
-    p.write_text(yaml.safe_dump({**BASE, "method": {"name": "sght", "macs_budget": 0.5, "latency": 0.5}}))
-    assert main(["prune", str(p), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("prunekit: error:") and "not both" in err[0]
+    p.write_text(yaml.safe_dump({**TINY_RUN, "method": {"name": "sght", "macs_budget": 0.5, "latency": 0.5}}))
+    one_line(capsys, main(["prune", str(p), "--out", str(tmp_path / "run")]), "not both")
 
 
 def _compare_cfg(tmp_path: Path, **over) -> Path:
-    cfg = {"name": "lat", "seeds": [0], "base": BASE, "dense_epochs": 1, "budget_epochs": 2, "latency_rounds": 2,
+    cfg = {"name": "lat", "seeds": [0], "base": TINY_RUN, "dense_epochs": 1, "budget_epochs": 2, "latency_rounds": 2,
            "latency_batch": 4, "latency_runtime": "eager",
            "targets": [{"macs": 0.5}, {"latency": 0.7, "runtime": "eager", "batch": 1, "tol": 0.5}],
            "methods": {"dense": {}, "sght": {}, "l1-filter": {}}}
-    cfg.update(over)
-    p = tmp_path / "cmp.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
-
-
-def _lenet() -> torch.nn.Module:
-    return models.create("lenet5", in_channels=1, input_size=8, num_classes=10)
+    return write_yaml(tmp_path / "cmp.yaml", {**cfg, **over})
 
 
 def test_compare_plans_latency_rows_beside_macs_rows(tmp_path):
     cfg = compare.load(_compare_cfg(tmp_path))
-    rows = {r.label: r for r in compare.plan(cfg, dense_model=lambda s: _lenet())}
+    rows = {r.label: r for r in compare.plan(cfg, dense_model=lambda s: digits_lenet())}
     lat = rows["sght@latency=0.7[eager,b1,tol0.5]"]
     assert lat.target_kind == "latency" and lat.target == 0.7
     assert lat.cfg["method"]["latency"]["runtime"] == "eager" and lat.cfg["method"]["latency"]["tol"] == 0.5

@@ -19,15 +19,11 @@ from prunekit.methods import budget
 from prunekit.methods.filters import FilterThreshold
 from prunekit.methods.optim import AHSGHT
 from prunekit.methods.sght import SGHT, HybridBatchSchedule
+from tests.helpers import Kill, resnet20
 
 torch.set_num_threads(1)
 SHAPE = (3, 8, 8)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return models.create("resnet20", num_classes=4)
 
 
 def example() -> torch.Tensor:
@@ -101,7 +97,7 @@ class Spy(Callback):
 def test_trainer_uses_the_batch_schedule_restarting_each_epoch(train_data: pdata.Dataset, hybrid: bool) -> None:
     method = SGHT(keep_ratio=0.5, hybrid_batch=hybrid, batch_start=8, batch_step=4, batch_max=20)
     spy = Spy()
-    Trainer(resnet(), train_data, optim=OptimConfig(lr=0.02), callbacks=[method, spy],
+    Trainer(resnet20(), train_data, optim=OptimConfig(lr=0.02), callbacks=[method, spy],
             config=TrainerConfig(device="cpu", quiet=True, batch_size=32)).fit(method.stages(2))
     if hybrid:  # 8 + 12 + 16 + 20 + 20 + 20 = 96 samples
         assert spy.sizes == [(e, b) for e in (0, 1) for b in (8, 12, 16, 20, 20, 20)]
@@ -164,7 +160,7 @@ def test_ahsght_optimizer_state_round_trips() -> None:
 def test_threshold_keeps_exactly_k_and_zeroes_bn_shift_in_the_trainer(train_data: pdata.Dataset) -> None:
     method = SGHT(keep_ratio=0.6, batch_start=16, batch_step=8, batch_max=32)
     spy = Spy(method)
-    Trainer(resnet(), train_data, optim=OptimConfig(lr=0.05), callbacks=[method, spy],
+    Trainer(resnet20(), train_data, optim=OptimConfig(lr=0.05), callbacks=[method, spy],
             config=TrainerConfig(device="cpu", quiet=True)).fit(method.stages(2))
     assert spy.checked == 2 * 3
     # floor(0.6 * width), as the authors' int(HTrate * out_channels): 16 -> 9, 32 -> 19, 64 -> 38
@@ -176,7 +172,7 @@ def test_threshold_keeps_exactly_k_and_zeroes_bn_shift_in_the_trainer(train_data
 
 
 def test_residual_group_is_scored_by_its_joint_norm_and_kept_as_one() -> None:
-    model = resnet()
+    model = resnet20()
     x = example()
     groups = budget.filter_groups(model, x)
     gi = next(i for i, g in enumerate(groups) if len(g.layers) > 1)
@@ -225,7 +221,7 @@ def test_l1_norm_and_ties_keep_exactly_k() -> None:
 
 
 def test_zeroed_filters_can_come_back() -> None:
-    model = resnet()
+    model = resnet20()
     groups = budget.filter_groups(model, example())
     h = FilterThreshold(model, groups, [g.size // 2 for g in groups])
     off, g0 = groups[0].size, groups[1]  # the second group, a single conv
@@ -241,7 +237,7 @@ def test_zeroed_filters_can_come_back() -> None:
 
 @pytest.mark.parametrize("reset", [True, False])
 def test_momentum_rows_of_zeroed_filters(reset: bool) -> None:
-    model = resnet()
+    model = resnet20()
     method = SGHT(keep_ratio=0.5, reset_momentum=reset, nu=0.0)
     method.bind(model, example())
     opt = AHSGHT(model.parameters(), lr=0.01, nu=0.0)
@@ -268,7 +264,7 @@ def test_zeroed_channels_get_exactly_zero_gradient_so_reset_momentum_makes_zeroi
         train_data: pdata.Dataset) -> None:
     """BN shift 0 -> the channel outputs relu(0) = 0 and ReLU passes no gradient: with the momentum rows
     reset (and nu = 0) nothing can move a zeroed filter, so the selection of the first step is final."""
-    model = resnet()
+    model = resnet20()
     method = SGHT(keep_ratio=0.5, reset_momentum=True, nu=0.0, batch_start=16, batch_step=0)
     masks: list[torch.Tensor] = []
 
@@ -282,7 +278,7 @@ def test_zeroed_channels_get_exactly_zero_gradient_so_reset_momentum_makes_zeroi
                     assert float(p.grad[dead].abs().sum()) == 0.0, name
 
         def on_train_batch_end(self, trainer) -> None:
-            masks.append(method._last_mask.clone())
+            masks.append(method.comebacks.last_mask.clone())
 
     Trainer(model, train_data, optim=OptimConfig(lr=0.1), callbacks=[method, Grad()],
             config=TrainerConfig(device="cpu", quiet=True)).fit(method.stages(2))
@@ -316,7 +312,7 @@ def test_budget_below_the_floor_is_an_error() -> None:
 
 def test_ramp_lowers_k_linearly_from_full_width() -> None:
     method = SGHT(keep_ratio=0.5, ramp_epochs=4)
-    method.bind(resnet(), example())
+    method.bind(resnet20(), example())
     sizes = [g.size for g in method.groups]
     assert method.keep_at(0) == [round(s - s / 2 * 0.25) for s in sizes]
     assert method.keep_at(3) == method.target_keep == method.keep_at(10)
@@ -325,7 +321,7 @@ def test_ramp_lowers_k_linearly_from_full_width() -> None:
 
 # ------------------------------------------------------------------------------------------ removal
 def test_removing_zero_filters_leaves_outputs_unchanged(train_data: pdata.Dataset) -> None:
-    model = resnet()
+    model = resnet20()
     randomise_bn(model)
     method = SGHT(keep_ratio=0.5, batch_start=16, batch_step=0)
     Trainer(model, train_data, optim=OptimConfig(lr=0.05), callbacks=[method],
@@ -345,7 +341,7 @@ def test_removing_zero_filters_leaves_outputs_unchanged(train_data: pdata.Datase
 
 
 def test_bn_shift_left_alone_during_training_is_zeroed_at_removal() -> None:
-    model = resnet()
+    model = resnet20()
     randomise_bn(model)
     method = SGHT(keep_ratio=0.5, zero_shift=False)
     method.bind(model, example())
@@ -364,7 +360,7 @@ def test_bn_shift_left_alone_during_training_is_zeroed_at_removal() -> None:
 
 # ------------------------------------------------------------------------------------------ loops
 def test_works_in_a_users_own_loop() -> None:
-    model = resnet()
+    model = resnet20()
     method = SGHT(keep_ratio=0.5)
     method.bind(model, example())
     opt = AHSGHT(model.parameters(), lr=0.05, nu=0.1)
@@ -391,7 +387,7 @@ def test_works_in_a_users_own_loop() -> None:
 
 
 def test_threshold_inside_optimizer_step() -> None:
-    model = resnet()
+    model = resnet20()
     groups = budget.filter_groups(model, example())
     keep = [g.size // 4 for g in groups]
     h = FilterThreshold(model, groups, keep)
@@ -402,7 +398,7 @@ def test_threshold_inside_optimizer_step() -> None:
 
 
 def test_own_loop_without_example_inputs_is_told_what_to_do() -> None:
-    model = resnet()
+    model = resnet20()
     with pytest.raises(PrunekitError, match="bind"):
         SGHT().on_after_optimizer_step(LoopState(model))
 
@@ -411,7 +407,7 @@ def test_finetune_stage_trains_the_compact_network(train_data: pdata.Dataset) ->
     method = SGHT(keep_ratio=0.5, finetune_epochs=1, batch_start=16, batch_step=0)
     stages = method.stages(2)
     assert [(s.name, s.epochs, s.lr) for s in stages] == [("sght", 1, None), ("finetune", 1, 0.01)]
-    t = Trainer(resnet(), train_data, optim=OptimConfig(lr=0.05), callbacks=[method],
+    t = Trainer(resnet20(), train_data, optim=OptimConfig(lr=0.05), callbacks=[method],
                 config=TrainerConfig(device="cpu", quiet=True, max_steps_per_epoch=2, batch_size=16))
     t.fit(stages)
     widths = {n: m.out_channels for n, m in t.raw_model.named_modules() if isinstance(m, nn.Conv2d)}
@@ -423,15 +419,6 @@ def test_finetune_stage_trains_the_compact_network(train_data: pdata.Dataset) ->
 
 
 # ------------------------------------------------------------------------------------------ resume
-class Kill(Callback):
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer) -> None:
-        if self.at is not None and trainer.step == self.at:
-            raise KeyboardInterrupt("simulated kill")
-
-
 def test_resume_mid_epoch_is_bit_identical(train_data: pdata.Dataset, tmp_path: Path) -> None:
     kw = {"keep_ratio": 0.5, "batch_start": 8, "batch_step": 4, "batch_max": 16, "nu": 0.1}
     cfg = TrainerConfig(device="cpu", quiet=True, max_steps_per_epoch=4, checkpoint_every_steps=1)
@@ -439,7 +426,7 @@ def test_resume_mid_epoch_is_bit_identical(train_data: pdata.Dataset, tmp_path: 
 
     def run(out: Path, kill: int | None, resume: bool = False) -> Trainer:
         method = SGHT(**kw)
-        t = Trainer(resnet(), train_data, optim=opt, config=cfg, callbacks=[method, Kill(kill)], out_dir=out)
+        t = Trainer(resnet20(), train_data, optim=opt, config=cfg, callbacks=[method, Kill(kill)], out_dir=out)
         t.fit(method.stages(2), resume=resume)
         return t
 
@@ -476,7 +463,7 @@ def test_finetune_longer_than_budget_is_an_error() -> None:
 
 def test_unknown_layer_in_layer_keep_is_an_error() -> None:
     with pytest.raises(PrunekitError, match="no prunable filter group"):
-        SGHT(layer_keep={"nope": 0.5}).bind(resnet(), example())
+        SGHT(layer_keep={"nope": 0.5}).bind(resnet20(), example())
 
 
 def test_lenet_recipe_end_to_end_saves_a_compact_model_that_reloads_plain(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 from prunekit import data as pdata
 from prunekit import io, methods, models
 from prunekit.config import load_config
-from prunekit.engine import Callback, LoopState, OptimConfig, Stage, Trainer, TrainerConfig, seed_everything
+from prunekit.engine import LoopState, OptimConfig, Stage, Trainer, TrainerConfig, seed_everything
 from prunekit.errors import PrunekitError
 from prunekit.methods.optim import APG, apg_update, soft_threshold
 from prunekit.methods.sss import (
@@ -29,6 +29,7 @@ from prunekit.methods.sss import (
     insert_factors,
 )
 from prunekit.models.common import ResidualBlock
+from tests.helpers import Kill, synthetic, tiny_lenet
 
 torch.set_num_threads(1)
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs" / "sss").glob("*.yaml"))
@@ -418,16 +419,6 @@ def test_torchvision_style_blocks(groups):
 # ------------------------------------------------------------------------------------------ training
 
 
-def _data(n=96, shape=(1, 8, 8)):
-    return (pdata.load("synthetic", "train", n=n, shape=shape, num_classes=4, seed=0),
-            pdata.load("synthetic", "test", n=32, shape=shape, num_classes=4, seed=0))
-
-
-def _lenet(seed=0):
-    seed_everything(seed)
-    return models.create("lenet5", in_channels=1, num_classes=4, input_size=8)
-
-
 def test_optimizers_split_weights_and_factors():
     sss = SparseStructureSelection(gamma_channel=0.02, gamma_block=0.03)
     net = sss.prepare(models.create("resnet20"))
@@ -444,9 +435,9 @@ def test_optimizers_split_weights_and_factors():
 
 
 def test_trainer_drives_factors_to_exact_zeros_and_finalize_shrinks():
-    train, test = _data()
+    train, test = synthetic()
     sss = SparseStructureSelection(gamma_channel=2.0)
-    tr = Trainer(_lenet(), train, test, optim=OptimConfig(lr=0.05, schedule="constant"),
+    tr = Trainer(tiny_lenet(), train, test, optim=OptimConfig(lr=0.05, schedule="constant"),
                  config=TrainerConfig(batch_size=32, device="cpu", quiet=True), callbacks=[sss])
     tr.fit(sss.stages(2))
     assert isinstance(tr.optimizers[1], APG)
@@ -464,8 +455,8 @@ def test_trainer_drives_factors_to_exact_zeros_and_finalize_shrinks():
 
 
 def test_works_in_a_users_own_loop():
-    train, _ = _data()
-    model = _lenet()
+    train, _ = synthetic()
+    model = tiny_lenet()
     sss = SparseStructureSelection(gamma_channel=2.0)
     model = sss.prepare(model)
     state = LoopState(model)
@@ -485,31 +476,22 @@ def test_works_in_a_users_own_loop():
     assert factor_modules(res.model) == [] and res.report["macs"]["after"] < res.report["macs"]["before"]
 
 
-class Kill(Callback):
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, t) -> None:
-        if t.step + 1 == self.at:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("make", ["zoo", "own"])
 def test_resume_is_exact(tmp_path, make):
     """Zoo model: the checkpoint describes the inserted factor modules. Own model: prepare it first."""
-    train, test = _data(n=64)
+    train, test = synthetic(64)
     stages = [Stage("sparse", 2, kind="sparse")]
     cfg = TrainerConfig(batch_size=16, device="cpu", quiet=True, checkpoint_every_steps=1)
     optim = OptimConfig(lr=0.05, schedule="cosine")
 
     def model(seed=0):
         if make == "zoo":
-            return _lenet(seed)
+            return tiny_lenet(seed)
         torch.manual_seed(seed)
         return SparseStructureSelection(gamma_channel=0.5).prepare(Untraceable())
 
     def run(out, kill=None, resume=False, seed=0):
-        cbs = [SparseStructureSelection(gamma_channel=0.5), Kill(kill or -1)]
+        cbs = [SparseStructureSelection(gamma_channel=0.5), Kill.after(kill)]
         t = Trainer(model(seed), train, test, optim=optim, config=cfg, callbacks=cbs, out_dir=out)
         t.fit(stages, resume=resume)
         return t

@@ -14,25 +14,15 @@ from torch import nn
 
 from prunekit import data, metrics, models
 from prunekit.config import load_config
-from prunekit.engine import Callback, LoopState, OptimConfig, Trainer, TrainerConfig, evaluate, seed_everything
+from prunekit.engine import Callback, LoopState, OptimConfig, Trainer, TrainerConfig, evaluate
 from prunekit.errors import PrunekitError
 from prunekit.methods import get
 from prunekit.methods.apoz import APoZCollector, activation_points, channel_counts, collect_apoz
 from prunekit.methods.trimming import NetworkTrimming, TrimmingConfig, select_channels
+from tests.helpers import Kill, gloo_group, synthetic, tiny_lenet
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "trimming"
-
-
-def _data(n=96, shape=(1, 8, 8)):
-    train = data.load("synthetic", "train", n=n, shape=shape, num_classes=4, seed=0)
-    test = data.load("synthetic", "test", n=48, shape=shape, num_classes=4, seed=0)
-    return train, test
-
-
-def _lenet(seed=0):
-    seed_everything(seed)
-    return models.create("lenet5", in_channels=1, num_classes=4, input_size=8)
 
 
 def _cfg(**kw):
@@ -128,7 +118,7 @@ def test_collector_pools_points_and_rejects_reused_modules():
 
 
 def test_activation_points_follow_bn_and_residual_sums():
-    pts = activation_points(_lenet(), torch.zeros(1, 1, 8, 8))
+    pts = activation_points(tiny_lenet(), torch.zeros(1, 1, 8, 8))
     assert pts == {"conv1": ["relu1"], "conv2": ["relu2"], "fc1": ["relu3"]}
     res = models.create("resnet20")
     pts = activation_points(res, torch.zeros(1, 3, 32, 32))
@@ -187,7 +177,7 @@ def test_selection_rules_by_hand():
 
 
 def test_paper_order_trims_the_layer_of_highest_mean_apoz():
-    groups = NetworkTrimming().groups(_lenet(), torch.zeros(1, 1, 8, 8))
+    groups = NetworkTrimming().groups(tiny_lenet(), torch.zeros(1, 1, 8, 8))
     apoz = {"conv1": torch.tensor([0.1] * 19 + [0.9]), "conv2": torch.tensor([0.5] * 49 + [0.99]),
             "fc1": torch.tensor([0.2] * 499 + [0.95])}
     m = NetworkTrimming(order="highest_mean")
@@ -238,7 +228,7 @@ def _outputs(model, x):
 
 
 def test_dead_neuron_and_channel_are_removed_and_outputs_do_not_change():
-    model = _lenet(1)
+    model = tiny_lenet(1)
     with torch.no_grad():
         for layer in (model.conv2, model.fc1):  # inputs are >= 0 (after ReLU), so these never output 0
             layer.weight.abs_()
@@ -247,7 +237,7 @@ def test_dead_neuron_and_channel_are_removed_and_outputs_do_not_change():
         model.conv2.bias[7] = -1.0  # relu2 channel 7 is always 0
         model.fc1.weight[123].zero_()
         model.fc1.bias[123] = -0.5  # relu3 neuron 123 is always 0
-    train, _ = _data()
+    train, _ = synthetic(96, 48)
     x = next(iter(data.iterate(train, 96, shuffle=False, augment=None)))[0]
     ref = _outputs(model, x)
     m = NetworkTrimming(rule="threshold", threshold=0.999, progress=False)
@@ -356,10 +346,10 @@ class AfterTrim(Callback):
 
 
 def test_trainer_runs_iterations_with_bookkeeping_and_report(tmp_path):
-    train, test = _data()
+    train, test = synthetic(96, 48)
     m = NetworkTrimming(iterations=2, rule="fraction", fraction=0.2, layers=["conv2", "fc1"], progress=False)
     after = AfterTrim()
-    trainer = Trainer(_lenet(), train, test, optim=_optim(), config=_cfg(), callbacks=[m, after],
+    trainer = Trainer(tiny_lenet(), train, test, optim=_optim(), config=_cfg(), callbacks=[m, after],
                       out_dir=tmp_path)
     trainer.fit(m.stages(3))
     assert after.seen == [(r["widths"]["fc1"], r["top1_trimmed"]) for r in m.records[1:]]
@@ -384,10 +374,10 @@ def test_trainer_runs_iterations_with_bookkeeping_and_report(tmp_path):
 
 
 def test_users_own_loop():
-    train, _ = _data()
+    train, _ = synthetic(96, 48)
     m = NetworkTrimming(iterations=2, rule="fraction", fraction=0.25, layers=["fc1"], progress=False,
                         apoz_data=train)
-    state = LoopState(_lenet())
+    state = LoopState(tiny_lenet())
     example = torch.zeros(1, 1, 8, 8)
     for stage in m.stages(3):
         m.on_stage_start(state, stage)
@@ -403,21 +393,12 @@ def test_users_own_loop():
     _check_bookkeeping(m, state.model, 2, example)
     assert m.finalize(state.model, example).report["iterations"][2]["top1"] == 50.0
     with pytest.raises(PrunekitError, match="pass apoz_data= to NetworkTrimming"):
-        NetworkTrimming().on_stage_start(LoopState(_lenet()), m.stages(3)[1])
-
-
-class Kill(Callback):
-    def __init__(self, at_step):
-        self.at_step = at_step
-
-    def on_train_batch_end(self, trainer):
-        if trainer.step == self.at_step:
-            raise KeyboardInterrupt
+        NetworkTrimming().on_stage_start(LoopState(tiny_lenet()), m.stages(3)[1])
 
 
 @pytest.mark.parametrize("kill_at", [5, 7])  # 5: mid retrain stage 1 (after the trim); 7: mid stage 2
 def test_resume_across_a_trim_is_exact(tmp_path, kill_at):
-    train, test = _data()
+    train, test = synthetic(96, 48)
     stages = NetworkTrimming(iterations=2).stages(3)
     cfg = _cfg(checkpoint_every_steps=2)
 
@@ -425,15 +406,15 @@ def test_resume_across_a_trim_is_exact(tmp_path, kill_at):
         return NetworkTrimming(iterations=2, rule="fraction", fraction=0.2, progress=False, final_apoz=False)
 
     ref_m = method()
-    ref = Trainer(_lenet(), train, test, optim=_optim(), config=cfg, callbacks=[ref_m, Kill(-1)])
+    ref = Trainer(tiny_lenet(), train, test, optim=_optim(), config=cfg, callbacks=[ref_m, Kill(None)])
     ref.fit(stages)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        Trainer(_lenet(), train, test, optim=_optim(), config=cfg, callbacks=[method(), Kill(kill_at)],
+        Trainer(tiny_lenet(), train, test, optim=_optim(), config=cfg, callbacks=[method(), Kill(kill_at)],
                 out_dir=run).fit(stages)
     torch.manual_seed(4321)
     res_m = method()
-    resumed = Trainer(_lenet(seed=7), train, test, optim=_optim(), config=cfg, callbacks=[res_m, Kill(-1)],
+    resumed = Trainer(tiny_lenet(seed=7), train, test, optim=_optim(), config=cfg, callbacks=[res_m, Kill(None)],
                       out_dir=run)
     resumed.fit(stages, resume=True)
     a, b = ref.raw_model.state_dict(), resumed.raw_model.state_dict()
@@ -445,23 +426,17 @@ def test_resume_across_a_trim_is_exact(tmp_path, kill_at):
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        train, test = _data(n=128)
+    with gloo_group(rank, world, init_file):
+        train, test = synthetic(128, 48)
         shard = data.iterate(train, 16, shuffle=False, augment=None, rank=rank, world_size=world)
-        apoz = collect_apoz(_lenet(), shard, progress=False)  # counts summed over both ranks
+        apoz = collect_apoz(tiny_lenet(), shard, progress=False)  # counts summed over both ranks
         m = NetworkTrimming(iterations=1, rule="paper", progress=False)
-        tr = Trainer(_lenet(), train, test, optim=_optim(), config=_cfg(max_steps_per_epoch=2), callbacks=[m])
+        tr = Trainer(tiny_lenet(), train, test, optim=_optim(), config=_cfg(max_steps_per_epoch=2), callbacks=[m])
         tr.fit(m.stages(2))
         assert isinstance(tr.model, torch.nn.parallel.DistributedDataParallel)
         flat = torch.cat([p.detach().flatten() for p in tr.raw_model.parameters()])
         torch.save({"apoz": apoz, "flat": flat, "removed": m.records[1]["removed_channels"],
                     "widths": m.records[1]["widths"]}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_ddp_counts_are_summed_and_ranks_trim_alike(tmp_path):
@@ -469,8 +444,8 @@ def test_ddp_counts_are_summed_and_ranks_trim_alike(tmp_path):
 
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    train, _ = _data(n=128)
-    whole = collect_apoz(_lenet(), data.iterate(train, 128, shuffle=False, augment=None), progress=False)
+    train, _ = synthetic(128, 48)
+    whole = collect_apoz(tiny_lenet(), data.iterate(train, 128, shuffle=False, augment=None), progress=False)
     for k in whole:  # each rank saw half the images; after the all-reduce both hold the whole-set APoZ
         assert torch.equal(r0["apoz"][k], whole[k]) and torch.equal(r1["apoz"][k], whole[k])
     assert r0["removed"] == r1["removed"] and any(r0["removed"].values())

@@ -1,4 +1,4 @@
-"""Metrics: hand-computed MACs, parameter and sparsity counts, layer tables, latency, accuracy, file size."""
+"""Counting (prunekit.metrics.counting): hand-computed MACs, parameter and sparsity counts, layer tables."""
 
 from __future__ import annotations
 
@@ -7,24 +7,8 @@ import torch
 from torch import nn
 
 from prunekit import metrics, models
-from prunekit.errors import PrunekitError
 
-
-def small_model() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),           # 0: 8x8x8 out
-        nn.BatchNorm2d(8),                       # 1
-        nn.ReLU(),                               # 2
-        nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False),  # 3: grouped
-        nn.MaxPool2d(2),                         # 4: 8x4x4 out
-        nn.AvgPool2d(2, stride=1),               # 5: 8x3x3 out
-        nn.AdaptiveAvgPool2d(1),                 # 6: 8x1x1 out
-        nn.Flatten(),                            # 7
-        nn.Linear(8, 5),                         # 8
-    )
-
-
-# Hand counts for one 3x8x8 sample.
+# Hand counts for one 3x8x8 sample of the small_model fixture (tests/metrics/conftest.py).
 HAND = {
     "Conv2d": 8 * 8 * 8 * (3 * 9) + 8 * 8 * 8 * (8 // 4 * 9),  # 13,824 + 9,216
     "BatchNorm2d": 8 * 8 * 8,                                    # one per element
@@ -37,8 +21,8 @@ HAND_PARAMS = (3 * 9 * 8 + 8) + 2 * 8 + (8 // 4 * 9 * 8) + (8 * 5 + 5)
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_hand_computed_macs(batch: int) -> None:
-    c = metrics.count(small_model(), torch.randn(batch, 3, 8, 8))
+def test_hand_computed_macs(batch: int, small_model: nn.Sequential) -> None:
+    c = metrics.count(small_model, torch.randn(batch, 3, 8, 8))
     assert c.macs_by_type == HAND
     assert c.macs == sum(HAND.values()) == 24_464
     assert c.flops == 2 * c.macs
@@ -76,8 +60,8 @@ def test_custom_module_with_tuple_inputs_and_shared_layer() -> None:
     assert c.params == 20 and c.macs == 2 * 16
 
 
-def test_nonzero_params_after_zeroing() -> None:
-    model = small_model()
+def test_nonzero_params_after_zeroing(small_model: nn.Sequential) -> None:
+    model = small_model
     with torch.no_grad():
         model[0].weight[:4] = 0  # 4 of 8 filters, 27 weights each
         model[8].bias.zero_()
@@ -89,8 +73,8 @@ def test_nonzero_params_after_zeroing() -> None:
     assert sp["global"] == pytest.approx((4 * 27 + 5 + 8) / HAND_PARAMS)
 
 
-def test_count_restores_modes_and_works_on_meta() -> None:
-    model = small_model().train()
+def test_count_restores_modes_and_works_on_meta(small_model: nn.Sequential) -> None:
+    model = small_model.train()
     model[1].eval()
     before = model[1].running_mean.clone()
     metrics.count(model, torch.randn(2, 3, 8, 8))
@@ -102,8 +86,8 @@ def test_count_restores_modes_and_works_on_meta() -> None:
     assert c.params == c.nonzero_params == 272_474
 
 
-def test_layer_table_rows() -> None:
-    model = small_model()
+def test_layer_table_rows(small_model: nn.Sequential) -> None:
+    model = small_model
     with torch.no_grad():
         model[3].weight[:2] = 0
     x = torch.zeros(1, 3, 8, 8)
@@ -127,64 +111,3 @@ def test_layer_table_nested_model() -> None:
     assert "layer2.0.shortcut.conv" in names and "layer1.0.branch.relu1" in names
     assert "layer1.0" not in names  # containers without own parameters are not rows
     assert sum(r["params"] for r in rows) == 272_474
-
-
-def test_format_table() -> None:
-    rows = [{"name": "conv", "params": 1234, "sparsity": 0.5, "output_shape": (1, 8, 4, 4)},
-            {"name": "fc", "params": 5, "sparsity": 0.0, "output_shape": None}]
-    text = metrics.format_table(rows)
-    lines = text.splitlines()
-    assert lines[0].split() == ["name", "params", "sparsity", "output_shape"]
-    assert set(lines[1]) <= {"-", " "}
-    assert "1,234" in lines[2] and "1x8x4x4" in lines[2] and lines[3].split()[-1] == "-"
-    # numbers right-aligned: the params column ends at the same place on every line
-    end = lines[2].index("1,234") + 5
-    assert lines[3][end - 2: end] == " 5"
-    only = metrics.format_table(rows, columns=["params", "name"])
-    assert only.splitlines()[0].split() == ["params", "name"]
-    assert metrics.format_table(metrics.layer_table(small_model(), torch.zeros(1, 3, 8, 8)))
-
-
-def test_latency_positive_and_restores_threads() -> None:
-    model = small_model()
-    before = torch.get_num_threads()
-    r = metrics.latency(model, torch.zeros(1, 3, 8, 8), repeats=5, warmup=1, threads=1)
-    assert torch.get_num_threads() == before
-    assert r["threads"] == 1 and r["repeats"] == 5 and r["batch_size"] == 1 and r["device"] == "cpu"
-    assert 0 < r["min_ms"] <= r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
-    r = metrics.latency(model, torch.zeros(4, 3, 8, 8), repeats=3, warmup=0)
-    assert r["threads"] == before and r["batch_size"] == 4 and r["median_ms"] > 0
-    assert model.training  # mode restored
-    with pytest.raises(ValueError):
-        metrics.latency(model, torch.zeros(1, 3, 8, 8), repeats=0)
-
-
-def test_accuracy_top1_top5() -> None:
-    # the "model" passes logits through, so the answer is known by hand
-    logits = torch.tensor([
-        [9.0, 1, 2, 3, 4, 5, 0],  # label 0: top-1
-        [9.0, 8, 7, 6, 5, 4, 0],  # label 4: 5th -> top-5 only
-        [9.0, 8, 7, 6, 5, 4, 0],  # label 6: last -> neither
-        [0.0, 1, 2, 3, 4, 5, 9],  # label 5: 2nd -> top-5 only
-    ])
-    labels = torch.tensor([0, 4, 6, 5])
-    model = nn.Sequential(nn.Identity(), nn.Dropout(0.9)).train()
-    batches = [(logits[:3], labels[:3]), (logits[3:], labels[3:])]
-    acc = metrics.accuracy(model, batches)
-    assert acc == {"top1": 0.25, "top5": 0.75, "samples": 4}
-    assert model.training
-    assert metrics.accuracy(model, batches, topk=(1, 2, 10)) == {"top1": 0.25, "top2": 0.5, "top10": 1.0,
-                                                                "samples": 4}
-    with pytest.raises(PrunekitError, match="no samples"):
-        metrics.accuracy(model, [])
-
-
-def test_file_size(tmp_path) -> None:
-    f = tmp_path / "a.bin"
-    f.write_bytes(b"x" * 123)
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.bin").write_bytes(b"y" * 7)
-    assert metrics.file_size(f) == 123
-    assert metrics.file_size(tmp_path) == 130
-    with pytest.raises(PrunekitError, match="no such file"):
-        metrics.file_size(tmp_path / "missing")

@@ -15,6 +15,7 @@ import torch
 from prunekit import cli, io, models
 from prunekit.metrics import runtime
 from prunekit.surgery import channel_groups, deployed, remove_channels
+from tests.helpers import one_line
 
 
 def _half_lenet5() -> torch.nn.Module:
@@ -98,9 +99,7 @@ def test_bench_bad_input_is_one_line(capsys: pytest.CaptureFixture[str]) -> None
                         (["bench", "lenet5", "--runtime", "cuda"], "cuda")):
         if "cuda" in argv and torch.cuda.is_available():
             continue
-        assert cli.main(argv) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and words in err[0] and err[0].startswith("prunekit: error:")
+        one_line(capsys, cli.main(argv), words)
 
 
 def test_missing_onnxruntime_names_the_extra() -> None:

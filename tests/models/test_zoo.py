@@ -94,7 +94,7 @@ def test_every_model_builds_and_runs(name: str) -> None:
         out = model(torch.randn(2, c, h, w))
     assert out.shape == (2, 1000 if model.input_shape[1] == 224 else 10)
     assert torch.isfinite(out).all()
-    assert model._prunekit_factory == {"name": name, "kwargs": {}}
+    assert io.factory_of(model) == {"name": name, "kwargs": {}}
     # every layer is of a type prunekit.io can describe
     for mod_name, m in model.named_modules():
         if mod_name:
@@ -106,7 +106,7 @@ def test_num_classes_and_in_channels_on_meta(name: str) -> None:
     with torch.device("meta"):
         model = models.create(name, num_classes=7, in_channels=2)
     assert all(p.is_meta for p in model.parameters())
-    assert model._prunekit_factory == {"name": name, "kwargs": {"num_classes": 7, "in_channels": 2}}
+    assert io.factory_of(model) == {"name": name, "kwargs": {"num_classes": 7, "in_channels": 2}}
     assert model.input_shape[0] == 2
     out = model(torch.zeros(3, *model.input_shape, device="meta"))
     assert out.shape == (3, 7)
@@ -258,7 +258,7 @@ def test_save_load_thinned_resnet(tmp_path) -> None:
 def test_torchvision_names() -> None:
     pytest.importorskip("torchvision")
     model = models.create("torchvision:resnet18", num_classes=10)
-    assert model._prunekit_factory == {"name": "torchvision:resnet18", "kwargs": {"num_classes": 10}}
+    assert io.factory_of(model) == {"name": "torchvision:resnet18", "kwargs": {"num_classes": 10}}
     assert sum(p.numel() for p in model.parameters()) == 11_689_512 - 512 * 990 - 990
     with pytest.raises(PrunekitError):
         models.create("torchvision:nonexistent")

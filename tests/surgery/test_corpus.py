@@ -15,12 +15,7 @@ REFUSED = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is as fast
 
 
 def _one_line_naming_the_layer(msg: str) -> None:

@@ -17,14 +17,7 @@ from prunekit.errors import PrunekitError
 from prunekit.surgery import MaskSet, keep_count, load_sparse, save_sparse, topk_mask
 from prunekit.surgery.sparse import decode_file, ideal_bytes
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast and does not spin against other work."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is as fast
 
 
 def net(seed: int = 0) -> nn.Module:

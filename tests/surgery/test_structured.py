@@ -1,4 +1,4 @@
-"""Structured surgery: channel groups, channel removal, block removal, zero plans, save/reload after surgery."""
+"""Structured surgery: channel groups, channel removal, zero plans, save/reload after surgery."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.surgery import (
-    ChannelGroup,
     channel_groups,
     conv_group_plan,
     removable_blocks,
@@ -20,219 +19,22 @@ from prunekit.surgery import (
     remove_channels,
     zero_channel_plan,
 )
+from tests.surgery.nets import (
+    TEST_MODELS,
+    X16,
+    CatNet,
+    DepthwiseNet,
+    GroupedNet,
+    TinyResNet,
+    TinyVGG,
+    assert_plain,
+    prune_zeroed,
+    randomise,
+    widths,
+    zero_channels,
+)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast and does not spin against other work."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# small test models
-
-
-class Block(nn.Module):
-    """The zoo's residual-block protocol: act(branch(x) + shortcut(x))."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.branch = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.branch(x) + self.shortcut(x))
-
-
-class TinyResNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.layer1 = nn.Sequential(Block(8, 8), Block(8, 8))
-        self.layer2 = nn.Sequential(Block(8, 16, 2), Block(16, 16))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.layer2(self.layer1(self.stem(x)))), 1))
-
-
-class TinyVGG(nn.Module):
-    """conv-bn-relu-pool x2, flatten of a 4x4 map into the first linear layer, a hidden linear layer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(), nn.MaxPool2d(2))
-        self.flatten = nn.Flatten()
-        self.classifier = nn.Sequential(nn.Linear(12 * 4 * 4, 20), nn.ReLU(), nn.Linear(20, 5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.features(x)))
-
-
-class CatNet(nn.Module):
-    """Two branches concatenated, then added to a third conv (concat + residual coupling)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-        self.b = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
-        self.c = nn.Sequential(nn.Conv2d(3, 10, 3, padding=1), nn.BatchNorm2d(10))
-        self.mix = nn.Sequential(nn.Conv2d(10, 7, 3, padding=1), nn.BatchNorm2d(7), nn.ReLU())
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(7 + 10, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(torch.cat([self.a(x), self.b(x)], 1) + self.c(x))
-        z = self.mix(y)
-        pooled = self.head[1](self.head[0](torch.cat([z, y], 1)))
-        return self.head[2](pooled)
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, c: int, expand: int) -> None:
-        super().__init__()
-        h = c * expand
-        self.conv = nn.Sequential(
-            nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
-            nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
-            nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x)
-
-
-class DepthwiseNet(nn.Module):
-    """MobileNet-v2 style: pointwise -> depthwise -> pointwise with a residual add."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
-        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=True), nn.BatchNorm2d(8),
-                                nn.ReLU6())
-        self.blocks = nn.Sequential(InvertedResidual(8, 3), InvertedResidual(8, 2))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.dw(self.stem(x))))
-
-
-class GroupedNet(nn.Module):
-    """ResNeXt style: 1x1 -> grouped 3x3 (4 groups) -> 1x1."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reduce = nn.Sequential(nn.Conv2d(3, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        self.grouped = nn.Sequential(nn.Conv2d(16, 12, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(12),
-                                     nn.ReLU())
-        self.expand = nn.Sequential(nn.Conv2d(12, 8, 1), nn.ReLU())
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.expand(self.grouped(self.reduce(x))))
-
-
-TEST_MODELS = {"tiny_resnet": TinyResNet, "tiny_vgg": TinyVGG, "catnet": CatNet, "depthwise": DepthwiseNet,
-               "grouped": GroupedNet}
-X16 = (2, 3, 16, 16)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# helpers
-
-
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics / affine parameters (outputs stay O(1)), eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.75)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-    return model.eval()
-
-
-def choose(g: ChannelGroup, frac: float, gen: torch.Generator) -> list[int]:
-    """Random channels of a group; balanced over its grouped-conv chunks."""
-    if g.chunks > 1:
-        per = g.size // g.chunks
-        k = max(1, int(per * frac)) if per > 1 else 0
-        out = []
-        for c in range(g.chunks):
-            out += [c * per + int(i) for i in torch.randperm(per, generator=gen)[:k]]
-        return sorted(out)
-    k = min(g.size - 1, max(1, int(g.size * frac)))
-    return sorted(int(i) for i in torch.randperm(g.size, generator=gen)[:k])
-
-
-def zero_channels(model: nn.Module, g: ChannelGroup, channels: list[int]) -> None:
-    """Make group channels contribute nothing: producer filters / biases and norm scale / shift to 0."""
-    with torch.no_grad():
-        for name in (*g.layers, *g.norms):
-            rows = [i for i in g.layer_indices(name, channels) if i >= 0]
-            owner, _, leaf = name.rpartition(".")
-            p = getattr(model.get_submodule(owner), leaf)
-            if isinstance(p, nn.Parameter):  # a bare per-channel parameter: leave it, it multiplies
-                continue
-            m = model.get_submodule(name)
-            w = m.weight
-            if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
-                w[:, rows] = 0
-            else:
-                w[rows] = 0
-            if getattr(m, "bias", None) is not None:
-                m.bias[rows] = 0
-
-
-def assert_plain(model: nn.Module) -> None:
-    """Every layer's config attributes agree with its tensors (what prunekit.io relies on)."""
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            assert m.in_channels % m.groups == 0 and m.out_channels % m.groups == 0, name
-            assert tuple(m.weight.shape) == (m.out_channels, m.in_channels // m.groups, *m.kernel_size), name
-            assert m.bias is None or tuple(m.bias.shape) == (m.out_channels,), name
-        elif isinstance(m, nn.Linear):
-            assert tuple(m.weight.shape) == (m.out_features, m.in_features), name
-            assert m.bias is None or tuple(m.bias.shape) == (m.out_features,), name
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            for t in (m.weight, m.bias, m.running_mean, m.running_var):
-                assert tuple(t.shape) == (m.num_features,), name
-
-
-def prune_zeroed(model: nn.Module, x: torch.Tensor, frac: float = 0.4, seed: int = 0) -> tuple[float, object]:
-    """Zero random channels of every prunable group, remove them; return (max |dy|, report)."""
-    gen = torch.Generator().manual_seed(seed)
-    plan = {}
-    for g in channel_groups(model, x):
-        idx = choose(g, frac, gen)
-        if idx:
-            zero_channels(model, g, idx)
-            plan[g.name] = idx
-    model.eval()
-    with torch.no_grad():
-        y0 = model(x)
-    report = remove_channels(model, plan, x)
-    with torch.no_grad():
-        y1 = model(x)
-    assert y0.shape == y1.shape
-    assert_plain(model)
-    return float((y0 - y1).abs().max()), report
-
-
-def widths(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is as fast
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -540,64 +342,6 @@ def test_zero_channel_plan_running_stats_switch() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# blocks
-
-
-def test_remove_blocks_is_exact_and_refuses_projections() -> None:
-    model = randomise(TinyResNet())
-    x = torch.randn(*X16)
-    assert removable_blocks(model, x) == ["layer1.0", "layer1.1", "layer2.1"]
-    assert removable_blocks(model) == removable_blocks(model, x)  # old call: each block checked on its own
-    with torch.no_grad():
-        for name in ("layer1.1", "layer2.1"):
-            bn = model.get_submodule(name).branch[4]
-            bn.weight.zero_()
-            bn.bias.zero_()
-        y0 = model(x)
-    before = widths(model)
-    with pytest.raises(PrunekitError, match=r"'layer2.0' \(Block\) cannot be removed: its shortcut changes the shape"):
-        remove_blocks(model, ["layer1.1", "layer2.0"], x)
-    with pytest.raises(PrunekitError, match="not a residual block"):
-        remove_blocks(model, ["stem"], x)
-    with pytest.raises(PrunekitError, match="no module"):
-        remove_blocks(model, ["layer9.0"], x)
-    with pytest.raises(PrunekitError, match=r"'layer2.0' \(Block\) cannot be removed: its shortcut changes"):
-        remove_blocks(model, ["layer2.0"])
-    assert widths(model) == before
-    report = remove_blocks(model, ["layer1.1", "layer2.1"], x)
-    assert isinstance(model.layer1[1], nn.ReLU) and not model.layer1[1].inplace
-    assert report.blocks == {"layer1.1": "ReLU", "layer2.1": "ReLU"} and report.verified
-    assert report.params_after < report.params_before
-    with torch.no_grad():
-        assert float((model(x) - y0).abs().max()) <= 1e-5
-    # the thinner, shallower model still traces and prunes
-    diff, _ = prune_zeroed(model, x)
-    assert diff <= 1e-5
-
-
-class BasicBlockLike(nn.Module):
-    """torchvision's BasicBlock attribute layout."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-        self.downsample = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return self.relu(out + x)
-
-
-def test_remove_torchvision_style_block_and_train_after() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), BasicBlockLike(4), BasicBlockLike(4))
-    remove_blocks(model, ["2"], torch.randn(2, 3, 8, 8), check=False)
-    assert isinstance(model[2], nn.ReLU) and not model[2].inplace
-    model(torch.randn(2, 3, 8, 8)).sum().backward()  # no in-place error in backward
-
-
-# ---------------------------------------------------------------------------------------------------------
 # the zoo: invariant, save / reload / fine-tune
 
 
@@ -889,78 +633,6 @@ def test_heads_unknown_are_refused_or_declared_by_the_user() -> None:
     report = remove_channels(model, {"1.q": [4, 5, 6, 7]}, x, num_heads={"1": 2})
     assert report.verified and model[1].q.out_features == 4
     assert channel_groups(model, x, num_heads={model[1]: 1})[1].heads == 1
-
-
-# ---------------------------------------------------------------------------------------------------------
-# residual blocks found in the graph
-
-
-def _kill_branch(model: nn.Module, ends: list[str]) -> None:
-    """Make a block's branch output 0: zero the parameters of the modules ending it (or their output)."""
-    with torch.no_grad():
-        for n in ends:
-            m = model.get_submodule(n)
-            ps = list(m.parameters())
-            for p in ps:
-                p.zero_()
-            if not ps:
-                m.register_forward_hook(lambda mod, a, out: torch.zeros_like(out))
-
-
-@pytest.mark.parametrize(("name", "blocks", "replacement"), [
-    ("my-res-unit", ["1", "2", "5"], nn.ReLU),
-    ("preact", ["1", "2", "5"], nn.Identity),
-    ("no-post-act", ["1", "2", "5"], nn.Identity),
-    ("hf-resnet-basic", ["resnet.encoder.stages.0.layers.0", "resnet.encoder.stages.0.layers.1"], nn.ReLU),
-])
-def test_blocks_are_found_whatever_their_names(name: str, blocks: list[str], replacement: type) -> None:
-    from prunekit.surgery import residual_blocks
-    from prunekit.surgery.blocks import block_analysis
-    from prunekit.testing import corpus
-
-    net = corpus.build(name)
-    assert residual_blocks(net.model, net.inputs) == blocks
-    info = block_analysis(net.model, net.inputs)
-    _kill_branch(net.model, info[blocks[-1]].branch_ends)
-    with torch.no_grad():
-        y0 = corpus.logits(net.model(net.inputs))
-    report = remove_blocks(net.model, blocks[-1:], net.inputs)
-    assert report.verified and type(net.model.get_submodule(blocks[-1])) is replacement
-    with torch.no_grad():
-        assert float((corpus.logits(net.model(net.inputs)) - y0).abs().max()) <= 1e-5
-
-
-def test_pre_activation_block_named_like_torchvision_is_not_replaced_by_its_relu() -> None:
-    from prunekit.testing import corpus
-
-    net = corpus.build("preact")
-    assert removable_blocks(net.model, net.inputs) == ["1", "2", "5"]
-    old = copy.deepcopy(net.model)
-    remove_blocks(old, ["5"])  # the old call: the block's own graph says there is nothing after the sum
-    assert isinstance(old[5], nn.Identity)
-    # its branch's last layer is also used after the block: the reference (branch zeroed) and the removal
-    # differ, and the check says so instead of changing the outputs
-    net.model[2] = nn.Sequential(net.model[1].conv2, net.model[2])
-    with pytest.raises(PrunekitError, match=r"replacing block '1' does not equal zeroing its branch.*restored"):
-        remove_blocks(net.model, ["1"], net.inputs)
-    assert type(net.model[1]).__name__ == "PreActBlock"
-
-
-def test_blocks_called_with_extra_arguments_become_skips_and_projections_are_refused() -> None:
-    from prunekit.surgery.blocks import Skip
-    from prunekit.testing import corpus
-
-    net = corpus.build("hf-vit")
-    with torch.no_grad():
-        y0 = corpus.logits(net.model(net.inputs))
-    report = remove_blocks(net.model, ["vit.layers.1"], net.inputs)
-    assert isinstance(net.model.vit.layers[1], Skip) and report.verified
-    with torch.no_grad():
-        assert not torch.equal(corpus.logits(net.model(net.inputs)), y0)  # a live branch: output changes
-    net = corpus.build("hf-resnet-bottleneck")
-    with pytest.raises(PrunekitError, match=r"stages.0.layers.0' \(ResNetBottleNeckLayer\) cannot be removed: its "
-                                            r"shortcut changes the shape"):
-        remove_blocks(net.model, ["resnet.encoder.stages.0.layers.0"], net.inputs)
 
 
 def test_zero_plan_lists_whole_dead_heads_only() -> None:

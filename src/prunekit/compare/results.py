@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from prunekit._atomic import write_text
+from prunekit.atomic import write_text
 from prunekit.errors import PrunekitError
 from prunekit.reports.compare import latency_vs_macs, markdown, plots
 

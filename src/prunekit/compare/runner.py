@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from prunekit import configio
-from prunekit._atomic import write_text
+from prunekit.atomic import write_text
 from prunekit.compare.config import base_config
 from prunekit.compare.grid import plan, run_key
 from prunekit.compare.results import report, write_results

@@ -14,16 +14,17 @@ import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from prunekit.data import _cache, _formats
-from prunekit.data._download import RELEASES, download_release
+from prunekit.data import cache, formats
 from prunekit.data.dataset import Dataset
 from prunekit.data.pipeline import RECIPES
+from prunekit.data.releases import RELEASES, download_release
 from prunekit.errors import PrunekitError
 
 SPLITS = ("train", "test")
@@ -65,12 +66,14 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 SYSTEM_DIRS: dict[str, list[Path]] = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
 
 IDX_NAMES = {"train": "train", "test": "t10k"}
+CIFAR10_WANTED = "cifar-10-batches-bin/, an image folder train/<class>/ or cifar10-jpg.tar.xz"
+CIFAR100_WANTED = "cifar-100-binary/train.bin and test.bin"
 
 
 # ------------------------------------------------------------------------------------------- search
 
 
-def _repo_root() -> Path | None:
+def repo_root() -> Path | None:
     """The prunekit checkout this module lives in (editable install), or None for an installed package."""
     for parent in Path(__file__).resolve().parents:
         if (parent / "pyproject.toml").is_file() and (parent / "src" / "prunekit").is_dir():
@@ -89,7 +92,7 @@ def search_dirs(name: str, root: str | os.PathLike | None = None) -> list[Path]:
         dirs.append(Path(env).expanduser() / name)
     cwd = Path.cwd()
     dirs += [cwd / "data" / name, cwd.parent / "shared" / "datasets" / name]
-    repo = _repo_root()
+    repo = repo_root()
     if repo is not None:
         dirs.append(repo.parent / "shared" / "datasets" / name)
     dirs += SYSTEM_DIRS.get(name, [])
@@ -212,6 +215,34 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(float(m) for m in mean), tuple(float(max(v, 1e-3)) for v in std)
 
 
+Reader = Callable[[str, Any, str, "str | os.PathLike | None"], Dataset]
+
+
+def _release_loader(name: str, probe: Callable[[Path, str], Any], wanted: Callable[[str], str], read: Reader
+                    ) -> Callable[..., Dataset]:
+    """The loader of a dataset with an official release: the first search folder where ``probe(folder,
+    split)`` finds its files (else the release downloaded, when asked; else one error naming ``wanted(split)``
+    and every folder looked in), then ``read(name, found, split, cache_dir)``."""
+
+    def load(
+        split: str,
+        root: str | os.PathLike | None,
+        download: bool,
+        cache_dir: str | os.PathLike | None,
+        mirror: str | None = None,
+    ) -> Dataset:
+        found = _locate(name, split, root, download, mirror, lambda d: probe(d, split), wanted(split))
+        return read(name, found, split, cache_dir)
+
+    return load
+
+
+def _cached_release(key: str, files: list[Path], read: Callable[[], dict[str, np.ndarray]],
+                    cache_dir: str | os.PathLike | None, num_classes: int) -> dict[str, np.ndarray]:
+    """The arrays ``read`` decodes from release ``files``, through the cache (checked when read back)."""
+    return cache.cached_arrays(key, files, {}, read, cache_dir, validate=_valid(num_classes))
+
+
 # ------------------------------------------------------------------------------------------- digits
 
 
@@ -254,51 +285,30 @@ def _load_digits(split: str, **_: object) -> Dataset:
 # ------------------------------------------------------------------------------------------- MNIST-like
 
 
+def _idx_names(prefix: str, kind: str, idx: str) -> list[str]:
+    """The names one IDX file goes by (gzipped or not; ``-`` or ``.`` before the ``idxN`` part)."""
+    return [f"{prefix}-{kind}-{idx}-ubyte.gz", f"{prefix}-{kind}-{idx}-ubyte", f"{prefix}-{kind}.{idx}-ubyte",
+            f"{prefix}-{kind}.{idx}-ubyte.gz"]
+
+
 def _idx_files(folder: Path, split: str) -> tuple[Path, Path] | None:
     p = IDX_NAMES[split]
-    images = _first(
-        folder,
-        [
-            f"{p}-images-idx3-ubyte.gz",
-            f"{p}-images-idx3-ubyte",
-            f"{p}-images.idx3-ubyte",
-            f"{p}-images.idx3-ubyte.gz",
-        ],
-    )
-    labels = _first(
-        folder,
-        [
-            f"{p}-labels-idx1-ubyte.gz",
-            f"{p}-labels-idx1-ubyte",
-            f"{p}-labels.idx1-ubyte",
-            f"{p}-labels.idx1-ubyte.gz",
-        ],
-    )
+    images = _first(folder, _idx_names(p, "images", "idx3"))
+    labels = _first(folder, _idx_names(p, "labels", "idx1"))
     return (images, labels) if images is not None and labels is not None else None
 
 
-def _idx_loader(name: str, classes: list[str]) -> Callable[..., Dataset]:
-    def load_idx(
-        split: str,
-        root: str | os.PathLike | None,
-        download: bool,
-        cache_dir: str | os.PathLike | None,
-        mirror: str | None = None,
-    ) -> Dataset:
-        p = IDX_NAMES[split]
-        images, labels = _locate(name, split, root, download, mirror, lambda d: _idx_files(d, split),
-                                 f"{p}-images-idx3-ubyte[.gz] and {p}-labels-idx1-ubyte[.gz]")
-        arrays = _cache.cached_arrays(
-            f"{name}-{split}",
-            [images, labels],
-            {},
-            lambda: _formats.read_idx_pair(images, labels, len(classes)),
-            cache_dir,
-            validate=_valid(len(classes)),
-        )
-        return _dataset(name, split, arrays, classes, STATS[name], None)
+def _idx_wanted(split: str) -> str:
+    p = IDX_NAMES[split]
+    return f"{p}-images-idx3-ubyte[.gz] and {p}-labels-idx1-ubyte[.gz]"
 
-    return load_idx
+
+def _read_idx(classes: list[str], name: str, found: tuple[Path, Path], split: str,
+              cache_dir: str | os.PathLike | None) -> Dataset:
+    images, labels = found
+    arrays = _cached_release(f"{name}-{split}", [images, labels],
+                             lambda: formats.read_idx_pair(images, labels, len(classes)), cache_dir, len(classes))
+    return _dataset(name, split, arrays, classes, STATS[name], None)
 
 
 # ------------------------------------------------------------------------------------------- CIFAR
@@ -320,43 +330,24 @@ def _cifar10_source(folder: Path) -> tuple[str, Path] | None:
     return None
 
 
-def _load_cifar10(
-    split: str,
-    root: str | os.PathLike | None,
-    download: bool,
-    cache_dir: str | os.PathLike | None,
-    mirror: str | None = None,
-) -> Dataset:
-    kind, path = _locate("cifar10", split, root, download, mirror, _cifar10_source,
-                         "cifar-10-batches-bin/, an image folder train/<class>/ or cifar10-jpg.tar.xz")
+def _read_cifar10(name: str, found: tuple[str, Path], split: str, cache_dir: str | os.PathLike | None) -> Dataset:
+    kind, path = found
     if kind == "bin":
-        files = (
-            [path / f"data_batch_{i}.bin" for i in range(1, 6)]
-            if split == "train"
-            else [path / "test_batch.bin"]
-        )
+        files = [path / f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else [path / "test_batch.bin"]
         missing = [f for f in files if not f.is_file()]
         if missing:
             raise PrunekitError(f"{missing[0]}: missing from the CIFAR-10 binary release; re-download it")
-        arrays = _cache.cached_arrays(
-            f"cifar10-bin-{split}",
-            files,
-            {},
-            lambda: _concat([_formats.read_cifar_bin(f, 1, 0, (10,)) for f in files]),
-            cache_dir,
-            validate=_valid(10),
-        )
-        classes = _formats.read_class_names(path / "batches.meta.txt", 10) or CIFAR10_CLASSES
-        return _dataset("cifar10", split, arrays, classes, STATS["cifar10"], "crop_flip")
+        def read() -> dict[str, np.ndarray]:
+            return _concat([formats.read_cifar_bin(f, 1, 0, (10,)) for f in files])
+
+        arrays = _cached_release(f"cifar10-bin-{split}", files, read, cache_dir, 10)
+        classes = formats.read_class_names(path / "batches.meta.txt", 10) or CIFAR10_CLASSES
+        return _dataset(name, split, arrays, classes, STATS[name], "crop_flip")
     if kind == "folder":
         arrays = _folder_arrays(path, split, "RGB", None, cache_dir)
-        return _dataset(
-            "cifar10", split, arrays, [str(c) for c in arrays["classes"]], STATS["cifar10"], "crop_flip"
-        )
-    arrays = _archive_arrays(path, split, cache_dir)
-    return _dataset(
-        "cifar10", split, arrays, [str(c) for c in arrays["classes"]], STATS["cifar10"], "crop_flip"
-    )
+    else:
+        arrays = _archive_arrays(path, split, cache_dir)
+    return _dataset(name, split, arrays, [str(c) for c in arrays["classes"]], STATS[name], "crop_flip")
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -365,13 +356,13 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def _archive_arrays(path: Path, split: str, cache_dir: str | os.PathLike | None) -> dict[str, np.ndarray]:
     """Decoded images of one split of a ``<split>/<class>/*.jpg`` archive; one pass caches every split."""
-    entries = {s: _cache.entry(f"archive-{s}", [path], {"mode": "RGB"}, cache_dir) for s in SPLITS}
-    arrays = _cache.lookup(*entries[split])
+    entries = {s: cache.entry(f"archive-{s}", [path], {"mode": "RGB"}, cache_dir) for s in SPLITS}
+    arrays = cache.lookup(*entries[split])
     if arrays is not None and _valid(1 << 30, ("classes",))(arrays):
         return arrays
-    decoded = _formats.decode_split_archive(path, SPLITS)
+    decoded = formats.decode_split_archive(path, SPLITS)
     for s, a in decoded.items():
-        _cache.store(*entries[s], a)
+        cache.store(*entries[s], a)
     if split not in decoded:
         raise PrunekitError(
             f"{path}: the archive has no {split}/<class>/ images (found: {', '.join(decoded)})"
@@ -386,28 +377,14 @@ def _cifar100_source(folder: Path) -> Path | None:
     return None
 
 
-def _load_cifar100(
-    split: str,
-    root: str | os.PathLike | None,
-    download: bool,
-    cache_dir: str | os.PathLike | None,
-    mirror: str | None = None,
-) -> Dataset:
-    path = _locate("cifar100", split, root, download, mirror, _cifar100_source,
-                   "cifar-100-binary/train.bin and test.bin")
+def _read_cifar100(name: str, path: Path, split: str, cache_dir: str | os.PathLike | None) -> Dataset:
     file = path / f"{split}.bin"
     if not file.is_file():
         raise PrunekitError(f"{file}: missing from the CIFAR-100 binary release; re-download it")
-    arrays = _cache.cached_arrays(
-        f"cifar100-bin-{split}",
-        [file],
-        {},
-        lambda: _formats.read_cifar_bin(file, 2, 1, (20, 100)),
-        cache_dir,
-        validate=_valid(100),
-    )
-    classes = _formats.read_class_names(path / "fine_label_names.txt", 100) or CIFAR100_CLASSES
-    return _dataset("cifar100", split, arrays, classes, STATS["cifar100"], "crop_flip")
+    arrays = _cached_release(f"cifar100-bin-{split}", [file], lambda: formats.read_cifar_bin(file, 2, 1, (20, 100)),
+                             cache_dir, 100)
+    classes = formats.read_class_names(path / "fine_label_names.txt", 100) or CIFAR100_CLASSES
+    return _dataset(name, split, arrays, classes, STATS[name], "crop_flip")
 
 
 # ------------------------------------------------------------------------------------------- folders
@@ -430,22 +407,22 @@ def _folder_arrays(
             raise PrunekitError(
                 f"{root}: no {split}/ folder (found {', '.join(splits)}/); add it or pick a split"
             )
-        classes = sorted({c for s in splits for c in _formats.scan_image_folder(root / s)[0]})
+        classes = sorted({c for s in splits for c in formats.scan_image_folder(root / s)[0]})
         folder = root / split
     else:
-        classes = _formats.scan_image_folder(root)[0]
+        classes = formats.scan_image_folder(root)[0]
         folder = root
-    files = _formats.list_class_files(folder, classes)
+    files = formats.list_class_files(folder, classes)
     if not files:
         raise PrunekitError(f"{folder}: no images (.png, .jpg, .jpeg, .bmp) in <class>/ sub-folders")
     fingerprint = [[str(p.relative_to(folder)), lab, *_stat(p)] for p, lab in files] + [classes]
 
     def build() -> dict[str, np.ndarray]:
-        arrays = _formats.decode_files(files, mode, size)
+        arrays = formats.decode_files(files, mode, size)
         mean, std = channel_stats(arrays["images"])
         return {**arrays, "classes": np.asarray(classes), "mean": np.asarray(mean), "std": np.asarray(std)}
 
-    return _cache.cached_arrays(
+    return cache.cached_arrays(
         f"folder-{split}",
         [folder],
         {"mode": mode, "size": size},
@@ -458,7 +435,7 @@ def _folder_arrays(
 
 def _stat(p: Path) -> tuple[int, str]:
     """Size and content digest of one image (the cache key: a same-size edit that kept the mtime counts)."""
-    return p.stat().st_size, _cache.file_digest(p)
+    return p.stat().st_size, cache.file_digest(p)
 
 
 def _parse_size(size: object) -> tuple[int, int] | None:
@@ -559,22 +536,23 @@ _REGISTRY: dict[str, _Entry] = {
         "scikit-learn 8x8 digits, bundled (1,797 images, 1x8x8, 10 classes)",
     ),
     "mnist": _Entry(
-        _idx_loader("mnist", MNIST_CLASSES),
+        _release_loader("mnist", _idx_files, _idx_wanted, partial(_read_idx, MNIST_CLASSES)),
         ("mirror",),
         "MNIST IDX files (60,000 + 10,000, 1x28x28, 10 classes)",
     ),
     "fashion-mnist": _Entry(
-        _idx_loader("fashion-mnist", FASHION_CLASSES),
+        _release_loader("fashion-mnist", _idx_files, _idx_wanted, partial(_read_idx, FASHION_CLASSES)),
         ("mirror",),
         "Fashion-MNIST IDX files (60,000 + 10,000, 1x28x28, 10 classes)",
     ),
     "cifar10": _Entry(
-        _load_cifar10,
+        _release_loader("cifar10", lambda d, _: _cifar10_source(d), lambda _: CIFAR10_WANTED, _read_cifar10),
         ("mirror",),
         "CIFAR-10: binary release, image folder or JPEG archive (50,000 + 10,000, 3x32x32)",
     ),
     "cifar100": _Entry(
-        _load_cifar100, ("mirror",), "CIFAR-100 binary release, fine labels (3x32x32, 100 classes)"
+        _release_loader("cifar100", lambda d, _: _cifar100_source(d), lambda _: CIFAR100_WANTED, _read_cifar100),
+        ("mirror",), "CIFAR-100 binary release, fine labels (3x32x32, 100 classes)"
     ),
     "imagefolder": _Entry(
         _load_imagefolder, ("size", "mode", "augment"), "any root/<split>/<class>/*.png|jpg tree"

@@ -94,8 +94,9 @@ class Callback:
         return type(self).__qualname__
 
     # -- capabilities a loop asks for (the first callback that answers wins) ----------------------------
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Transform the network once before training (e.g. insert SSS's scaling factors); default: as is."""
+    def prepare(self, model: nn.Module, example_inputs: Any = None) -> nn.Module:
+        """Transform the network once before training (e.g. insert SSS's scaling factors), given one example
+        input batch (``example_inputs``, the loop's); default: as is."""
         return model
 
     def configure_optimizers(self, trainer: TrainingLoop, lr: float) -> list[torch.optim.Optimizer] | None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from prunekit import io
-from prunekit._atomic import sweep_stale
+from prunekit.atomic import sweep_stale
 from prunekit.errors import PrunekitError
 
 FORMAT = "prunekit-checkpoint/1"

@@ -33,7 +33,7 @@ from torch import nn
 
 from prunekit import data as pdata
 from prunekit import io
-from prunekit._atomic import write_text
+from prunekit.atomic import write_text
 from prunekit.data.pipeline import batch_size_fn
 from prunekit.engine import distributed as pdist
 from prunekit.engine.callbacks import BatchSize, Callback, build_optimizers
@@ -144,7 +144,7 @@ class Trainer:
         self.rank = pdist.rank()
         # on one CPU process a per-step NaN check is free; on an accelerator, or across processes (where the
         # verdict must be all-reduced so that no rank stops alone), it is batched (see _FINITE_CHECK_EVERY)
-        self._nan_check_each_step = self.device.type == "cpu" and self.world_size == 1
+        self.nan_check_each_step = self.device.type == "cpu" and self.world_size == 1
         # position
         self.stages: list[Stage] = []
         self.stage: Stage | None = None
@@ -257,7 +257,7 @@ class Trainer:
         else:
             model = self.raw_model
             for cb in self.callbacks:
-                prepared = cb.prepare(model)
+                prepared = cb.prepare(model, self.example_inputs)
                 model = model if prepared is None else prepared  # a prepare that works in place may return None
             self._set_model(model)
             self.stage_index, self.stage_epoch, self.batch_in_epoch = 0, 0, 0
@@ -304,7 +304,7 @@ class Trainer:
         self.model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
-        sync_each_step = self._nan_check_each_step
+        sync_each_step = self.nan_check_each_step
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         seen = 0
         batches = pdata.iterate(self.train_data, bs, shuffle=True, seed=self.cfg.seed, epoch=self.epoch,
@@ -501,7 +501,7 @@ class Trainer:
             model = io.build_from_architecture(arch, device="meta", base=base)
             io.load_state(model, st["model"], str(path), assign=True)
             if arch.get("factory"):
-                model._prunekit_factory = arch["factory"]
+                io.remember_factory(model, arch["factory"])
             data = self.train_data
             check_fits_data(path, model, tuple(data.input_shape), data.num_classes,
                             forward=lambda m, x: forward_logits(m, x, input_key=self.input_key,

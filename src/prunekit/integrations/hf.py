@@ -8,19 +8,22 @@ The recipe (README.md, "In Lightning and HF Trainer")::
     trainer.train()
     small = pk.result.model                                         # == trainer.model, finalized
 
-``pk.optimizers(model)`` runs ``method.prepare(model)`` (in place: SSS inserts its scaling factors) and returns
-``(MethodOptimizer, scheduler)`` for the Trainer's ``optimizers=`` argument: one optimizer holding the method's
-own (SSS's SGD + APG, SGHT's AHSGHT; else prunekit's momentum SGD, from ``optim``) and a scheduler that leaves
-the learning rate to the method's stages. The callback refuses (one line) to start without it, because the
-HF Trainer cannot be given another optimizer once training started. ``args.learning_rate`` is the base lr
-(``lr=`` wins); HF's scheduler type, weight decay and optimizer options are not used.
+``pk.optimizers(model)`` returns ``(MethodOptimizer, scheduler)`` for the Trainer's ``optimizers=`` argument:
+one optimizer holding the method's own (SSS's SGD + APG, SGHT's AHSGHT; else prunekit's momentum SGD, from
+``optim``) and a scheduler that leaves the learning rate to the method's stages. The callback refuses (one
+line) to start without it, because the HF Trainer cannot be given another optimizer once training started.
+``args.learning_rate`` is the base lr (``lr=`` wins); HF's scheduler type, weight decay and optimizer options
+are not used. ``method.prepare(model, example_inputs)`` (in place: SSS inserts its scaling factors, placed by
+running the network) runs in ``pk.optimizers(model)`` when the callback was given ``example_inputs=``, else at
+``on_train_begin`` on the first training batch; the optimizer is filled then, before the first step.
 
 Hooks, as in the README's own-loop block:
 
 ==============================  ==============================================================================
 HF Trainer                      prunekit
 ==============================  ==============================================================================
-``on_train_begin``              ``method.stages(num_train_epochs)``, ``on_fit_start``
+``on_train_begin``              ``method.prepare(model, example_inputs)`` (idempotent),
+                                ``method.stages(num_train_epochs)``, ``on_fit_start``
 ``on_epoch_begin``              stage boundaries (``on_stage_end`` / ``begin_stage``: fresh optimizers at the
                                 stage's lr, ``on_stage_start``), then ``on_epoch_start``
 ``on_step_begin``               ``on_train_batch_start(state, (example_inputs, None))``: HF does not show callbacks
@@ -51,7 +54,7 @@ from torch import nn
 from prunekit.engine.stages import OptimConfig
 from prunekit.errors import PrunekitError
 from prunekit.integrations import require
-from prunekit.integrations._driver import AdapterResults, Driver, MethodOptimizer, refuse_processes
+from prunekit.integrations.driver import AdapterResults, Driver, MethodOptimizer, refuse_processes
 from prunekit.methods.api import PruningMethod
 
 transformers = require("transformers", "transformers", "hf")
@@ -99,8 +102,9 @@ class PrunekitTrainerCallback(transformers.TrainerCallback, AdapterResults):  # 
         self.model: nn.Module | None = None
 
     def optimizers(self, model: nn.Module) -> tuple[MethodOptimizer, FollowStages]:
-        """Prepare ``model`` for the method (in place) and return the Trainer's ``optimizers=`` pair."""
-        prepared = self.method.prepare(model)
+        """The Trainer's ``optimizers=`` pair; with ``example_inputs`` the model is prepared for the method (in
+        place) and the optimizer filled now, else both wait for the first training batch (``on_train_begin``)."""
+        prepared = self.method.prepare(model, self.example_inputs) if self.example_inputs is not None else model
         if prepared is not model:
             raise PrunekitError(f"method {self.method.name!r} prepared a new model object; give that one to the "
                                 "HF Trainer: model = method.prepare(model) before building it")
@@ -108,7 +112,9 @@ class PrunekitTrainerCallback(transformers.TrainerCallback, AdapterResults):  # 
         self.model = model
         self.driver = Driver(self.method, model, swap=self._swap, optim=self.optim, finalize=self.finalize_at_end,
                              input_key=key)
-        opt = self.driver.build_now(self.lr if self.lr is not None else self.optim.lr)
+        opt = self.driver.optimizer
+        if self.example_inputs is not None:
+            self.driver.build_now(self.lr if self.lr is not None else self.optim.lr)
         return opt, FollowStages(opt)
 
     def _swap(self, model: nn.Module) -> None:

@@ -12,12 +12,14 @@ What it does, hook by hook (the README's own-loop calls):
 ================================  ==============================================================================
 Lightning                         prunekit
 ================================  ==============================================================================
-``setup("fit")``                  ``method.prepare(net)`` (SSS inserts its scaling factors) before Lightning
-                                  builds any optimizer
-``on_train_start``                the method's optimizer(s) replace what ``configure_optimizers`` returned, and its
-                                  lr schedulers: ``trainer.strategy.optimizers = [MethodOptimizer]`` (the method's
-                                  own, e.g. SSS's SGD + APG, SGHT's AHSGHT; else prunekit's momentum SGD, from
-                                  ``optim``); the base lr is ``lr=``, else the first group's lr of what
+``setup("fit")``                  ``method.prepare(net, example_inputs)`` (SSS inserts its scaling factors) when
+                                  the callback was given ``example_inputs=``, before Lightning builds any optimizer
+``on_train_start``                ``method.prepare(net, example_inputs)`` (idempotent; example inputs from the
+                                  first training batch unless given); the method's optimizer(s) replace what
+                                  ``configure_optimizers`` returned, and its lr schedulers:
+                                  ``trainer.strategy.optimizers = [MethodOptimizer]`` (the method's own, e.g.
+                                  SSS's SGD + APG, SGHT's AHSGHT; else prunekit's momentum SGD, from ``optim``);
+                                  the base lr is ``lr=``, else the first group's lr of what
                                   ``configure_optimizers`` returned; ``method.stages(max_epochs)``; ``on_fit_start``
 ``on_train_epoch_start``          stage boundaries (``on_stage_end`` / ``begin_stage``: fresh optimizers at the
                                   stage's lr, ``on_stage_start``), then ``on_epoch_start``
@@ -46,7 +48,7 @@ from torch import nn
 from prunekit.engine.stages import OptimConfig
 from prunekit.errors import PrunekitError
 from prunekit.integrations import require
-from prunekit.integrations._driver import AdapterResults, Driver, refuse_processes, split_batch
+from prunekit.integrations.driver import AdapterResults, Driver, refuse_processes, split_batch
 from prunekit.methods.api import PruningMethod
 
 pl = require("lightning.pytorch", "lightning", "lightning")
@@ -100,8 +102,10 @@ class PrunekitCallback(pl.Callback, AdapterResults):  # type: ignore[name-define
         if stage != "fit":
             return
         self._module = pl_module
+        if self.example_inputs is None:
+            return  # prepared at on_train_start, on the first training batch
         net = self.network(pl_module)
-        prepared = self.method.prepare(net)
+        prepared = self.method.prepare(net, self.example_inputs)
         if prepared is not net:
             self._swap(prepared)
 

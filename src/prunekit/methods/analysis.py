@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
 from prunekit.errors import PrunekitError
+
+T = TypeVar("T")
 
 ACTIVATIONS = {"Relu": "relu", "Hardtanh": "relu6", "Gelu": "gelu", "Silu": "silu", "Hardswish": "hardswish",
                "Mish": "mish", "Elu": "elu", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh",
@@ -37,6 +39,20 @@ _PASS = ("BatchNorm", "Mul", "Add", "Permute", "View", "Reshape", "Transpose", "
          "Unsafe", "Expand", "Contiguous", "Alias")
 """Nodes an activation may sit behind and still be "after the group" (norms, layer-scale, bias, residual sum,
 layout changes)."""
+
+
+class _OfGroup(Generic[T]):
+    """A read-only attribute of :class:`GroupInfo` that is the same-named one of its surgery group, as ``T``
+    (a plain value: the group's own may be a list or a tensor-derived number)."""
+
+    def __init__(self, convert: Callable[[Any], T]) -> None:
+        self.convert = convert
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> T:
+        return self.convert(getattr(obj.group, self.attr))
 
 
 @dataclass(frozen=True)
@@ -61,34 +77,19 @@ class GroupInfo:
     tails: tuple[tuple[str, str | None, str], ...] = ()
     """``(depthwise conv, its activation, its pre-activation)`` for each depthwise conv of the group: the
     channels leave the group through the last of them (an inverted residual's expand -> depthwise)."""
+    readers: tuple[tuple[str, str | None], ...] = ()
+    """``(norm, its activation)`` for each BatchNorm on these channels other than :attr:`pre_activation`: where
+    later layers read them, e.g. the BN -> ReLU -> conv of each DenseNet layer reading a concatenation
+    (activation None when none, or not read directly from that norm)."""
 
-    @property
-    def name(self) -> str:
-        return str(self.group.name)
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return tuple(self.group.layers)
-
-    @property
-    def consumers(self) -> tuple[str, ...]:
-        return tuple(self.group.consumers)
-
-    @property
-    def size(self) -> int:
-        return int(self.group.size)
-
-    @property
-    def chunks(self) -> int:
-        return int(self.group.chunks)
-
-    @property
-    def heads(self) -> int:
-        return int(self.group.heads)
-
-    @property
-    def head_dim(self) -> int:
-        return int(self.group.head_dim)
+    # the surgery group's own attributes, as plain values
+    name = _OfGroup[str](str)
+    layers = _OfGroup[tuple[str, ...]](tuple)
+    consumers = _OfGroup[tuple[str, ...]](tuple)
+    size = _OfGroup[int](int)
+    chunks = _OfGroup[int](int)
+    heads = _OfGroup[int](int)
+    head_dim = _OfGroup[int](int)
 
 
 @dataclass
@@ -147,8 +148,8 @@ def _activations(dg: Any, layers: Sequence[str], names: dict[Any, str]) -> tuple
 def analyse(model: nn.Module, example_inputs: Any) -> NetworkAnalysis:
     """Trace ``model`` (the surgery's graph) and describe every channel group, block and activation."""
     from prunekit.surgery import residual_blocks
-    from prunekit.surgery._graph import analyse as graph_analyse
-    from prunekit.surgery._graph import build_graph
+    from prunekit.surgery.graph import analyse as graph_analyse
+    from prunekit.surgery.graph import build_graph
 
     an = graph_analyse(model, example_inputs)
     dg = build_graph(model, example_inputs)
@@ -173,7 +174,12 @@ def analyse(model: nn.Module, example_inputs: Any) -> NetworkAnalysis:
             a, p = _activations(dg, [d], names)
             tails.append((d, next(iter(a)) if len(a) == 1 and "" not in a else None,
                           next(iter(p)) if len(a) == 1 and "" not in a and len(p) == 1 else ""))
-        groups.append(GroupInfo(g, norms, params, renorm, dw, act, before, tuple(tails)))
+        readers = []
+        for n in norms:
+            if n != before and isinstance(mods[n], nn.modules.batchnorm._BatchNorm):
+                a, p = _activations(dg, [n], names)
+                readers.append((n, next(iter(a)) if len(a) == 1 and "" not in a and p == {n} else None))
+        groups.append(GroupInfo(g, norms, params, renorm, dw, act, before, tuple(tails), tuple(readers)))
     try:
         blocks = list(residual_blocks(model, example_inputs))
     except PrunekitError:  # a block analysis that cannot run means no blocks, never a failed analysis

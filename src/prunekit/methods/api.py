@@ -8,7 +8,8 @@ and a user's own loop call them without looking anything up by name:
 ``name``, ``Config``           registry name; hyperparameters with the paper's defaults, checked by
                                ``Config.validate()`` in ``__init__`` whether given as object or mapping
 ``stages(epochs)``             the schedule for a budget of ``epochs`` (default: one plain stage)
-``prepare(model)``             transform the network before training (default: as is)
+``prepare(model, example)``    transform the network before training, given one example input batch so that
+                               the shared analysis can trace any network (default: as is)
 ``configure_optimizers``       its own optimizer(s) (default: None, the loop's momentum SGD)
 ``batch_size_schedule``        its batch sizes (default: None, the loop's)
 hooks ``on_*``                 the callback hooks (default: no-ops), see :mod:`prunekit.engine.callbacks`
@@ -166,6 +167,13 @@ class PruningMethod(Callback, Generic[C]):
     def stages(self, epochs: int) -> list[Stage]:
         """The method's training schedule for a budget of ``epochs`` (default: one plain stage)."""
         return [Stage("train", epochs)]
+
+    def prepare(self, model: nn.Module, example_inputs: Any = None) -> nn.Module:
+        """Transform the network once before training (SSS inserts its scaling factors), in place or as a
+        new object the loop then trains (default: as is). ``example_inputs``: one input batch as the loop feeds
+        the model; every loop passes it (the Trainer, the adapters, the README's own loop), since a network
+        ``torch.fx`` cannot trace (HF models) is analysed by running it."""
+        return model
 
     def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
         """Turn the trained network into the deliverable (default: unchanged)."""

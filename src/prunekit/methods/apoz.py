@@ -386,10 +386,11 @@ def _channels_last(model: nn.Module, point: str) -> bool:
     return isinstance(m, nn.Linear | nn.LayerNorm)
 
 
-def scored_groups(model: nn.Module, example_inputs: torch.Tensor, *, reasons: dict[str, str] | None = None
-                  ) -> tuple[list[ScoredGroup], list[str]]:
+def scored_groups(model: nn.Module, example_inputs: torch.Tensor, *, reasons: dict[str, str] | None = None,
+                  required: bool = False) -> tuple[list[ScoredGroup], list[str]]:
     """Every channel group of ``model`` (from the shared analysis, :mod:`prunekit.methods.analysis`, in module
     order) with its measuring points, and the names of the groups that have none (``reasons`` gets why).
+    With ``required``, a model with no scorable group is refused in one line naming a group and why.
 
     A group is measured at the ReLU modules carrying its channels unpermuted (each run once per forward);
     otherwise at the module whose output its activation reads (its layer or that layer's BatchNorm, one
@@ -435,6 +436,11 @@ def scored_groups(model: nn.Module, example_inputs: torch.Tensor, *, reasons: di
             reasons[g.name] = f"its activation ({info.activation}) is not ReLU-like"
         else:
             reasons[g.name] = f"its {info.activation} reads a sum or a rescaled tensor, not a layer's output"
+    if required and not out:
+        first = next(iter(reasons.items()), None)
+        why = f"; e.g. {first[0]!r}: {first[1]}" if first else ""
+        raise PrunekitError(f"trimming: no channel group of {type(model).__name__} can be scored (APoZ needs a "
+                            f"ReLU-like activation after a conv / linear layer){why}")
     return out, unscorable
 
 

@@ -68,6 +68,20 @@ def one_of(choices: Sequence[str]) -> Rule:
 BOOL: Rule = (is_bool, "true or false")
 
 
+def unit_interval(lo_open: bool = False, hi_open: bool = False) -> Rule:
+    """Rule: a number in [0, 1], with either end open (``(0, 1]``, ``[0, 1)``, ...) as asked."""
+    def ok(v: Any) -> bool:
+        return is_num(v) and (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)
+
+    return ok, f"a number in {'(' if lo_open else '['}0, 1{')' if hi_open else ']'}"
+
+
+def optional(rule: Rule) -> Rule:
+    """Rule: null, or what ``rule`` accepts."""
+    ok, want = rule
+    return (lambda v: v is None or ok(v)), f"{want} or null"
+
+
 def check_options(method: str, cfg: Any, rules: Mapping[str, Rule]) -> None:
     """Check every option named in ``rules`` (``{option: (predicate, what it must be)}``); the first that
     fails is one line: ``method 'x': option must be <what>, got <value>``."""
@@ -78,4 +92,4 @@ def check_options(method: str, cfg: Any, rules: Mapping[str, Rule]) -> None:
 
 
 __all__ = ["BOOL", "Rule", "check_epochs", "check_keep", "check_lr", "check_options", "check_phase_lrs",
-           "int_at_least", "is_bool", "is_int", "is_num", "one_of"]
+           "int_at_least", "is_bool", "is_int", "is_num", "one_of", "optional", "unit_interval"]

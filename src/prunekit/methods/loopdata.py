@@ -30,6 +30,17 @@ def batches_of(data: Any, loop: TrainingLoop, *, batch_size: int = 0, samples: i
     return data
 
 
+def split_batches(loop: TrainingLoop, split: str, data: Any = None, *, batch_size: int = 0, samples: int = 0,
+                  refusal: str = "no data") -> Iterable[Any]:
+    """:func:`batches_of` ``data`` when given, else of the loop's ``split`` ("train" or "val"); when neither
+    exists, one :class:`PrunekitError` line: ``refusal`` (e.g. what the data was for and how to give it)."""
+    if data is None:
+        data = loop.train_data if split == "train" else loop.val_data
+        if data is None:
+            raise PrunekitError(refusal)
+    return batches_of(data, loop, batch_size=batch_size, samples=samples)
+
+
 def val_top1(loop: TrainingLoop) -> float | None:
     """Top-1 accuracy (percent) of the loop's model on its validation data; None without such data."""
     from prunekit import data as pdata
@@ -65,4 +76,4 @@ def example_inputs_of(loop: TrainingLoop, data: Any = None) -> torch.Tensor:
     return torch.zeros((1, *shape), device=p.device if p is not None else "cpu")
 
 
-__all__ = ["batches_of", "example_inputs_of", "val_top1"]
+__all__ = ["batches_of", "example_inputs_of", "split_batches", "val_top1"]

@@ -290,7 +290,9 @@ class PhasedHardThresholding(PruningMethod):
                 self._factors[i] = (m, f)
             yield w, f
 
-    def _enter(self, trainer: TrainingLoop, stage: Stage, index: int) -> None:
+    def enter_phase(self, trainer: TrainingLoop, stage: Stage, index: int) -> None:
+        """Enter phase ``index`` (``stage``): reset the momentum when asked, then threshold (a sparse phase) or
+        release the masks (a dense phase)."""
         self.phase = index
         model = trainer.raw_model
         optimizers = list(trainer.optimizers)
@@ -312,7 +314,7 @@ class PhasedHardThresholding(PruningMethod):
         self._bind(trainer.raw_model)
 
     def on_stage_start(self, trainer: TrainingLoop, stage: Stage) -> None:
-        self._enter(trainer, stage, trainer.stage_index)
+        self.enter_phase(trainer, stage, trainer.stage_index)
 
     def on_epoch_start(self, trainer: TrainingLoop) -> None:
         if trainer.stage is not None:
@@ -322,7 +324,7 @@ class PhasedHardThresholding(PruningMethod):
                                 "loop (it fixes the phase schedule), or set state.stage and call on_stage_start")
         index, stage = self.phase_at(int(trainer.epoch))
         if index != self.phase:
-            self._enter(trainer, stage, index)
+            self.enter_phase(trainer, stage, index)
 
     def on_before_optimizer_step(self, trainer: TrainingLoop) -> None:
         if self._active(trainer):  # frozen weights get no gradient: momentum and decay see exactly 0

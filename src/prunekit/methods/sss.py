@@ -9,46 +9,45 @@ Algorithm (paper section 3, authors' MXNet code)::
         lambda: the modified stochastic APG (soft-thresholding prox, momentum), no weight decay  (optim.APG)
     remove the structures whose factor is exactly 0; the rest of the factors fold into the layer before
 
-Any network (``prepare(model, example_inputs)``, or at bind with the loop's example inputs): the shared
-analysis places them (:func:`~prunekit.methods.factors.analysis_sites`: channels before any activation with
-f(0) = 0, every graph-found residual block, attention heads with ``groups``); the structures left without
-one are in the report's ``skipped``. Zoo networks, ``prepare(model)``: what :func:`insert_factors` puts where:
+Where we follow the paper (verified in the authors' code): factors start at 1, get no weight decay, are
+updated by APG (eq. 10-12, :mod:`prunekit.methods.optim`) with the weights' learning rate and momentum, are
+kept non-negative (``nonnegative``), one gamma per structure type; a block factor multiplies the output of a
+residual branch (after its last BN) before the addition; a group factor multiplies one group of a grouped
+convolution's output after its BN (ResNeXt).
 
-* block factor (:class:`BlockScale`, one scalar) appended at the end of every
-  :class:`~prunekit.models.common.ResidualBlock`'s ``branch``, i.e. after its last BN, before the
-  addition (verified placement); in torchvision's BasicBlock / Bottleneck it wraps ``bn2`` / ``bn3``;
-* channel factor (:class:`ChannelScale`) after the BN of each conv / linear layer (after the layer itself
-  when it has no BN, e.g. LeNet-5), where that output reaches, through ReLU / pooling / dropout / flatten
-  only, nothing but other conv / linear layers: then a zero factor removes exactly one channel and its
-  consumers' input weights. So the stem of a ResNet and every layer feeding a residual sum gets none
-  (those channels are tied to the shortcut; SSS handles them with block factors), nor does the classifier;
-* group factor (:class:`GroupScale`, one per group) after the BN of a grouped, non-depthwise convolution
-  (ResNeXt), with ``groups=True``.
+Where we chose (the paper does not say, or covers only ResNet / ResNeXt / VGG):
 
-The placement of channel factors is unverified in the paper (its VGG/CIFAR runs); ours is "after the BN
-that feeds a ReLU", extended to BN-free layers and restricted to channels that can be removed on their own.
-
-Choices of ours: factors are real modules (wrapping the layer as ``Sequential(layer, scale)``; block
-factors are a ``branch`` child named ``block_scale``), registered with :func:`prunekit.io.register_module`
-so checkpoints of a zoo model describe them and resume is exact. For a user's own (non-zoo) model, call
-:meth:`SparseStructureSelection.prepare` on it *before* building the Trainer so that a resumed run finds
-the same modules (``prepare`` is idempotent). ``finalize`` first folds every factor into the layer before
-it (BN weight and bias, or the conv / linear weight and bias), which turns a zero factor into a channel
-that outputs exactly zero, then removes zero blocks and zero channels with :mod:`prunekit.surgery`, so the
-result has no scale modules and the same outputs.
-
-Where we follow the paper exactly: factors start at 1, get no weight decay, are updated by APG (the authors'
-eq. 10-12, see :mod:`prunekit.methods.optim`) with the weights' learning rate and momentum, are kept
-non-negative (``nonnegative``, as the authors' code), one gamma per structure type. Where we chose: a zero
-block whose shortcut is a projection (first block of a stage) cannot simply vanish; it becomes
-``Sequential(shortcut, act)``, which is what it computes once its branch is 0 (its convs are gone);
-channel factors sit inside residual blocks as well as in plain nets (the paper uses block factors alone
-for ResNet, and channel factors for VGG): set ``channels: false`` for the paper's ResNet setting.
+* *Where factors go in any network*: ``prepare(model, example_inputs)`` places them from the shared
+  analysis (:func:`~prunekit.methods.factors.analysis_sites`, the surgery's graph, no ``torch.fx``): a
+  channel factor after the output (BN, else the layer) of every conv / linear group an element-wise
+  activation with f(0) = 0 follows (ReLU, GELU, SiLU, ...), so a zero stays zero where it is read (the
+  paper's VGG placement, "after each channel's BN", is unverified); a block factor on every graph-found
+  residual block; with ``groups``, the paper's groups (conv groups) and, as ours, one factor per attention
+  head on the value projection (a zero silences the head). Each placement is checked on a copy (fold and
+  removal exact) before training; structures left without a factor are in the report's ``skipped``.
+* *A layer with two residual sums* (a transformer layer: ``x + attn(ln(x))``, then ``+ mlp(ln(.))``): one
+  block factor per branch, after the layer producing it; a zero removes that branch
+  (:func:`prunekit.surgery.remove_branches`), all of them the whole layer.
+* *Concatenated branches* (DenseNet): a factor after every BN reading the concatenation (before its
+  activation); a channel goes when its factor is 0 at every reader, through the concat mapping (a factor
+  at the producer would not do: each reader BN adds its shift to a 0).
+* *Zoo networks* (prunekit's, torchvision-style blocks) keep :func:`~prunekit.methods.factors.insert_factors`:
+  a block factor on every block, a projection-shortcut block included (a zero one becomes
+  ``Sequential(shortcut, act)``, what it computes once its branch is 0), and channel factors only where a
+  channel reaches nothing but other conv / linear layers; without example inputs, other networks use a
+  ``torch.fx`` trace, or the analysis at bind with the loop's example inputs.
+* Channel factors sit inside residual blocks too (the paper uses block factors alone for ResNet): set
+  ``channels: false`` for the paper's ResNet setting. Factors are real modules (``Sequential(layer, scale)``),
+  registered for checkpoints, so a resumed run is exact; a factor right after a BatchNorm is computed inside
+  it (:class:`~prunekit.methods.factors.ScaledSequential`: ``batch_norm(x, gamma * lambda, beta * lambda)``,
+  the same function up to rounding, without an activation-sized multiply per factor). ``finalize`` folds
+  every factor into the layer before it (a zero factor becomes a channel that outputs 0), then removes zero
+  blocks, branches and channels with :mod:`prunekit.surgery` (verified against masking): same outputs, no
+  scale modules left.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +59,6 @@ from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
 from prunekit.methods.factors import (
-    NORM_LAYERS,
     BlockScale,
     ChannelScale,
     GroupScale,
@@ -74,13 +72,13 @@ from prunekit.methods.factors import (
     insert_factors,
     insert_sites,
     is_block,
-    remove_blocks,
+    is_zoo,
+    remove_zero_blocks,
+    structure_report,
+    width_of,
     zero_structures,
 )
 from prunekit.methods.optim import APG
-
-# ---------------------------------------------------------------------------------------------------------
-# the method
 
 
 @dataclass
@@ -89,8 +87,8 @@ class SSSConfig(MethodConfig):
     momentum 0.9, wd 1e-4, batch 128 (set those in the recipe's ``optim`` / ``train`` sections)."""
 
     channels: bool = True  # factors on channels / neurons
-    blocks: bool = True  # factors on residual blocks
-    groups: bool = False  # factors on groups of grouped convolutions (ResNeXt)
+    blocks: bool = True  # factors on residual blocks (each branch of a sum with several)
+    groups: bool = False  # factors on groups: of grouped convolutions (ResNeXt), attention heads
     gamma_channel: float = 0.01  # L1 weight of each factor type
     gamma_block: float = 0.01
     gamma_group: float = 0.01
@@ -126,18 +124,18 @@ class SparseStructureSelection(PruningMethod):
         self.skipped: dict[str, str] = {}
 
     def prepare(self, model: nn.Module, example_inputs: Any = None) -> nn.Module:
-        """Insert the scaling factors (idempotent). With ``example_inputs``: where the shared analysis says
-        (:func:`~prunekit.methods.factors.analysis_sites`, any network). Without: from the zoo's block classes
-        and a ``torch.fx`` trace (:func:`~prunekit.methods.factors.insert_factors`, as the adapters expect);
-        a network where that finds nothing (HF models) gets them at bind, the first time the loop asks for the
-        optimizers, from the analysis with the loop's example inputs (for an exact resume of such a network,
-        call ``prepare(model, example_inputs)`` before building the Trainer)."""
+        """Insert the scaling factors lambda = 1 (idempotent): a zoo network where
+        :func:`~prunekit.methods.factors.insert_factors` puts them, any other one given ``example_inputs``
+        (every loop passes them) where the shared analysis says (:meth:`bind`); without example inputs a
+        ``torch.fx`` trace places them, else the loop's bind does when it first asks for the optimizers."""
         c = self.config
         if factor_modules(model):
             return model
-        if example_inputs is not None:
+        if example_inputs is not None and not is_zoo(model):
             return self.bind(model, example_inputs)
         insert_factors(model, channels=c.channels, blocks=c.blocks, groups=c.groups)  # zoo blocks, torch.fx
+        if not factor_modules(model) and example_inputs is not None:
+            return self.bind(model, example_inputs)
         if not factor_modules(model) and sum(isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
                                              for m in model.modules()) < 2:
             raise PrunekitError("sss: the model has no structure to put a scaling factor on (no residual "
@@ -162,7 +160,7 @@ class SparseStructureSelection(PruningMethod):
         return [Stage("sparse", epochs, kind="sparse")]
 
     def configure_optimizers(self, trainer: TrainingLoop, lr: float) -> list[torch.optim.Optimizer]:
-        """[Nesterov SGD with weight decay over the weights, APG over the factors (one group per kind)]."""
+        """[Nesterov SGD with weight decay over W, APG over lambda (one group per kind: its gamma)]."""
         model = trainer.raw_model
         o = trainer.optim_cfg
         if not factor_modules(model) and trainer.example_inputs is not None:
@@ -170,7 +168,7 @@ class SparseStructureSelection(PruningMethod):
         factors = factor_parameters(model)
         ids = {id(p) for ps in factors.values() for p in ps}
         if not ids:
-            raise PrunekitError("sss: the model holds no scaling factors; call prepare(model) first")
+            raise PrunekitError("sss: the model holds no scaling factors; call prepare(model, example_inputs) first")
         weights = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         sgd = torch.optim.SGD(weights, lr=lr, momentum=o.momentum, nesterov=bool(o.nesterov and o.momentum > 0),
                               weight_decay=o.weight_decay)
@@ -196,95 +194,33 @@ class SparseStructureSelection(PruningMethod):
             metrics[f"sss_zero_{kind}"] = s["zero"]
 
     def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
-        """Fold the factors, remove zero blocks and channels, report widths and depth per stage."""
+        """Fold lambda into the layers, remove the structures whose lambda is 0 (blocks, branches, groups,
+        channels, heads), report widths and depth per stage."""
         from prunekit import metrics, surgery
 
         model = getattr(model, "module", model)
         was_training = model.training
         model.eval()
-        zero_blocks, zeros, summary = zero_structures(model)
+        zero_blocks, zeros, summary = zero_structures(model)  # the structures with lambda == 0
         all_blocks = [n for n, m in model.named_modules() if is_block(m)]
-        fold_factors(model)
+        fold_factors(model)  # W <- lambda * W: the same function, no scale modules left
         before = metrics.count(model, example_inputs)
-        widths_before = _widths(model, summary)
-        removed_blocks: list[str] = []
+        widths_before = {k: width_of(model, k) for k, v in summary.items() if v["kind"] != "block"}
+        blocks: list[str] = []
+        branches: list[str] = []
         channel_report: Any = None
         if self.config.remove:
-            if zero_blocks:
-                remove_blocks(model, zero_blocks, example_inputs if not _zoo(model) else None)
-                removed_blocks = list(zero_blocks)
+            blocks, branches = remove_zero_blocks(model, zero_blocks, summary, example_inputs, zoo=is_zoo(model))
             plan = channel_plan(model, zeros, summary, example_inputs)
-            if plan:
-                # clamp: a layer whose factors are all 0 keeps one channel (which outputs 0)
-                channel_report = surgery.remove_channels(model, plan, example_inputs, min_channels=1,
-                                                         clamp=True)
+            if plan:  # clamp: a layer whose factors are all 0 keeps one channel (which outputs 0)
+                channel_report = surgery.remove_channels(model, plan, example_inputs, min_channels=1, clamp=True)
         after = metrics.count(model, example_inputs)
         model.train(was_training)
-        widths = [{"layer": k, "kind": v["kind"], "before": widths_before.get(k),
-                   "after": _width_of(model, k), "factors": v["factors"], "zero_factors": v["zero"]}
-                  for k, v in summary.items() if v["kind"] != "block"]
-        report = {
-            "method": self.name,
-            "params": {"before": before.params, "after": after.params},
-            "macs": {"before": before.macs, "after": after.macs},
-            "blocks_removed": removed_blocks,
-            "block_factors": {k: v["factor"] for k, v in summary.items() if v["kind"] == "block"},
-            "depth_per_stage": _depth_per_stage(all_blocks, removed_blocks),
-            "width_per_layer": widths,
-            "channel_surgery": _jsonable(channel_report),
-            "skipped": dict(self.skipped),  # structures that got no factor, and why
-        }
+        report = {"method": self.name, "params": {"before": before.params, "after": after.params},
+                  "macs": {"before": before.macs, "after": after.macs},
+                  **structure_report(model, summary, widths_before, all_blocks, blocks, branches, channel_report),
+                  "skipped": dict(self.skipped)}  # structures that got no factor, and why
         return FinalizeResult(model, sparse=False, report=report)
-
-
-def _zoo(model: nn.Module) -> bool:
-    """A prunekit zoo network, or one holding blocks of the zoo / torchvision kinds."""
-    return type(model).__module__.startswith("prunekit.models") or any(is_block(m) for m in model.modules())
-
-
-def _widths(model: nn.Module, summary: dict[str, dict[str, Any]]) -> dict[str, int | None]:
-    return {k: _width_of(model, k) for k, v in summary.items() if v["kind"] != "block"}
-
-
-def _width_of(model: nn.Module, name: str) -> int | None:
-    try:
-        m = model.get_submodule(name)
-    except AttributeError:
-        return None
-    if isinstance(m, NORM_LAYERS):
-        return m.num_features
-    if isinstance(m, nn.Linear):
-        return m.out_features
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return m.out_channels
-    return None
-
-
-def _depth_per_stage(blocks: list[str], removed: list[str]) -> dict[str, dict[str, int]]:
-    """Blocks kept per stage (the container holding the blocks, e.g. ``layer2``)."""
-    out: dict[str, dict[str, int]] = OrderedDict()
-    for b in blocks:
-        stage = b.rpartition(".")[0] or "<root>"
-        s = out.setdefault(stage, {"blocks": 0, "kept": 0})
-        s["blocks"] += 1
-        s["kept"] += b not in removed
-    return dict(out)
-
-
-def _jsonable(x: Any) -> Any:
-    if x is None or isinstance(x, bool | int | float | str):
-        return x
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "to_dict"):
-        return _jsonable(x.to_dict())
-    if hasattr(x, "__dataclass_fields__"):
-        import dataclasses
-
-        return _jsonable(dataclasses.asdict(x))
-    return str(x)
 
 
 __all__ = ["BlockScale", "ChannelScale", "GroupScale", "SSSConfig", "Site", "SparseStructureSelection",

@@ -4,7 +4,7 @@ The paper's procedure, and where each step lives here::
 
     train the network                                   stage "train" (or start from a pretrained model)
     repeat for iterations t = 1..N:                     stages "trim1".."trimN" (kind "retrain")
-        APoZ_c = sum_k sum_j [O_c,j(k) == 0] / (N*M)    on_stage_start -> measure_apoz (apoz.py)
+        APoZ_c = sum_k sum_j [O_c,j(k) == 0] / (N*M)    on_stage_start -> measure (apoz.collect_apoz)
         remove c where APoZ_c > mean + k * std          select_channels (rule "paper", k = 1)
         (and its in/out connections)                    prunekit.surgery.remove_channels
         retrain from the surviving weights              the stage's epochs, after trainer.replace_model
@@ -31,13 +31,8 @@ Where we chose (the paper leaves it open or is not verified):
   ``max_fraction`` of a layer goes per iteration, and ``round_to`` keeps widths at multiples of 8/16.
 * The retrain learning rate (``retrain_lr``) and the epochs per stage are not given by the paper.
 
-Engineering: under DistributedDataParallel every process counts zeros on its shard and the counts are
-summed, so all processes take the same decision; the Trainer then re-wraps the smaller model. The trim runs
-at the start of its stage, after the checkpoint of the previous one, and every checkpoint stores the pruned
-architecture and this method's records, so a resumed run ends bit-identical. ``records`` (state) keeps, per
-network (0 = before the first trim), the widths of every conv/linear layer, parameters, MACs, accuracy
-after the trim and after retraining, and the full APoZ vectors; :meth:`report` turns them into a table, APoZ
-means and histograms, and a per-layer plot.
+Bookkeeping (records of every network, the report and plot, checkpoint state, DDP):
+:mod:`prunekit.methods.trimming_records`.
 """
 
 from __future__ import annotations
@@ -45,21 +40,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from prunekit.engine.distributed import check_same, is_main
+from prunekit.engine.distributed import check_same
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
 from prunekit.methods import trimming_records
-from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
-from prunekit.methods.apoz import ScoredGroup, choose_groups, per_chunk, scored_groups
+from prunekit.methods.api import MethodConfig, TrainingLoop
+from prunekit.methods.apoz import ScoredGroup, choose_groups, collect_apoz, per_chunk, scored_groups
 from prunekit.methods.budget import round_up
-from prunekit.methods.checks import BOOL, Rule, check_options, int_at_least, is_int, is_num, one_of
-from prunekit.methods.loopdata import batches_of, example_inputs_of, val_top1
+from prunekit.methods.checks import BOOL, check_options, int_at_least, is_int, is_num, one_of, optional, unit_interval
+from prunekit.methods.loopdata import split_batches
+from prunekit.methods.trimming_records import RecordedTrimming
 
 RULES = ("paper", "threshold", "fraction")
 ORDERS = ("together", "highest_mean")
@@ -94,24 +89,19 @@ class TrimmingConfig(MethodConfig):
     progress: bool = True
 
     def validate(self) -> None:
-        def fraction(lo_open: bool, hi_open: bool) -> Rule:
-            return ((lambda v: is_num(v) and (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)),
-                    f"a number in {'(' if lo_open else '['}0, 1{')' if hi_open else ']'}")
-
-        optional_int: Rule = (lambda v: v is None or is_int(v, 0), "an integer >= 0 or null")
         check_options("trimming", self, {
-            "iterations": int_at_least(1), "initial_epochs": optional_int, "retrain_epochs": optional_int,
-            "retrain_lr": (lambda v: v is None or (is_num(v) and v > 0), "a positive number or null"),
-            "rule": one_of(RULES), "k": (is_num, "a number"), "threshold": fraction(False, True),
-            "fraction": fraction(False, True),
-            "layers": (lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(s, str) and s
-                                                                                   for s in v)),
-                       "a non-empty list of layer names / patterns or null"),
+            "iterations": int_at_least(1), "initial_epochs": optional(int_at_least(0)),
+            "retrain_epochs": optional(int_at_least(0)),
+            "retrain_lr": optional((lambda v: is_num(v) and v > 0, "a positive number")),
+            "rule": one_of(RULES), "k": (is_num, "a number"), "threshold": unit_interval(hi_open=True),
+            "fraction": unit_interval(hi_open=True),
+            "layers": optional((lambda v: isinstance(v, list) and bool(v) and all(isinstance(s, str) and s for s in v),
+                                "a non-empty list of layer names / patterns")),
             "order": one_of(ORDERS), "layers_per_iteration": int_at_least(1), "min_channels": int_at_least(1),
-            "max_fraction": fraction(True, False), "round_to": int_at_least(1), "apoz_data": one_of(APOZ_DATA),
+            "max_fraction": unit_interval(lo_open=True), "round_to": int_at_least(1), "apoz_data": one_of(APOZ_DATA),
             "apoz_samples": int_at_least(0), "apoz_batch_size": int_at_least(0), "apoz_threads": int_at_least(0),
             **dict.fromkeys(("evaluate_trims", "final_apoz", "progress"), BOOL),
-            "plot_path": (lambda v: v is None or (isinstance(v, str) and bool(v)), "a file path or null")})
+            "plot_path": optional((lambda v: isinstance(v, str) and bool(v), "a file path"))})
 
 
 # ------------------------------------------------------------------------------------------------ selection
@@ -144,7 +134,7 @@ def select_channels(apoz: torch.Tensor, cfg: TrimmingConfig) -> tuple[list[int],
 # ------------------------------------------------------------------------------------------------ the method
 
 
-class NetworkTrimming(PruningMethod):
+class NetworkTrimming(RecordedTrimming):
     """Network Trimming (Hu et al. 2016): iteratively remove the neurons with the highest APoZ, retrain.
 
     APoZ is measured on the loop's data (``apoz_data``: its train or val split; in a user's own loop, a
@@ -163,10 +153,6 @@ class NetworkTrimming(PruningMethod):
                  apoz_data: Any = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
         self.apoz_data = apoz_data
-        self.records: list[dict[str, Any]] = []  # one per network: 0 = before the first trim, t = after trim t
-        self.out_dir: Path | None = None
-        self._last_metrics: dict[str, Any] = {}
-        self._unscorable: list[str] = []
         self.unscorable: dict[str, str] = {}  # group -> why it is not scored (no ReLU-like activation, ...)
 
     # -- schedule -------------------------------------------------------------------------------
@@ -197,25 +183,25 @@ class NetworkTrimming(PruningMethod):
         """Every scorable channel group of ``model`` (in module order) with its measuring points; refused in
         one line, naming a group and why, when there is none."""
         self.unscorable = {}
-        out, self._unscorable = scored_groups(model, example_inputs, reasons=self.unscorable)
-        if not out:
-            first = next(iter(self.unscorable.items()), None)
-            why = f"; e.g. {first[0]!r}: {first[1]}" if first else ""
-            raise PrunekitError(f"trimming: no channel group of {type(model).__name__} can be scored (APoZ needs a "
-                                f"ReLU-like activation after a conv / linear layer){why}")
+        out, self.log.unscorable = scored_groups(model, example_inputs, reasons=self.unscorable, required=True)
         return out
 
     def chosen(self, groups: list[ScoredGroup]) -> list[ScoredGroup]:
         """The groups the ``layers`` option names (a group matches if any of its layers does)."""
-        return choose_groups(groups, self.config.layers, self._unscorable)
+        return choose_groups(groups, self.config.layers, self.log.unscorable)
 
     def measure(self, model: nn.Module, batches: Iterable[Any], groups: list[ScoredGroup], *,
                 device: torch.device | None = None, amp: bool = False) -> dict[str, torch.Tensor]:
         """APoZ per channel of every group in one pass over ``batches`` (pooled over a group's ReLUs)."""
-        from prunekit.methods.apoz import collect_apoz
-
         return collect_apoz(model, batches, {g.name: g.points for g in groups}, device=device,
                             progress=self.config.progress, amp=amp, threads=self.config.apoz_threads)
+
+    def apoz_batches(self, loop: TrainingLoop) -> Iterable[Any]:
+        """What APoZ is measured on: ``apoz_data`` given to the method, else the loop's ``apoz_data`` split."""
+        c = self.config
+        return split_batches(loop, c.apoz_data, self.apoz_data, batch_size=c.apoz_batch_size, samples=c.apoz_samples,
+                             refusal=f"trimming: no data to measure APoZ on ({c.apoz_data!r} split missing); pass "
+                                     "apoz_data= to NetworkTrimming in your own loop")
 
     def plan(self, apoz: Mapping[str, torch.Tensor], groups: list[ScoredGroup]
              ) -> tuple[dict[str, list[int]], dict[str, float | None]]:
@@ -252,135 +238,32 @@ class NetworkTrimming(PruningMethod):
             result = surgery.remove_channels(raw, plan, example_inputs, min_channels=self.config.min_channels)
             if isinstance(result, nn.Module):
                 raw = result
-        record = {"apoz": {g: a.float() for g, a in apoz.items()},
-                  "thresholds": thresholds,
-                  "removed": {g: list(v) for g, v in plan.items()},
-                  "groups": {g.name: {"layers": list(g.layers), "points": g.points, "rule": g.rule}
-                             for g in groups},
-                  "unscored": dict(self.unscorable)}
-        return raw, record
+        return raw, trimming_records.trim_record(apoz, thresholds, plan, groups, self.unscorable)
 
     # -- callback hooks -------------------------------------------------------------------------
     def on_fit_start(self, trainer: TrainingLoop) -> None:
-        self.out_dir = trainer.out_dir
+        super().on_fit_start(trainer)
         if trainer.example_inputs is not None:  # bind: refuse now, not after the first training stage
             self.chosen(self.groups(trainer.raw_model, trainer.example_inputs))
 
-    def on_model_changed(self, trainer: TrainingLoop) -> None:
-        self.out_dir = trainer.out_dir
-
-    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
-        self._last_metrics = dict(metrics)
-
     def on_stage_start(self, trainer: TrainingLoop, stage: Stage) -> None:
-        if stage.kind != "retrain":
-            return
         t = int(stage.info.get("iteration", len(self.records)))
-        if any(r["iteration"] == t for r in self.records):
-            return  # already trimmed for this stage (a hook called twice by a user's loop)
-        model = trainer.raw_model
-        batches = self._apoz_batches(trainer)
-        example = self._example_inputs(trainer)
-        device = trainer.device
-        amp = trainer.amp
-        if not self.records:
-            self.records.append(self._snapshot(model, example, 0, trainer))
-        model, rec = self.trim(model, batches, example, device=device, amp=amp)
-        prev = self.records[-1]
-        prev["apoz"] = rec["apoz"]
-        prev["thresholds"] = rec["thresholds"]
+        if stage.kind != "retrain" or self.log.has(t):
+            return
+        example = self.example_of(trainer)
+        self.log.before_trim(trainer, example)
+        model, rec = self.trim(trainer.raw_model, self.apoz_batches(trainer), example, device=trainer.device,
+                               amp=trainer.amp)
         trainer.replace_model(model)
-        new = self._snapshot(trainer.raw_model, example, t, None)
-        new["removed"] = {g: len(v) for g, v in rec["removed"].items()}
-        new["removed_channels"] = rec["removed"]
-        if self.config.evaluate_trims:
-            new["top1_trimmed"] = val_top1(trainer)
-        self.records.append(new)
-        self._last_metrics = {}
-
-    def on_stage_end(self, trainer: TrainingLoop, stage: Stage) -> None:
-        top1 = self._last_metrics.get("val_top1")
-        if stage.kind == "train":
-            snap = self._snapshot(trainer.raw_model, self._example_inputs(trainer), 0, None)
-            snap["top1"] = top1
-            self.records = [snap]
-        elif self.records:
-            last = self.records[-1]
-            if stage.epochs == 0:  # trimmed, not retrained: the network is the one evaluated after the trim
-                top1 = last.get("top1_trimmed")
-            last["top1"] = top1
-            last["train_loss"] = self._last_metrics.get("train_loss")
+        self.log.after_trim(trainer, t, rec, example, evaluate=self.config.evaluate_trims)
 
     def on_fit_end(self, trainer: TrainingLoop) -> None:
         if not self.config.final_apoz or not self.records or "apoz" in self.records[-1]:
             return
-        model = trainer.raw_model
-        example = self._example_inputs(trainer)
+        model, example = trainer.raw_model, self.example_of(trainer)
         groups = self.groups(model, example)
-        apoz = self.measure(model, self._apoz_batches(trainer), groups, device=trainer.device,
-                            amp=trainer.amp)
-        plan, thresholds = self.plan(apoz, groups)  # what one more iteration would remove (not applied)
-        last = self.records[-1]
-        last["apoz"] = {g: a.float() for g, a in apoz.items()}
-        last["thresholds"] = thresholds
-        last["next_removed"] = {g: len(v) for g, v in plan.items()}
-
-    # -- helpers --------------------------------------------------------------------------------
-    def _example_inputs(self, trainer: TrainingLoop) -> torch.Tensor:
-        return example_inputs_of(trainer, self.apoz_data)
-
-    def _apoz_batches(self, trainer: TrainingLoop) -> Iterable[Any]:
-        cfg = self.config
-        ds = self.apoz_data
-        if ds is None:
-            ds = trainer.train_data if cfg.apoz_data == "train" else trainer.val_data
-            if ds is None:
-                raise PrunekitError(f"trimming: no data to measure APoZ on ({cfg.apoz_data!r} split missing); "
-                                    "pass apoz_data= to NetworkTrimming in your own loop")
-        return batches_of(ds, trainer, batch_size=cfg.apoz_batch_size, samples=cfg.apoz_samples)
-
-    def _snapshot(self, model: nn.Module, example: torch.Tensor, iteration: int,
-                  trainer: TrainingLoop | None) -> dict[str, Any]:
-        """:func:`trimming_records.snapshot` of ``model``, with its accuracy when ``trainer`` is given."""
-        rec = trimming_records.snapshot(model, example, iteration)
-        if trainer is not None:
-            top1 = self._last_metrics.get("val_top1")
-            rec["top1"] = top1 if top1 is not None else val_top1(trainer)
-        return rec
-
-    # -- report ---------------------------------------------------------------------------------
-    def table_rows(self) -> list[dict[str, Any]]:
-        """One row per network: iteration, widths of the trimmed layers, parameters, MACs, accuracy."""
-        return trimming_records.table_rows(self.records)
-
-    def plot(self, path: str | Path) -> Path:
-        """Per-layer APoZ histograms of every iteration's network saved to ``path``."""
-        return trimming_records.plot(self.records, path)
-
-    def report(self, plot_path: str | Path | None = None) -> dict[str, Any]:
-        """Iterations (widths, parameters, MACs, accuracy, APoZ summary per layer), a text table, the plot."""
-        target = plot_path or self.config.plot_path or (self.out_dir / "trimming_apoz.png" if self.out_dir else None)
-        out = trimming_records.report(self.records, target if is_main() else None)  # one writer
-        out["unscorable"] = list(self._unscorable)
-        return out
-
-    def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
-        """The trimmed network is already small (channels were removed for real); add the report."""
-        return FinalizeResult(getattr(model, "module", model), sparse=False, report=self.report())
-
-    # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"records": self.records, "unscorable": list(self._unscorable),
-                "last_metrics": {k: v for k, v in self._last_metrics.items()
-                                 if v is None or isinstance(v, bool | int | float | str)}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            self.records = [dict(r) for r in state.get("records", [])]
-            self._unscorable = list(state.get("unscorable", []))
-            self._last_metrics = dict(state.get("last_metrics", {}))
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise PrunekitError(f"trimming: method state in the checkpoint is malformed ({exc})") from None
+        apoz = self.measure(model, self.apoz_batches(trainer), groups, device=trainer.device, amp=trainer.amp)
+        self.log.final_apoz(apoz, *self.plan(apoz, groups))  # what one more iteration would remove
 
 
 __all__ = ["NetworkTrimming", "TrimmingConfig", "select_channels"]

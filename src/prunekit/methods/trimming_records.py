@@ -1,16 +1,34 @@
-"""Network Trimming's records (one per network: widths, parameters, MACs, accuracy, APoZ vectors) turned
-into a table, APoZ histograms and a per-layer plot."""
+"""Network Trimming's bookkeeping: its records, one per network (0 = before the first trim, t = after trim t),
+with the widths of every conv / linear layer, parameters, MACs, accuracy after the trim and after retraining,
+and the full APoZ vectors.
+
+:class:`TrimmingRecords` keeps them through a run; :func:`report` turns them into a table, APoZ means and
+histograms, and a per-layer plot. :class:`RecordedTrimming`, the base of
+:class:`~prunekit.methods.trimming.NetworkTrimming`, holds the hooks that only record, the report, and the
+checkpoint state. The trim runs at the start of its stage, after the checkpoint of the previous one, and every
+checkpoint stores the pruned architecture and these records, so a resumed run ends bit-identical. Under
+DistributedDataParallel every process counts zeros on its shard and the counts are summed, so all processes
+take the same decision; the Trainer then re-wraps the smaller model.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from prunekit.engine.distributed import is_main
+from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
+from prunekit.methods.api import FinalizeResult, PruningMethod, TrainingLoop
+from prunekit.methods.apoz import ScoredGroup
+from prunekit.methods.loopdata import example_inputs_of, val_top1
+
+if TYPE_CHECKING:
+    from prunekit.methods.trimming import TrimmingConfig
 
 HIST_BINS = 20
 
@@ -28,6 +46,16 @@ def snapshot(model: nn.Module, example: torch.Tensor, iteration: int) -> dict[st
               for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)}
     counts = metrics.count(model, example)
     return {"iteration": iteration, "widths": widths, "params": counts.params, "macs": counts.macs}
+
+
+def trim_record(apoz: dict[str, torch.Tensor], thresholds: dict[str, float | None], plan: dict[str, list[int]],
+                groups: list[ScoredGroup], unscored: dict[str, str]) -> dict[str, Any]:
+    """What decided one trim: APoZ per group, the thresholds, the removed channels, the groups measured (their
+    layers, measuring points and rule) and those not scored (with why)."""
+    return {"apoz": {g: a.float() for g, a in apoz.items()}, "thresholds": thresholds,
+            "removed": {g: list(v) for g, v in plan.items()},
+            "groups": {g.name: {"layers": list(g.layers), "points": g.points, "rule": g.rule} for g in groups},
+            "unscored": dict(unscored)}
 
 
 def table_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -53,7 +81,7 @@ def plot(records: list[dict[str, Any]], path: str | Path) -> Path:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from prunekit._atomic import atomic_path
+    from prunekit.atomic import atomic_path
 
     names: list[str] = []
     for r in records:
@@ -112,4 +140,139 @@ def report(records: list[dict[str, Any]], plot_path: str | Path | None) -> dict[
     return out
 
 
-__all__ = ["HIST_BINS", "histogram", "plot", "report", "snapshot", "table_rows"]
+class TrimmingRecords:
+    """The records of one trimming run, filled in from the training loop's hooks, and the loop's last metrics
+    (the accuracy of the network a record describes). Its state is what a checkpoint stores of the method."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.last_metrics: dict[str, Any] = {}
+        self.unscorable: list[str] = []  # groups APoZ cannot score (reported)
+
+    def has(self, iteration: int) -> bool:
+        """Whether trim ``iteration`` is recorded (a hook called twice by a user's loop trims once)."""
+        return any(r["iteration"] == iteration for r in self.records)
+
+    def before_trim(self, loop: TrainingLoop, example: torch.Tensor) -> None:
+        """Before the first trim: record the untrimmed network, with its last (or a fresh) accuracy."""
+        if not self.records:
+            rec = snapshot(loop.raw_model, example, 0)
+            top1 = self.last_metrics.get("val_top1")
+            rec["top1"] = top1 if top1 is not None else val_top1(loop)
+            self.records.append(rec)
+
+    def after_trim(self, loop: TrainingLoop, iteration: int, trim: dict[str, Any], example: torch.Tensor,
+                   evaluate: bool) -> None:
+        """Record trim ``iteration`` (``trim``: the APoZ, thresholds and removed channels that decided it; the
+        APoZ belongs to the network before it) and the loop's new network, evaluated now when ``evaluate``."""
+        prev = self.records[-1]
+        prev["apoz"], prev["thresholds"] = trim["apoz"], trim["thresholds"]
+        new = snapshot(loop.raw_model, example, iteration)
+        new["removed"] = {g: len(v) for g, v in trim["removed"].items()}
+        new["removed_channels"] = trim["removed"]
+        if evaluate:
+            new["top1_trimmed"] = val_top1(loop)
+        self.records.append(new)
+        self.last_metrics = {}
+
+    def trained(self, loop: TrainingLoop, example: torch.Tensor) -> None:
+        """After the initial training: the first record, with the accuracy reached."""
+        self.records = [{**snapshot(loop.raw_model, example, 0), "top1": self.last_metrics.get("val_top1")}]
+
+    def retrained(self, stage: Stage) -> None:
+        """After a retrain stage: the accuracy it reached (with no epochs: the one evaluated after the trim)."""
+        if self.records:
+            last = self.records[-1]
+            last["top1"] = last.get("top1_trimmed") if stage.epochs == 0 else self.last_metrics.get("val_top1")
+            last["train_loss"] = self.last_metrics.get("train_loss")
+
+    def final_apoz(self, apoz: dict[str, torch.Tensor], plan: dict[str, list[int]],
+                   thresholds: dict[str, float | None]) -> None:
+        """The final network's APoZ and what one more trim would remove (not applied)."""
+        last = self.records[-1]
+        last["apoz"] = {g: a.float() for g, a in apoz.items()}
+        last["thresholds"] = thresholds
+        last["next_removed"] = {g: len(v) for g, v in plan.items()}
+
+    def report(self, plot_path: str | Path | None) -> dict[str, Any]:
+        """:func:`report` of the records, and the groups APoZ cannot score."""
+        return {**report(self.records, plot_path), "unscorable": list(self.unscorable)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.records, "unscorable": list(self.unscorable),
+                "last_metrics": {k: v for k, v in self.last_metrics.items()
+                                 if v is None or isinstance(v, bool | int | float | str)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.records = [dict(r) for r in state.get("records", [])]
+            self.unscorable = list(state.get("unscorable", []))
+            self.last_metrics = dict(state.get("last_metrics", {}))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise PrunekitError(f"trimming: method state in the checkpoint is malformed ({exc})") from None
+
+
+class RecordedTrimming(PruningMethod):
+    """Base of :class:`~prunekit.methods.trimming.NetworkTrimming`: its :class:`TrimmingRecords` (``log``), the
+    hooks that only record (epoch and stage ends), the report and plot made of the records, and its
+    checkpoint state (the records)."""
+
+    config: TrimmingConfig
+    apoz_data: Any = None  # data given to the method itself (it also shapes the example inputs)
+
+    def __init__(self, config: Any = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.log = TrimmingRecords()
+        self.out_dir: Path | None = None  # where the report's plot goes by default
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """One record per network: 0 = before the first trim, t = after trim t."""
+        return self.log.records
+
+    def example_of(self, loop: TrainingLoop) -> torch.Tensor:
+        """Example inputs of the loop's model (:func:`prunekit.methods.loopdata.example_inputs_of`)."""
+        return example_inputs_of(loop, self.apoz_data)
+
+    def on_fit_start(self, trainer: TrainingLoop) -> None:
+        self.out_dir = trainer.out_dir
+
+    def on_model_changed(self, trainer: TrainingLoop) -> None:
+        self.out_dir = trainer.out_dir
+
+    def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
+        self.log.last_metrics = dict(metrics)
+
+    def on_stage_end(self, trainer: TrainingLoop, stage: Stage) -> None:
+        if stage.kind == "train":
+            self.log.trained(trainer, self.example_of(trainer))
+        else:
+            self.log.retrained(stage)
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """One row per network: iteration, widths of the trimmed layers, parameters, MACs, accuracy."""
+        return table_rows(self.records)
+
+    def plot(self, path: str | Path) -> Path:
+        """Per-layer APoZ histograms of every iteration's network saved to ``path``."""
+        return plot(self.records, path)
+
+    def report(self, plot_path: str | Path | None = None) -> dict[str, Any]:
+        """Iterations (widths, parameters, MACs, accuracy, APoZ summary per layer), a text table, the plot
+        (to ``plot_path``, else the config's, else ``<out_dir>/trimming_apoz.png``)."""
+        target = plot_path or self.config.plot_path or (self.out_dir / "trimming_apoz.png" if self.out_dir else None)
+        return self.log.report(target if is_main() else None)  # one writer
+
+    def finalize(self, model: nn.Module, example_inputs: torch.Tensor) -> FinalizeResult:
+        """The trimmed network is already small (channels were removed for real); add the report."""
+        return FinalizeResult(getattr(model, "module", model), sparse=False, report=self.report())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.log.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.log.load_state_dict(state)
+
+
+__all__ = ["HIST_BINS", "RecordedTrimming", "TrimmingRecords", "histogram", "plot", "report", "snapshot", "table_rows",
+           "trim_record"]

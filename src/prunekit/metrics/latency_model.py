@@ -213,7 +213,7 @@ def layer_table(spec: dict[str, Any], runtime: str, *, batch: int, threads: int,
     call = float(np.median(samples[(0, 0)]))
     ms = [[max(0.0, float(np.median(samples[(ci, co)])) - call) for co in outs] for ci in ins]
     table = LayerTable(key, ins, outs, ms)
-    from prunekit._atomic import write_text
+    from prunekit.atomic import write_text
 
     directory.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(asdict(table)))

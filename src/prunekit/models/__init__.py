@@ -1,9 +1,9 @@
 """Model zoo: a registry of named factories (the timm idiom), one file per family, each documented with
 its source paper and exact parameter / MAC counts (``describe(name)``).
 
->>> from prunekit import models
+>>> from prunekit import io, models
 >>> model = models.create("resnet56", num_classes=100)
->>> model._prunekit_factory
+>>> io.factory_of(model)
 {'name': 'resnet56', 'kwargs': {'num_classes': 100}}
 
 ``create`` builds on the current default device, so ``with torch.device("meta"):`` gives a model without
@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 
 from prunekit.models import alexnet, lenet, nin, resnet, resnet_cifar, vgg  # noqa: F401 - registers models
-from prunekit.models._registry import create, describe, names, options, register
 from prunekit.models.common import ResidualBlock
+from prunekit.models.registry import create, describe, names, options, register
 
 __all__ = ["ResidualBlock", "create", "describe", "example_input", "names", "options", "register"]
 

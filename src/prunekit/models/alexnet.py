@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.models._registry import register
 from prunekit.models.common import check_int, check_prob, init_kaiming
+from prunekit.models.registry import register
 
 
 class AlexNet(nn.Module):

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.models._registry import register
 from prunekit.models.common import check_int, init_caffe_xavier
+from prunekit.models.registry import register
 
 
 class LeNet300100(nn.Module):

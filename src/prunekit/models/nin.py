@@ -7,8 +7,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from prunekit.models._registry import register
 from prunekit.models.common import check_int, check_prob, init_kaiming
+from prunekit.models.registry import register
 
 
 class NIN(nn.Module):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.models._registry import register
 from prunekit.models.common import basic_block, bottleneck_block, check_int, init_kaiming
+from prunekit.models.registry import register
 
 
 class ResNet(nn.Module):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.models._registry import register
 from prunekit.models.common import basic_block, check_int, init_kaiming
+from prunekit.models.registry import register
 
 _BLOCKS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
 
@@ -64,7 +64,7 @@ _DOC = """ResNet-{depth} for CIFAR (He et al. 2016, section 4.2): a 3x3 conv ste
     (fan_out), BN weight 1 / bias 0, PyTorch's default for the linear layer.
     """
 
-# Exact counts (checked by tests/test_models.py); option A = option B minus the two projections.
+# Exact counts (checked by tests/models/test_zoo.py); option A = option B minus the two projections.
 _COUNTS = {20: (272_474, 40_813_184), 32: (466_906, 69_124_736), 44: (661_338, 97_436_288),
            56: (855_770, 125_747_840), 110: (1_730_714, 253_149_824)}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.models._registry import register
 from prunekit.models.common import check_int, init_kaiming
+from prunekit.models.registry import register
 
 _CFGS: dict[int, list[int | str]] = {
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],

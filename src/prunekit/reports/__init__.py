@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from prunekit._atomic import atomic_path
+from prunekit.atomic import atomic_path
 from prunekit.errors import PrunekitError
 
 COLUMNS = ["method", "params", "nonzero_params", "macs", "top1", "file_bytes", "latency_ms_b1"]

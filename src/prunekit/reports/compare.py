@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from prunekit._atomic import atomic_path
+from prunekit.atomic import atomic_path
 
 
 def markdown(summary: Sequence[dict[str, Any]]) -> str:

@@ -9,6 +9,8 @@ A block whose shortcut is a projection / downsampling is not removable, and the 
 
 :func:`remove_blocks` replaces each block by ``act`` (or an identity) and verifies the result against the
 network whose branch outputs are zeroed, on the example inputs (removal equals masking, as for channels).
+:func:`remove_branches` removes one operand of a sum with several (:attr:`BlockInfo.branches`: a transformer
+layer's attention or MLP branch) the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.io import set_submodule
 from prunekit.surgery import history
-from prunekit.surgery._graph import forward_fn, meta_twin, preserve_mode, to_meta
+from prunekit.surgery.graph import forward_fn, meta_twin, preserve_mode, to_meta
 from prunekit.surgery.structured import SurgeryReport, compare_outputs, count_params, recorded_shapes, run_model
 
 # element-wise activations allowed after the sum, by autograd node: a fresh module computing the same
@@ -48,6 +50,20 @@ _ZERO_KEEPING = ("MulBackward0", "MulBackward1", "DivBackward0", "DivBackward1",
 
 
 @dataclass
+class Branch:
+    """One operand of a block's sum (a transformer layer has two: attention, then MLP): what carries it."""
+
+    layer: str
+    """The innermost module producing it (through zero-keeping ops: dropout, layer-scale, reshape), "" if none."""
+    producer: str
+    """The outermost module inside the block whose every output feeds only this branch and produces it."""
+    modules: tuple[str, ...]
+    """Every outermost module inside the block feeding only this branch (``producer`` among them)."""
+    io: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = field(default_factory=dict)
+    """For each of ``modules``: input shape, output shape, tuple length of its output (0: a tensor)."""
+
+
+@dataclass
 class BlockInfo:
     """What the graph says about one module with a sum at its output."""
 
@@ -65,6 +81,8 @@ class BlockInfo:
     """Returns a tuple of this length (its output first): so must the replacement."""
     node: int = 0
     """Identifies the sum and the input: a wrapper sharing both with a block is the same block."""
+    branches: list[Branch] = field(default_factory=list)
+    """Each operand of the sum, for removing one branch alone (:func:`remove_branches`); empty when unknown."""
 
 
 class Skip(nn.Module):
@@ -117,6 +135,9 @@ class _Tracer:
         self.keep: list[Any] = []  # the nodes, alive while we look them up by id
         self.calls: dict[str, int] = {}
         self.infos: dict[str, BlockInfo] = {}
+        self.first_by: dict[int, str] = {}  # id(autograd node) -> innermost module whose output it is
+        self.outs_of: dict[str, list[int]] = {}  # module -> ids of its output nodes (every call)
+        self.io: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {}  # first call: in, out shape, tuple
 
     def pre(self, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         name = self.names[mod]
@@ -127,6 +148,9 @@ class _Tracer:
         name = self.names[mod]
         y = out if isinstance(out, torch.Tensor) else None
         if name and self.calls.get(name) == 1:
+            x0, y0 = _first_tensor(args, kwargs), out[0] if isinstance(out, tuple) and out else out
+            if isinstance(x0, torch.Tensor) and isinstance(y0, torch.Tensor):
+                self.io[name] = (tuple(x0.shape), tuple(y0.shape), len(out) if isinstance(out, tuple) else 0)
             info = self._look(name, args, kwargs, out)
             if info is not None:
                 self.infos[name] = info
@@ -135,6 +159,8 @@ class _Tracer:
         for t in outs:
             if t.grad_fn is not None:
                 self.made_by[id(t.grad_fn)] = name
+                self.first_by.setdefault(id(t.grad_fn), name)
+                self.outs_of.setdefault(name, []).append(id(t.grad_fn))
                 self.keep.append(t.grad_fn)
 
     def _look(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> BlockInfo | None:
@@ -157,7 +183,7 @@ class _Tracer:
             post, node = node, inner
         if type(node).__name__ != "AddBackward0" or _seq(node) <= start:
             return None
-        found_x, operands, stack = 0, [], [node]
+        found_x, operands, stack, chain = 0, [], [node], {id(node)}
         while stack:
             n = stack.pop()
             for nf, _ in n.next_functions:
@@ -167,6 +193,7 @@ class _Tracer:
                     found_x += 1
                 elif type(nf).__name__ == "AddBackward0" and _seq(nf) > start:
                     stack.append(nf)
+                    chain.add(id(nf))
                 else:
                     operands.append(nf)
         info = BlockInfo(name, False, node=hash((id(node), id(x.grad_fn))),
@@ -193,6 +220,8 @@ class _Tracer:
                 return info
             if end not in info.branch_ends:
                 info.branch_ends.append(end)
+        if len(operands) > 1:
+            info.branches = self._branches(name, operands, chain | {id(x.grad_fn)}, start)
         if post is not None:
             owner = self.made_by.get(id(post))
             if owner is not None and owner.startswith(name + "."):
@@ -201,6 +230,37 @@ class _Tracer:
                 info.act = _POST_ACTS[type(post).__name__](post)
         info.removable = True
         return info
+
+    def _branches(self, block: str, operands: list[Any], stop: set[int], start: int) -> list[Branch]:
+        """Each operand's branch: the nodes it is computed from back to the block input or the previous sum,
+        the modules all of whose outputs lie there (the outermost ones), and its innermost producer."""
+        reach: list[set[int]] = []
+        for o in operands:
+            seen: set[int] = set()
+            todo = [o]
+            while todo:
+                n = todo.pop()
+                if n is None or id(n) in seen or id(n) in stop or _seq(n) <= start:
+                    continue
+                seen.add(id(n))
+                todo.extend(nf for nf, _ in n.next_functions)
+            reach.append(seen)
+        out = []
+        for o, seen in zip(operands, reach, strict=True):
+            own = {m for m, ids in self.outs_of.items() if m.startswith(block + ".") and all(i in seen for i in ids)}
+            top = tuple(m for m in self.names.values() if m in own and not any(m.startswith(p + ".") for p in own))
+            n, layer = o, ""
+            for _ in range(16):  # the innermost module producing the operand, through zero-keeping ops
+                if self.first_by.get(id(n), "").startswith(block + "."):
+                    layer = self.first_by[id(n)]
+                    break
+                nxt = [nf for nf, _ in n.next_functions if nf is not None and type(nf).__name__ != "AccumulateGrad"]
+                if type(n).__name__ not in _ZERO_KEEPING or len(nxt) != 1:
+                    break
+                n = nxt[0]
+            producer = next((m for m in top if layer == m or layer.startswith(m + ".")), "")
+            out.append(Branch(layer, producer, top, {m: self.io[m] for m in top if m in self.io}))
+        return out
 
     def _branch_end(self, block: str, node: Any) -> str | None:
         for _ in range(16):
@@ -343,9 +403,12 @@ def removable_blocks(model: nn.Module, example_inputs: Any = None) -> list[str]:
 
 
 @contextlib.contextmanager
-def _branches_zeroed(model: nn.Module, ends: Iterable[str]) -> Iterator[None]:
-    """The model with the outputs of the branch-ending modules replaced by zeros."""
+def _branches_zeroed(model: nn.Module, ends: Iterable[str], tuples: bool = False) -> Iterator[None]:
+    """The model with the outputs of the branch-ending modules replaced by zeros (with ``tuples``, also the
+    first element of a tuple output, as attention modules return)."""
     def zero(mod: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        if tuples and isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+            return (torch.zeros_like(out[0]), *out[1:])
         return torch.zeros_like(out) if isinstance(out, torch.Tensor) else out
 
     hs = [model.get_submodule(n).register_forward_hook(zero) for n in dict.fromkeys(ends)]
@@ -436,4 +499,87 @@ def remove_blocks(model: nn.Module, names: Iterable[str], example_inputs: Any = 
     if todo:
         history.record(model, {"op": "blocks", "names": [n for n, _, _ in todo],
                                "input_shapes": recorded_shapes(example_inputs)})
+    return report
+
+
+class ZeroBranch(nn.Module):
+    """What is left of a removed branch's producer: zeros with the input's leading dimensions and ``width``
+    channels last (a tuple of length ``as_tuple``, output first, when the producer returned one); the sum
+    that read it then adds 0. Extra arguments (masks, flags) are ignored."""
+
+    def __init__(self, width: int, as_tuple: int = 0) -> None:
+        super().__init__()
+        self.width, self.as_tuple = width, as_tuple
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        y = x.new_zeros(*x.shape[:-1], self.width)
+        return (y, *([None] * (self.as_tuple - 1))) if self.as_tuple else y
+
+
+def _branch_replacements(block: str, br: Branch) -> list[tuple[str, nn.Module]]:
+    """The producer becomes a :class:`ZeroBranch`, the other modules feeding only this branch (its norm)
+    identities; refused when a shape says that is not what they compute."""
+    out: list[tuple[str, nn.Module]] = []
+    for m in br.modules:
+        if m not in br.io:
+            raise PrunekitError(f"remove_branches: {m!r} of block {block!r} did not run on the example inputs")
+        x_shape, y_shape, as_tuple = br.io[m]
+        if m == br.producer:
+            if x_shape[:-1] != y_shape[:-1]:
+                raise PrunekitError(f"remove_branches: the branch of block {block!r} through {m!r} changes the "
+                                    f"shape {x_shape} -> {y_shape} beyond its last dimension")
+            out.append((m, ZeroBranch(y_shape[-1], as_tuple)))
+        elif x_shape == y_shape and not as_tuple:
+            out.append((m, nn.Identity()))
+        else:
+            raise PrunekitError(f"remove_branches: {m!r} feeds the branch of block {block!r} but changes the shape")
+    return out
+
+
+def remove_branches(model: nn.Module, layers: Iterable[str], example_inputs: Any, *, check: bool = True
+                    ) -> SurgeryReport:
+    """Remove single branches of blocks whose sum has several (a transformer layer: ``x + attn(ln1(x))``, then
+    ``+ mlp(ln2(.))``), in place. Each branch is named by its layer (:attr:`Branch.layer`, e.g. the attention's
+    output projection): its producer becomes :class:`ZeroBranch` and the other modules that feed only it (its
+    norm) identities. Verified against the network whose branch layers output zeros (restored and refused in
+    one line on a mismatch)."""
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(dict.fromkeys(layers))
+    report = SurgeryReport(params_before=count_params(model))
+    if not layers:
+        return report
+    infos = block_analysis(model, example_inputs)
+    todo: list[tuple[str, nn.Module, nn.Module]] = []
+    for layer in layers:
+        found = [(b, br) for b, i in infos.items() if i.removable for br in i.branches if br.layer == layer]
+        if len(found) != 1 or not found[0][1].producer:
+            raise PrunekitError(f"remove_branches: {layer!r} does not produce one branch of a residual sum that can "
+                                "be removed alone")
+        block, br = found[0]
+        for name, new in _branch_replacements(block, br):
+            if any(name == n for n, _, _ in todo):
+                raise PrunekitError(f"remove_branches: {name!r} is listed twice")
+            todo.append((name, model.get_submodule(name), new))
+    ref = None
+    if check:
+        with _branches_zeroed(model, layers, tuples=True):
+            ref = run_model(model, example_inputs)
+    for name, _, new in todo:
+        set_submodule(model, name, new)
+    if ref is not None:
+        try:
+            diff, problem = compare_outputs(ref, run_model(model, example_inputs))
+        except Exception as exc:
+            diff, problem = float("inf"), f"the model no longer runs ({type(exc).__name__}: {str(exc)[:160]})"
+        if problem:
+            for name, old, _ in reversed(todo):
+                set_submodule(model, name, old)
+            raise PrunekitError(f"remove_branches: removing the branch of {layers[0]!r} does not equal zeroing it: "
+                                f"{problem}; the model was restored")
+        report.verified, report.max_diff = True, diff
+    for name, _, new in todo:
+        report.blocks[name] = type(new).__name__
+    report.params_after = count_params(model)
+    history.record(model, {"op": "branches", "names": layers, "input_shapes": recorded_shapes(example_inputs)})
     return report

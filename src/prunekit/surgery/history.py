@@ -5,7 +5,8 @@ appends one JSON-able operation to the root module it was given:
 
 * ``{"op": "channels", "removed": {root_layer: [channel, ...]}, "input_shapes": [[...], ...]}``: the
   resolved removal (after ``clamp`` / ``round_to``), in the numbering the layers had before that call;
-* ``{"op": "blocks", "names": [block, ...], "input_shapes": [...]}``.
+* ``{"op": "blocks", "names": [block, ...], "input_shapes": [...]}``;
+* ``{"op": "branches", "names": [branch layer, ...], "input_shapes": [...]}`` (:func:`remove_branches`).
 
 Replaying the operations in order on an unpruned instance of the same network class rebuilds the pruned
 shapes whatever its module types, so saving a pruned user network needs no registration of its classes
@@ -31,7 +32,8 @@ MAX_OPS = 10_000  # operations one record may hold
 MAX_INPUTS = 8  # example input tensors per operation
 MAX_DIMS = 8
 MAX_INPUT_ELEMENTS = 2**24  # elements of all example inputs of one operation together (64 MB as float32)
-_KEYS = {"channels": {"op", "removed", "input_shapes", "num_heads"}, "blocks": {"op", "names", "input_shapes"}}
+_KEYS = {"channels": {"op", "removed", "input_shapes", "num_heads"}, "blocks": {"op", "names", "input_shapes"},
+         "branches": {"op", "names", "input_shapes"}}
 MAX_HEADS = 2**16
 
 
@@ -236,6 +238,12 @@ def replay(model: nn.Module, ops: Any) -> nn.Module:
                 rep = remove_channels(model, op["removed"], x, **kw)
                 if sorted(rep.removed.items()) != sorted(op["removed"].items()):
                     raise PrunekitError(f"removed {_short(rep.removed)} instead of {_short(op['removed'])}")
+            elif op["op"] == "branches":
+                from prunekit.surgery.blocks import remove_branches
+
+                if op["input_shapes"] is None:
+                    raise PrunekitError("a branch removal needs its example input shapes")
+                remove_branches(model, op["names"], example_inputs(model, op["input_shapes"]), check=False)
             else:
                 kw = dict(bl_kw)
                 if blocks_take_inputs and op["input_shapes"] is not None:

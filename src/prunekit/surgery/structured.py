@@ -2,7 +2,7 @@
 
 A *plan* maps a layer name to the output channels (conv) or neurons (linear) to remove, in that layer's
 current numbering. :func:`remove_channels` resolves the plan on the coupled groups found by Torch-Pruning's
-dependency graph (see :mod:`prunekit.surgery._graph`), checks it as a whole (indices, minimum widths,
+dependency graph (see :mod:`prunekit.surgery.graph`), checks it as a whole (indices, minimum widths,
 grouped convolutions), builds every new tensor, and only then swaps them into the model, which stays made
 of plain torch layers whose config attributes (``in_channels``, ``num_features``, ...) match their weights,
 so :func:`prunekit.io.save` records the thinner architecture and :func:`prunekit.io.load` rebuilds it.
@@ -25,17 +25,17 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.surgery import history
-from prunekit.surgery._graph import (
+from prunekit.surgery.graph import (
     HEAD_COUNT_ATTRS,
     IN,
     OUT,
     Analysis,
+    GraphGroup,
     HeadsMap,
-    _Group,
-    _is_depthwise,
-    _is_producer,
     analyse,
     forward_fn,
+    is_depthwise,
+    is_producer,
     preserve_mode,
 )
 
@@ -158,11 +158,11 @@ def _out_width(m: nn.Module) -> int | None:
 
 
 def _resolve(an: Analysis, plan: dict[str, list[int]], min_channels: int, round_to: int | None,
-             clamp: bool, report: SurgeryReport) -> list[tuple[_Group, list[int]]]:
+             clamp: bool, report: SurgeryReport) -> list[tuple[GraphGroup, list[int]]]:
     """Map the plan onto coupled groups: ``[(group, root indices to remove)]`` after clamp / round_to."""
     req: dict[int, list[int]] = {}
     seen: dict[int, set[int]] = {}
-    groups: dict[int, _Group] = {}
+    groups: dict[int, GraphGroup] = {}
     asked_by: dict[int, list[str]] = {}
     for layer, idxs in plan.items():
         if not idxs:
@@ -174,7 +174,7 @@ def _resolve(an: Analysis, plan: dict[str, list[int]], min_channels: int, round_
             raise PrunekitError(f"remove_channels: layer {layer!r} has no removable output channels (not a "
                                 "conv/linear/norm layer reached by example_inputs)")
         width = _out_width(an.modules[layer])
-        lookup: dict[int, list[tuple[_Group, int]]] = {}
+        lookup: dict[int, list[tuple[GraphGroup, int]]] = {}
         for g, m in entries:
             for i, r in zip(m.idxs, m.root, strict=True):
                 lookup.setdefault(i, []).append((g, r))
@@ -225,7 +225,7 @@ def _resolve(an: Analysis, plan: dict[str, list[int]], min_channels: int, round_
     return out
 
 
-def _check_whole_heads(g: _Group, rs: list[int], who: str, coupled: str) -> None:
+def _check_whole_heads(g: GraphGroup, rs: list[int], who: str, coupled: str) -> None:
     """An attention group loses whole heads only (in every member holding heads), else one clear error."""
     rset = set(rs)
     for name, hd in g.heads:
@@ -271,7 +271,7 @@ def _as_param(old: torch.Tensor, new: torch.Tensor) -> nn.Parameter:
 def _edit_conv(name: str, m: nn.modules.conv._ConvNd, rout: set[int], rin: set[int]) -> _Edit:
     e = _Edit(m)
     g = m.groups
-    if _is_depthwise(m):  # one in / one out channel per group: they go together
+    if is_depthwise(m):  # one in / one out channel per group: they go together
         r = rout | rin
         keep = _keep(m.out_channels, r)
         e.attrs = {"in_channels": len(keep), "out_channels": len(keep), "groups": len(keep)}
@@ -635,7 +635,7 @@ def _masked(modules: Mapping[str, nn.Module], rout: Mapping[str, set[int]], rin:
                 dst[rows] = old
 
 
-def _approximate(g: _Group) -> str:
+def _approximate(g: GraphGroup) -> str:
     """Why removing channels of ``g`` is not plain masking (a norm over them), or ""."""
     norms = [f"{type(m.target).__name__} {m.name!r}" for m in g.members
              if isinstance(m.target, nn.LayerNorm | nn.GroupNorm)]
@@ -661,7 +661,7 @@ def recorded_shapes(example_inputs: Any) -> Any:
 # public
 
 
-def _plan_edits(model: nn.Module, modules: Mapping[str, nn.Module], resolved: list[tuple[_Group, list[int]]],
+def _plan_edits(model: nn.Module, modules: Mapping[str, nn.Module], resolved: list[tuple[GraphGroup, list[int]]],
                 norm: Mapping[str, list[int]], report: SurgeryReport, min_channels: int
                 ) -> tuple[dict[str, set[int]], dict[str, set[int]], list[_Edit], dict[str, _Bare]]:
     """Every new tensor and attribute for removing ``resolved`` (nothing is changed yet); also the bare
@@ -693,7 +693,7 @@ def _plan_edits(model: nn.Module, modules: Mapping[str, nn.Module], resolved: li
         for layer in norm:
             if any(m.name == layer for m in g.members if m.side == OUT):
                 others = [m.name for m in g.members if m.side == OUT and m.name != layer
-                          and isinstance(m.target, nn.Module) and _is_producer(m.target)]
+                          and isinstance(m.target, nn.Module) and is_producer(m.target)]
                 for o in others:
                     if o not in report.coupled.setdefault(layer, []):
                         report.coupled[layer].append(o)
@@ -776,7 +776,7 @@ def _verified(model: nn.Module, modules: Mapping[str, nn.Module], example_inputs
 
 
 def _attempt(model: nn.Module, modules: Mapping[str, nn.Module], example_inputs: Any,
-             resolved: list[tuple[_Group, list[int]]], norm: Mapping[str, list[int]], min_channels: int) -> str:
+             resolved: list[tuple[GraphGroup, list[int]]], norm: Mapping[str, list[int]], min_channels: int) -> str:
     """Try one removal, check it and undo it; what went wrong ("" when it is exact)."""
     rout, rin, edits, params = _plan_edits(model, modules, resolved, norm, SurgeryReport(), min_channels)
     undo, _, problem, _ = _verified(model, modules, example_inputs, rout, rin, edits, params)
@@ -870,7 +870,7 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
     return report
 
 
-def _suspect(model: nn.Module, groups: list[_Group]) -> str:
+def _suspect(model: nn.Module, groups: list[GraphGroup]) -> str:
     """A hint at what reads the channels in a way removal cannot reproduce."""
     for g in groups:
         for m in g.members:
@@ -934,11 +934,11 @@ def zero_channel_plan(model: nn.Module, example_inputs: Any, *, layers: Iterable
         prod_zero: dict[str, torch.Tensor] = {}
         for m in g.members:
             t = m.target
-            if m.side != OUT or not isinstance(t, nn.modules.conv._ConvNd | nn.Linear):  # not _is_producer(t)
+            if m.side != OUT or not isinstance(t, nn.modules.conv._ConvNd | nn.Linear):  # not is_producer(t)
                 continue
             z = torch.ones(g.size, dtype=torch.bool)
             root = torch.tensor(m.root, dtype=torch.long)
-            if _is_depthwise(t):  # its input channel is the group's own channel: zero in -> bias out
+            if is_depthwise(t):  # its input channel is the group's own channel: zero in -> bias out
                 zm = torch.ones(len(m.idxs), dtype=torch.bool)
             else:
                 zm = _zero_rows(t.weight, m.idxs, atol) if not isinstance(t, nn.modules.conv._ConvNd) or \
@@ -987,7 +987,7 @@ def conv_group_plan(model: nn.Module, example_inputs: Any, layer: str, conv_grou
     """Plan removing whole groups of grouped conv ``layer``: its input channels and its output channels."""
     an = analyse(model, example_inputs)
     m = an.modules.get(layer)
-    if not isinstance(m, nn.modules.conv._ConvNd) or m.groups < 2 or _is_depthwise(m):
+    if not isinstance(m, nn.modules.conv._ConvNd) or m.groups < 2 or is_depthwise(m):
         raise PrunekitError(f"conv_group_plan: {layer!r} is not a grouped (non-depthwise) convolution")
     ks = sorted(set(int(k) for k in conv_groups))
     if any(not 0 <= k < m.groups for k in ks):

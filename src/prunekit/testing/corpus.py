@@ -319,7 +319,7 @@ def logits(output: Any) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# surgery capabilities checked on every entry (tests/test_surgery_corpus.py, benchmarks/corpus.py)
+# surgery capabilities checked on every entry (tests/surgery/test_corpus.py, benchmarks/corpus.py)
 
 
 @dataclass
@@ -341,7 +341,8 @@ class Outcome:
         return f"{self.done}/{self.total}" + (f" {self.note}" if self.note else "")
 
 
-def _renormalised(model: nn.Module, g: Any) -> bool:
+def renormalised(model: nn.Module, g: Any) -> bool:
+    """Whether a LayerNorm / GroupNorm of group ``g`` computes over its channels (removal is not masking)."""
     return any(isinstance(model.get_submodule(n), nn.LayerNorm | nn.GroupNorm)
                for n in g.norms if n in dict(model.named_modules()))
 
@@ -411,7 +412,7 @@ def remove_dead_channels(net: Network, frac: float = 0.25) -> Outcome:
     from prunekit.surgery import channel_groups
 
     groups = channel_groups(net.model, net.inputs)
-    renorm = {g.name for g in groups if _renormalised(net.model, g)}
+    renorm = {g.name for g in groups if renormalised(net.model, g)}
     while True:
         model = copy.deepcopy(net.model)
         exact = [g for g in groups if g.name not in renorm]
@@ -494,13 +495,13 @@ CAPABILITIES: dict[str, Callable[[Network], Outcome]] = {
 
 
 # ---------------------------------------------------------------------------------------------------------
-# every paper method on every entry (tests/test_methods_corpus.py, benchmarks/corpus.py)
+# every paper method on every entry (tests/methods/test_corpus.py, benchmarks/corpus.py)
 
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
             "final_epochs": 1},
     "sght": {"keep_ratio": 0.5, "hybrid_batch": False},
-    "sss": {"gamma_channel": 20.0, "gamma_block": 20.0},
+    "sss": {"gamma_channel": 20.0, "gamma_block": 20.0, "groups": True, "gamma_group": 20.0},
     "trimming": {"iterations": 1, "initial_epochs": 1, "retrain_epochs": 1, "rule": "fraction", "fraction": 0.25,
                  "progress": False},
 }
@@ -523,7 +524,7 @@ def run_method(name: str, net: Network, epochs: int = 4, lr: float = 0.01, progr
     x = net.inputs
     batches = [(x, torch.randint(0, NUM_CLASSES, (x.shape[0],)))]
     method = methods.get(name)(**METHOD_OPTIONS[name])
-    state = LoopState(method.prepare(copy.deepcopy(net.model).train()), callbacks=[method], example_inputs=x,
+    state = LoopState(method.prepare(copy.deepcopy(net.model).train(), x), callbacks=[method], example_inputs=x,
                       train_data=batches, lr=lr)
     method.on_fit_start(state)
     for i, stage in enumerate(method.stages(epochs=epochs)):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunekit import data as pdata
@@ -14,6 +13,7 @@ from prunekit.errors import PrunekitError
 from prunekit.methods.iht import keep_count
 from prunekit.methods.peers.dsd import DenseSparseDense
 from prunekit.methods.peers.magnitude import OneShotMagnitude
+from tests.helpers import Kill, hooked_step
 
 torch.set_num_threads(1)
 SHAPE = (1, 8, 8)
@@ -111,11 +111,7 @@ def test_peers_in_a_users_own_loop() -> None:
             state.epoch = epoch
             m.on_epoch_start(state)
             for _ in range(3):
-                F.cross_entropy(model(x), y).backward()
-                m.on_before_optimizer_step(state)
-                opt.step()
-                m.on_after_optimizer_step(state)
-                opt.zero_grad()
+                hooked_step(model, opt, x, y, m, state)
             got.append(nonzeros(model)["1"])
         assert got[:2] == expect[:2]
         if expect[2] is None:
@@ -142,21 +138,8 @@ def test_dsd_sparse_phase_freezes_weights() -> None:
     m.on_stage_start(state, Stage("sparse", 1, kind="sparse"))
     x, y = torch.randn(8, *SHAPE), torch.randint(0, 5, (8,))
     for _ in range(3):
-        F.cross_entropy(model(x), y).backward()
-        m.on_before_optimizer_step(state)
-        opt.step()
-        m.on_after_optimizer_step(state)
-        opt.zero_grad()
+        hooked_step(model, opt, x, y, m, state)
     assert nonzeros(model) == {"1": 512, "3": 40}
-
-
-class Kill(Callback):
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer) -> None:
-        if self.at is not None and trainer.step == self.at:
-            raise KeyboardInterrupt("simulated kill")
 
 
 def test_dsd_resume_mid_redense_is_bit_identical(train_data: pdata.Dataset, tmp_path) -> None:

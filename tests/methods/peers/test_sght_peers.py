@@ -17,14 +17,10 @@ from prunekit.methods import budget
 from prunekit.methods.peers.l1_filter import L1FilterPruning
 from prunekit.methods.peers.sfp import SoftFilterPruning
 from prunekit.methods.peers.tp_magnitude import TPMagnitude
+from tests.helpers import Kill, resnet20
 
 torch.set_num_threads(1)
 SHAPE = (3, 8, 8)
-
-
-def resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return models.create("resnet20", num_classes=4)
 
 
 def example() -> torch.Tensor:
@@ -46,7 +42,7 @@ def cfg(**kw) -> TrainerConfig:
 
 # ------------------------------------------------------------------------------------------ l1-filter
 def test_l1_filter_removes_the_smallest_l1_filters_and_leaves_residual_groups_alone() -> None:
-    model = resnet()
+    model = resnet20()
     mods = dict(model.named_modules())
     conv = mods["layer1.0.branch.conv1"]
     with torch.no_grad():  # L1 and L2 rankings disagree: spread-out vs peaked filters
@@ -72,7 +68,7 @@ def test_l1_filter_stages_split_the_epoch_budget() -> None:
 
 @pytest.mark.parametrize("cls", [L1FilterPruning, TPMagnitude, SoftFilterPruning])
 def test_macs_budget_is_matched_within_one_percent(cls: type) -> None:
-    model = resnet()
+    model = resnet20()
     dense = metrics.count(model, example()).macs
     method = cls(macs_budget=0.4, coupled=True)
     if cls is SoftFilterPruning:
@@ -92,7 +88,7 @@ def test_l1_filter_in_the_trainer_prunes_at_the_finetune_stage(train_data: pdata
         def on_epoch_start(self, trainer) -> None:
             seen.append(dict(trainer.raw_model.named_modules())["layer1.0.branch.conv1"].out_channels)
 
-    t = Trainer(resnet(), train_data, optim=OptimConfig(lr=0.05), callbacks=[method, Width()],
+    t = Trainer(resnet20(), train_data, optim=OptimConfig(lr=0.05), callbacks=[method, Width()],
                 config=cfg(max_steps_per_epoch=2))
     t.fit(method.stages(4))
     assert seen == [16, 16, 8, 8]
@@ -120,7 +116,7 @@ def test_sfp_zeroes_every_epoch_and_zeroed_filters_keep_training(train_data: pda
     method = SoftFilterPruning(keep_ratio=0.5, mask_at_start=False)
     log: list[tuple[str, int]] = []
     layer = "layer1.0.branch.conv1"
-    t = Trainer(resnet(), train_data, optim=OptimConfig(lr=0.05), callbacks=[_probe(layer, log), method],
+    t = Trainer(resnet20(), train_data, optim=OptimConfig(lr=0.05), callbacks=[_probe(layer, log), method],
                 config=cfg(max_steps_per_epoch=2))
     t.fit(method.stages(3))
     # dense first epoch; masked after every epoch; in between, zeroed filters grow back ("soft")
@@ -135,7 +131,7 @@ def test_sfp_zeroes_every_epoch_and_zeroed_filters_keep_training(train_data: pda
 
 def test_sfp_with_zeroed_bn_shift_removes_exactly(train_data: pdata.Dataset) -> None:
     method = SoftFilterPruning(keep_ratio=0.5, zero_shift=True)
-    t = Trainer(resnet(), train_data, optim=OptimConfig(lr=0.05), callbacks=[method],
+    t = Trainer(resnet20(), train_data, optim=OptimConfig(lr=0.05), callbacks=[method],
                 config=cfg(max_steps_per_epoch=2))
     t.fit(method.stages(2))
     model = t.raw_model
@@ -150,7 +146,7 @@ def test_sfp_with_zeroed_bn_shift_removes_exactly(train_data: pdata.Dataset) -> 
 
 
 def test_sfp_in_a_users_own_loop() -> None:
-    model = resnet()
+    model = resnet20()
     method = SoftFilterPruning(keep_ratio=0.5, coupled=False)
     method.bind(model, example())
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -169,7 +165,7 @@ def test_sfp_in_a_users_own_loop() -> None:
 
 # ------------------------------------------------------------------------------------------ tp-magnitude
 def test_tp_magnitude_keep_ratio_and_classifier_untouched() -> None:
-    model = resnet()
+    model = resnet20()
     res = TPMagnitude(keep_ratio=0.5).finalize(model, example())
     mods = dict(res.model.named_modules())
     assert mods["fc"].out_features == 4
@@ -180,7 +176,7 @@ def test_tp_magnitude_keep_ratio_and_classifier_untouched() -> None:
 def test_tp_magnitude_keeps_whole_original_filters() -> None:
     # Torch-Pruning scores a channel by its whole group (filter, BN scale, next layer's input slice), so the
     # kept set is its own; what must hold is that surviving filters are original rows, in order
-    model = resnet()
+    model = resnet20()
     old = dict(model.named_modules())["layer2.1.branch.conv1"].weight.detach().clone()
     TPMagnitude(keep_ratio=0.5, coupled=False).prune(model, example())
     new = dict(model.named_modules())["layer2.1.branch.conv1"].weight.detach()
@@ -192,20 +188,11 @@ def test_tp_magnitude_keeps_whole_original_filters() -> None:
 
 
 # ------------------------------------------------------------------------------------------ resume
-class Kill(Callback):
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer) -> None:
-        if self.at is not None and trainer.step == self.at:
-            raise KeyboardInterrupt("simulated kill")
-
-
 @pytest.mark.parametrize(("name", "kill"), [("l1-filter", 5), ("sfp", 3)])
 def test_resume_is_bit_identical(train_data: pdata.Dataset, tmp_path: Path, name: str, kill: int) -> None:
     def run(out: Path, at: int | None, resume: bool = False) -> Trainer:
         method = methods.get(name)({"keep_ratio": 0.5})
-        t = Trainer(resnet(), train_data, optim=OptimConfig(lr=0.05), callbacks=[method, Kill(at)],
+        t = Trainer(resnet20(), train_data, optim=OptimConfig(lr=0.05), callbacks=[method, Kill(at)],
                     config=cfg(max_steps_per_epoch=2, checkpoint_every_steps=1), out_dir=out)
         t.fit(method.stages(4), resume=resume)
         return t
@@ -240,7 +227,7 @@ def test_registry_names() -> None:
 
 
 def test_budget_helper_frozen_groups_and_errors() -> None:
-    model = resnet()
+    model = resnet20()
     groups = budget.filter_groups(model, example())
     cost = budget.CostModel.build(model, example(), groups)
     keep = budget.solve_keep(cost, 0.5, "macs", frozen=[0])

@@ -11,11 +11,12 @@ from torch import nn
 
 from prunekit import data as pdata
 from prunekit import io, methods, metrics, models
-from prunekit.engine import Callback, LoopState, OptimConfig, Trainer, TrainerConfig, seed_everything
+from prunekit.engine import LoopState, OptimConfig, Trainer, TrainerConfig, seed_everything
 from prunekit.errors import PrunekitError
 from prunekit.methods.peers.slimming import NetworkSlimming, global_plan, scale_layers
 from prunekit.methods.peers.tp_bnscale import TPBNScale, output_layers
 from prunekit.methods.sss import ChannelScale, factor_modules
+from tests.helpers import Kill, synthetic
 
 torch.set_num_threads(1)
 
@@ -38,11 +39,6 @@ class BNNet(nn.Module):
 def bnnet(seed: int = 0) -> BNNet:
     torch.manual_seed(seed)
     return BNNet()
-
-
-def _data(n=64):
-    return (pdata.load("synthetic", "train", n=n, shape=(1, 8, 8), num_classes=4, seed=0),
-            pdata.load("synthetic", "test", n=32, shape=(1, 8, 8), num_classes=4, seed=0))
 
 
 EX = torch.zeros(1, 1, 8, 8)
@@ -93,7 +89,7 @@ def test_slimming_target_macs_is_met_from_below():
     # one channel fewer removed would exceed the target
     k = sl.report["removed_channels"]
     trial = copy.deepcopy(net)
-    NetworkSlimming._apply(trial, k - 1, EX)
+    NetworkSlimming.remove_smallest(trial, k - 1, EX)
     assert metrics.count(trial, EX).macs > 0.4 * base
 
 
@@ -109,22 +105,14 @@ def test_slimming_gives_bn_free_layers_a_channel_scale_and_folds_it():
 
 
 def test_slimming_in_the_trainer_prunes_then_finetunes_and_resumes_exactly(tmp_path):
-    train, test = _data()
+    train, test = synthetic(64)
     cfg = TrainerConfig(batch_size=16, device="cpu", quiet=True, checkpoint_every_steps=1)
-
-    class Kill(Callback):
-        def __init__(self, at):
-            self.at = at
-
-        def on_train_batch_end(self, t):
-            if t.step + 1 == self.at:
-                raise KeyboardInterrupt
 
     def run(out, kill=-1, resume=False, seed=0):
         seed_everything(seed)
         net = models.create("lenet5", in_channels=1, num_classes=4, input_size=8)
         sl = NetworkSlimming(prune_ratio=0.5, finetune_epochs=1)
-        tr = Trainer(net, train, test, optim=OptimConfig(lr=0.02), config=cfg, callbacks=[sl, Kill(kill)],
+        tr = Trainer(net, train, test, optim=OptimConfig(lr=0.02), config=cfg, callbacks=[sl, Kill.after(kill)],
                      out_dir=out)
         tr.fit(sl.stages(1), resume=resume)
         return tr, sl
@@ -163,7 +151,7 @@ def test_tp_bnscale_regularizes_in_a_users_loop_and_prunes_to_a_macs_target():
     tp = TPBNScale(reg=0.01, target_macs=0.5)
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     state = LoopState(net, [opt])
-    train, _ = _data()
+    train, _ = synthetic(64)
     before_mode = net.training
     for x, y in pdata.iterate(train, 16, shuffle=True, seed=0, epoch=0):
         tp.on_train_batch_start(state, (x, y))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -37,43 +37,9 @@ from torch import nn
 
 from prunekit.engine.stages import Stage
 from prunekit.errors import PrunekitError
-from prunekit.methods import budget as _budget
-from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop, latency_option
-
-NORMS = ("l1", "l2")
-
-
-
-@dataclass
-class FilterBudgetConfig(MethodConfig):
-    """Options shared by the filter-pruning peers: how many filters to keep, and how to score them."""
-
-    keep_ratio: float = 0.5
-    layer_keep: dict[str, float] = field(default_factory=dict)
-    macs_budget: float | None = None
-    params_budget: float | None = None
-    budget_tol: float = 0.01
-    min_keep: int = 1
-    round_to: int = 1  # keep thinned widths multiples of this (8 / 16 suit GPU kernels); 1 = any width
-    norm: str = "l1"
-    include_linear: bool = True
-    coupled: bool = False
-    latency: dict[str, Any] | float | None = None  # {latency: f, runtime, batch, threads}: a measured-latency budget
-
-    def _check_common(self, name: str) -> None:
-        _budget.validate_budget_options(name, self.keep_ratio, self.layer_keep, self.macs_budget,
-                                        self.params_budget, self.budget_tol)
-        self.latency = latency_option(name, self.latency, macs_budget=self.macs_budget,
-                                      params_budget=self.params_budget)
-        if self.norm not in NORMS:
-            raise PrunekitError(f"method {name!r}: norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        for key in ("min_keep", "round_to"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise PrunekitError(f"method {name!r}: {key} must be an integer >= 1, got {v!r}")
-        for key in ("include_linear", "coupled"):
-            if not isinstance(getattr(self, key), bool):
-                raise PrunekitError(f"method {name!r}: {key} must be true or false, got {getattr(self, key)!r}")
+from prunekit.methods import budget
+from prunekit.methods.api import FinalizeResult, MethodConfig, PruningMethod, TrainingLoop
+from prunekit.methods.filter_selection import FilterBudgetConfig
 
 
 @dataclass
@@ -84,7 +50,7 @@ class L1FilterConfig(FilterBudgetConfig):
     finetune_lr: float | None = None
 
     def validate(self) -> None:
-        self._check_common("l1-filter")
+        self.check_budget("l1-filter")
         check_dense_split("l1-filter", self.dense_fraction, self.finetune_lr)
 
 
@@ -125,7 +91,7 @@ class OneShotFilterPruning(PruningMethod):
 
     # -- the one-shot prune -----------------------------------------------------------------------
     def _groups_and_keep(self, model: nn.Module, example_inputs: Any) -> tuple[list[Any], list[int]]:
-        groups, _, keep = _budget.groups_and_keep(model, example_inputs, self.config, self.name)
+        groups, _, keep = budget.groups_and_keep(model, example_inputs, self.config, self.name)
         return groups, keep
 
     def channel_scores(self, h: Any) -> torch.Tensor:

@@ -38,14 +38,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from prunekit.errors import PrunekitError
-from prunekit.methods import budget as _budget
-from prunekit.methods.api import FinalizeResult, PruningMethod, TrainingLoop
-from prunekit.methods.peers.l1_filter import FilterBudgetConfig
+from prunekit.methods.api import FinalizeResult, TrainingLoop
+from prunekit.methods.checks import BOOL, check_options, int_at_least
+from prunekit.methods.filter_selection import FilterSelectionMethod, ZeroingConfig
 
 
 @dataclass
-class SFPConfig(FilterBudgetConfig):
+class SFPConfig(ZeroingConfig):
     """SFP's defaults: L2 norm, pruning rate P = 0.4 (keep 0.6) as in its ResNet-56 experiment."""
 
     keep_ratio: float = 0.6
@@ -56,15 +55,11 @@ class SFPConfig(FilterBudgetConfig):
     zero_shift: bool = False  # SFP's code masks the conv weights only (not bias / BN)
 
     def validate(self) -> None:
-        self._check_common("sfp")
-        if isinstance(self.update_every, bool) or not isinstance(self.update_every, int) or self.update_every < 1:
-            raise PrunekitError(f"method 'sfp': update_every must be an integer >= 1, got {self.update_every!r}")
-        for key in ("mask_at_start", "zero_shift"):
-            if not isinstance(getattr(self, key), bool):
-                raise PrunekitError(f"method 'sfp': {key} must be true or false, got {getattr(self, key)!r}")
+        self.check_budget("sfp")
+        check_options("sfp", self, {"update_every": int_at_least(1), "mask_at_start": BOOL})
 
 
-class SoftFilterPruning(PruningMethod):
+class SoftFilterPruning(FilterSelectionMethod):
     """Zero the smallest-norm filters after every epoch; they keep training; remove them at the end."""
 
     name = "sfp"
@@ -78,35 +73,10 @@ class SoftFilterPruning(PruningMethod):
         super().__init__(config, **overrides)
         self.selections = 0
         self.done = False
-        self.threshold: Any = None
-        self.groups: list[Any] = []
-        self.keep: list[int] = []
-        self._model: nn.Module | None = None
-        self._example: Any = None
-
-    def bind(self, model: nn.Module, example_inputs: Any) -> Any:
-        """Find the filter groups, solve ``k`` per group, build the selector for ``model``."""
-        from prunekit.methods.filters import FilterThreshold
-
-        c = self.config
-        self._example = example_inputs
-        self.groups, _, self.keep = _budget.groups_and_keep(model, example_inputs, c, "sfp")
-        self.threshold = FilterThreshold(model, self.groups, self.keep, norm=c.norm, zero_shift=c.zero_shift)
-        self._model = model
-        return self.threshold
-
-    def _ensure(self, model: nn.Module, example: Any) -> Any:
-        if self.threshold is None or self._model is not model:
-            ex = example if example is not None else self._example
-            if ex is None:
-                raise PrunekitError("sfp: no example inputs; call method.bind(model, example_inputs) first in "
-                                    "your own loop")
-            self.bind(model, ex)
-        return self.threshold
 
     def select_and_zero(self, model: nn.Module, example_inputs: Any = None) -> torch.Tensor:
         """One SFP selection: zero the lowest-norm filters of every group (they stay trainable)."""
-        mask = self._ensure(model, example_inputs)()
+        mask = self.selector(model, example_inputs)()
         self.selections += 1
         return mask
 
@@ -115,13 +85,6 @@ class SoftFilterPruning(PruningMethod):
         if self.config.mask_at_start:
             self.select_and_zero(trainer.raw_model, trainer.example_inputs)
 
-    def on_model_changed(self, trainer: TrainingLoop) -> None:
-        self.threshold, self._model = None, None
-
-    def on_train_batch_start(self, trainer: TrainingLoop, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        if self._example is None:
-            self._example = batch[0][:1].detach().clone()
-
     def on_epoch_end(self, trainer: TrainingLoop, metrics: dict[str, float]) -> None:
         e = trainer.epoch + 1  # epochs completed, counting this one
         if e % self.config.update_every == 0:
@@ -129,28 +92,13 @@ class SoftFilterPruning(PruningMethod):
 
     # -- deliverable ------------------------------------------------------------------------------
     def finalize(self, model: nn.Module, example_inputs: Any) -> FinalizeResult:
-        """Select once more (the final masks), then remove the zero filters for real (in place)."""
-        from prunekit import metrics
-        from prunekit.methods.filters import remove_zero_filters
-
-        before = metrics.count(model, example_inputs)
-        report: dict[str, Any] = {"method": self.name}
-        if not self.done:
-            from prunekit.methods.filters import FilterThreshold
-
-            self._ensure(model, example_inputs)
-            # the last selection, zeroing the BN shift / running mean too so the channels can be removed
-            FilterThreshold(model, self.groups, self.keep, norm=self.config.norm, zero_shift=True)()
-            self.selections += 1
-            report["keep"] = {g.name: int(k) for g, k in zip(self.groups, self.keep, strict=True)}
-            rep = remove_zero_filters(model, example_inputs, layers=[n for g in self.groups for n in g.layers])
-            report["surgery"] = rep.summary()
-            self.done = True
-            self.threshold, self._model = None, None
-        after = metrics.count(model, example_inputs)
-        report.update({"selections": self.selections, "params_before": before.params, "params_after": after.params,
-                       "macs_before": before.macs, "macs_after": after.macs})
-        return FinalizeResult(model, sparse=False, report=report)
+        """Select once more (the final masks, zeroing the BN shift / running mean too so the channels can be
+        removed), then remove the zero filters for real (in place)."""
+        remove = not self.done
+        self.selections += int(remove)
+        result = self.deliver(model, example_inputs, remove=remove, selections=self.selections)
+        self.done = True
+        return result
 
     def state_dict(self) -> dict[str, Any]:
         return {"selections": self.selections, "done": self.done}
@@ -158,7 +106,7 @@ class SoftFilterPruning(PruningMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.selections = int(state.get("selections", 0))
         self.done = bool(state.get("done", False))
-        self.threshold, self._model = None, None
+        self.release()
 
 
 __all__ = ["SFPConfig", "SoftFilterPruning"]

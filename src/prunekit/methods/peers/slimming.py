@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -114,7 +115,7 @@ class NetworkSlimming(PenaltyThenPrune):
     starts_from_scratch = True  # Liu et al. train with the sparsity penalty from scratch, then prune and fine-tune
     Config = SlimmingConfig
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, example_inputs: Any = None) -> nn.Module:
         """Give BN-free prunable layers a channel scale (idempotent); BN layers use their own scale."""
         modules = dict(model.named_modules())
         if not factor_modules(model):
@@ -149,7 +150,7 @@ class NetworkSlimming(PenaltyThenPrune):
         model = getattr(model, "module", model)
         trial = copy.deepcopy(model).eval()
         base = metrics.count(trial, example_inputs).macs
-        self._apply(trial, sum(_scale_of(m).numel() for _, m in scale_layers(trial).values()), example_inputs)
+        self.remove_smallest(trial, sum(_scale_of(m).numel() for _, m in scale_layers(trial).values()), example_inputs)
         least = metrics.count(trial, example_inputs).macs / max(base, 1)
         target = self.config.target_macs
         if target is not None and least > target:
@@ -172,7 +173,7 @@ class NetworkSlimming(PenaltyThenPrune):
 
             def macs_after(k: int) -> int:
                 trial = copy.deepcopy(model)
-                self._apply(trial, k, example_inputs)
+                self.remove_smallest(trial, k, example_inputs)
                 return metrics.count(trial, example_inputs).macs
 
             lo, hi = 0, total  # smallest k with macs_after(k) <= goal (MACs fall as k grows)
@@ -185,7 +186,7 @@ class NetworkSlimming(PenaltyThenPrune):
             k = lo
         else:
             k = round(self.config.prune_ratio * total)
-        plan = self._apply(model, k, example_inputs)
+        plan = self.remove_smallest(model, k, example_inputs)
         after = metrics.count(model, example_inputs)
         model.train(was)
         self.pruned = True
@@ -197,7 +198,9 @@ class NetworkSlimming(PenaltyThenPrune):
         return FinalizeResult(model, report=dict(self.report))
 
     @staticmethod
-    def _apply(model: nn.Module, k: int, example_inputs: torch.Tensor) -> dict[str, list[int]]:
+    def remove_smallest(model: nn.Module, k: int, example_inputs: torch.Tensor) -> dict[str, list[int]]:
+        """Remove from ``model`` (in place) the ``k`` channels of smallest ``|scale|`` over all layers (at least
+        one per layer stays), after folding the channel scales into the layers; returns the removal plan."""
         from prunekit import surgery
 
         plan = global_plan(model, k)

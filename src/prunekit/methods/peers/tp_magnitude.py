@@ -26,7 +26,8 @@ from typing import Any
 from torch import nn
 
 from prunekit.methods.api import FinalizeResult
-from prunekit.methods.peers.l1_filter import FilterBudgetConfig, OneShotFilterPruning, check_dense_split
+from prunekit.methods.filter_selection import FilterBudgetConfig
+from prunekit.methods.peers.l1_filter import OneShotFilterPruning, check_dense_split
 
 
 @dataclass
@@ -39,7 +40,7 @@ class TPMagnitudeConfig(FilterBudgetConfig):
     finetune_lr: float | None = None
 
     def validate(self) -> None:
-        self._check_common("tp-magnitude")
+        self.check_budget("tp-magnitude")
         check_dense_split("tp-magnitude", self.dense_fraction, self.finetune_lr)
 
 

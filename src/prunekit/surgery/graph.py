@@ -78,7 +78,10 @@ class _Member:
 
 
 @dataclass
-class _Group:
+class GraphGroup:
+    """One coupled channel group as the surgery's analysis finds it: its members (layer, side, indices), whether
+    it can be pruned (and why not), and its attention heads."""
+
     name: str
     size: int
     members: list[_Member]
@@ -107,7 +110,7 @@ class _Group:
                 if m.name not in consumers:
                     consumers.append(m.name)
                 continue
-            if isinstance(m.target, nn.Module) and _is_producer(m.target):
+            if isinstance(m.target, nn.Module) and is_producer(m.target):
                 if m.name not in layers:
                     layers.append(m.name)
             elif m.name not in norms:
@@ -126,7 +129,7 @@ class _Group:
         c = 1
         for m in self.members:
             t = m.target
-            if isinstance(t, nn.modules.conv._ConvNd) and t.groups > 1 and not _is_depthwise(t):
+            if isinstance(t, nn.modules.conv._ConvNd) and t.groups > 1 and not is_depthwise(t):
                 c = math.lcm(c, t.groups)
         return c
 
@@ -135,15 +138,16 @@ class _Group:
 class Analysis:
     """Result of one trace: every coupled group (prunable or not) plus name lookups."""
 
-    groups: list[_Group]
+    groups: list[GraphGroup]
     modules: dict[str, nn.Module]
-    out_members: dict[str, list[tuple[_Group, _Member]]]  # layer -> groups where it is an OUT member
+    out_members: dict[str, list[tuple[GraphGroup, _Member]]]  # layer -> groups where it is an OUT member
 
-    def find(self, name: str) -> list[tuple[_Group, _Member]]:
+    def find(self, name: str) -> list[tuple[GraphGroup, _Member]]:
         return self.out_members.get(name, [])
 
 
-def _is_producer(m: nn.Module) -> bool:
+def is_producer(m: nn.Module) -> bool:
+    """A layer that produces channels (a conv or a linear layer)."""
     return isinstance(m, nn.modules.conv._ConvNd | nn.Linear)
 
 
@@ -157,7 +161,7 @@ def _supported(m: nn.Module) -> bool:
                       | nn.PReLU)
 
 
-def _is_depthwise(m: nn.Module) -> bool:
+def is_depthwise(m: nn.Module) -> bool:
     """Depthwise in Torch-Pruning's sense: one input and one output channel per group."""
     return (isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.out_channels
             and m.groups == m.in_channels)
@@ -284,7 +288,7 @@ def _head_count(model: nn.Module, layers: list[str], num_heads: HeadsMap | None)
     return None
 
 
-def _heads_of(g: _Group, model: nn.Module, attention: bool, num_heads: HeadsMap | None) -> str:
+def _heads_of(g: GraphGroup, model: nn.Module, attention: bool, num_heads: HeadsMap | None) -> str:
     """Fill ``g.heads`` / ``g.head_owners``; return why the group cannot be pruned ("" if it can)."""
     for m in g.members:
         if isinstance(m.target, nn.MultiheadAttention):
@@ -293,7 +297,7 @@ def _heads_of(g: _Group, model: nn.Module, attention: bool, num_heads: HeadsMap 
             g.head_owners.append((m.name, hd))
     if not attention or g.heads:  # no matmul, or the matmul is inside a MultiheadAttention
         return ""
-    qkv = [m for m in g.members if m.side == OUT and isinstance(m.target, nn.Module) and _is_producer(m.target)]
+    qkv = [m for m in g.members if m.side == OUT and isinstance(m.target, nn.Module) and is_producer(m.target)]
     names = list(dict.fromkeys(m.name for m in qkv))
     found = _head_count(model, names, num_heads)
     where = names[0] if names else g.name
@@ -327,8 +331,8 @@ def analyse(model: nn.Module, example_inputs: Any, num_heads: HeadsMap | None = 
     traced_names = {m: n for n, m in dg.model.named_modules()}  # the twin's modules (or the model's)
     param_names = {p: n for p, n in getattr(dg, "_param_to_name", {}).items() if n in real_params}
     roots = (ops.TORCH_CONV, ops.TORCH_LINEAR)
-    groups: list[_Group] = []
-    out_members: dict[str, list[tuple[_Group, _Member]]] = {}
+    groups: list[GraphGroup] = []
+    out_members: dict[str, list[tuple[GraphGroup, _Member]]] = {}
     for tg in dg.get_all_groups(ignored_layers=[], root_module_types=roots):
         members: list[_Member] = []
         reaches_output, unsupported, attention = False, [], False
@@ -360,19 +364,19 @@ def analyse(model: nn.Module, example_inputs: Any, num_heads: HeadsMap | None = 
                 unsupported.append(f"{name} ({type(target).__name__})")
                 continue
             if (isinstance(real, nn.modules.conv._ConvNd) and real.groups > 1 and real.groups == real.out_channels
-                    and not _is_depthwise(real)):
+                    and not is_depthwise(real)):
                 unsupported.append(f"{name} (conv with groups == out_channels != in_channels)")
                 continue
             source = None
-            if side == OUT and not _is_producer(real):
+            if side == OUT and not is_producer(real):
                 ins = [traced_names.get(n.module) for n in node.inputs if isinstance(n.module, nn.Module)]
-                if len(ins) == 1 and ins[0] is not None and _is_producer(modules[ins[0]]):
+                if len(ins) == 1 and ins[0] is not None and is_producer(modules[ins[0]]):
                     source = ins[0]
             members.append(_Member(name, real, side, idxs, root, source=source))
         if not members:
             continue
         producers = [m for m in members if m.side == OUT and isinstance(m.target, nn.Module)
-                     and _is_producer(m.target)]
+                     and is_producer(m.target)]
         if not producers:
             continue
         producers.sort(key=lambda m: order[m.target])
@@ -395,7 +399,7 @@ def analyse(model: nn.Module, example_inputs: Any, num_heads: HeadsMap | None = 
             reason = "its channels are outputs of the model (e.g. the classifier)"
         elif unsupported:
             reason = f"it is coupled to layers prunekit cannot shrink ({', '.join(sorted(set(unsupported)))})"
-        g = _Group(root_member.name, size, sorted(members, key=lambda m: (m.side, _order_of(m, order))),
+        g = GraphGroup(root_member.name, size, sorted(members, key=lambda m: (m.side, _order_of(m, order))),
                    prunable=not reason, reason=reason)
         head_reason = _heads_of(g, model, attention, num_heads)
         if head_reason and g.prunable:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.io import remember_factory
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 TORCHVISION_PREFIX = "torchvision:"
@@ -68,8 +69,8 @@ def _json_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 def create(name: str, **kwargs: Any) -> nn.Module:
     """Build zoo model ``name`` (on the current default device, so ``with torch.device("meta"):`` works).
 
-    The model remembers how it was made in ``model._prunekit_factory = {"name": name, "kwargs": kwargs}``;
-    :func:`prunekit.io.save` uses it to rebuild the architecture without pickle.
+    The model remembers how it was made (:func:`prunekit.io.remember_factory`, read back by
+    :func:`prunekit.io.factory_of`): :func:`prunekit.io.save` uses it to rebuild the architecture without pickle.
     """
     if isinstance(name, str) and name.startswith(TORCHVISION_PREFIX):
         model = _create_torchvision(name[len(TORCHVISION_PREFIX):], _json_kwargs(name, kwargs))
@@ -88,7 +89,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
         except (TypeError, ValueError) as exc:
             raise PrunekitError(f"cannot build model {name!r} with {stored}: {exc}") from None
         kwargs = stored
-    vars(model)["_prunekit_factory"] = {"name": name, "kwargs": dict(kwargs)}  # a plain attribute
+    remember_factory(model, {"name": name, "kwargs": dict(kwargs)})
     return model
 
 

@@ -182,7 +182,8 @@ class Driver:
     # -- hooks --------------------------------------------------------------------------------------------
     def start(self, epochs: int, lr: float, data: Any, example_inputs: torch.Tensor | None,
               steps_per_epoch: int) -> None:
-        """Fit start: the schedule for ``epochs``, the base ``lr``, the data methods measure on, and
+        """Fit start: the example inputs (given, else the first batch's first sample), ``method.prepare(model,
+        example_inputs)``, the schedule for ``epochs``, the base ``lr``, the data methods measure on, and
         ``on_fit_start``."""
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise PrunekitError(f"the prunekit callback needs a whole number of epochs >= 1, got {epochs!r}; set the "
@@ -199,6 +200,10 @@ class Driver:
             example_inputs = first[:1]
         dev = loop.device
         loop.example_inputs = example_inputs.detach().to(dev)
+        prepared = self.method.prepare(loop.model, loop.example_inputs)  # idempotent: done already when the
+        if prepared is not None and prepared is not loop.model:           # adapter had example inputs earlier
+            self._swap(prepared)
+            loop.model = prepared
         self.probe = (first[:8] if first is not None else example_inputs).detach().to(dev)
         self.steps_per_epoch = max(int(steps_per_epoch), 1)
         self.plan = list(self.method.stages(epochs))

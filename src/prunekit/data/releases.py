@@ -17,8 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunekit._atomic import atomic_path, write_bytes
-from prunekit.data._formats import iter_tar_files
+from prunekit.atomic import atomic_path, write_bytes
+from prunekit.data.formats import iter_tar_files
 from prunekit.errors import PrunekitError
 
 MAX_DOWNLOAD = 2 << 30  # bytes; every official file is far smaller
@@ -35,31 +35,31 @@ class Release:
     extract: str | None = None  # for tar.gz releases: the folder inside the archive to extract
 
 
+IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+             "t10k-labels-idx1-ubyte.gz")
+
+
+def idx_release(bases: tuple[str, ...], md5s: tuple[str, str, str, str], homepage: str) -> Release:
+    """A release in MNIST's layout: the four gzipped IDX files of ``IDX_FILES``, with their MD5s in that order."""
+    return Release(bases=bases, files={f: ("md5", h) for f, h in zip(IDX_FILES, md5s, strict=True)},
+                   homepage=homepage)
+
+
 # Checksums are the ones published by the dataset authors (CIFAR pages list MD5s; the MNIST and
 # Fashion-MNIST MD5s are the ones torchvision and the Fashion-MNIST README publish).
 RELEASES: dict[str, Release] = {
-    "mnist": Release(
-        bases=("http://yann.lecun.com/exdb/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
-        files={
-            "train-images-idx3-ubyte.gz": ("md5", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-            "train-labels-idx1-ubyte.gz": ("md5", "d53e105ee54ea40749a09fcbcd1e9432"),
-            "t10k-images-idx3-ubyte.gz": ("md5", "9fb629c4189551a2d022fa330f9573f3"),
-            "t10k-labels-idx1-ubyte.gz": ("md5", "ec29112dd5afa0611ce80d1b7f02629c"),
-        },
-        homepage="http://yann.lecun.com/exdb/mnist/",
+    "mnist": idx_release(
+        ("http://yann.lecun.com/exdb/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+        ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432", "9fb629c4189551a2d022fa330f9573f3",
+         "ec29112dd5afa0611ce80d1b7f02629c"),
+        "http://yann.lecun.com/exdb/mnist/",
     ),
-    "fashion-mnist": Release(
-        bases=(
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-        ),
-        files={
-            "train-images-idx3-ubyte.gz": ("md5", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-            "train-labels-idx1-ubyte.gz": ("md5", "25c81989df183df01b3e8a0aad5dffbe"),
-            "t10k-images-idx3-ubyte.gz": ("md5", "bef4ecab320f06d8554ea6380940ec79"),
-            "t10k-labels-idx1-ubyte.gz": ("md5", "bb300cfdad3c16e7a12a480ee83cd310"),
-        },
-        homepage="https://github.com/zalandoresearch/fashion-mnist",
+    "fashion-mnist": idx_release(
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+        ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe", "bef4ecab320f06d8554ea6380940ec79",
+         "bb300cfdad3c16e7a12a480ee83cd310"),
+        "https://github.com/zalandoresearch/fashion-mnist",
     ),
     "cifar10": Release(
         bases=("https://www.cs.toronto.edu/~kriz/",),

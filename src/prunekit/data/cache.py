@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from prunekit._atomic import atomic_path
+from prunekit.atomic import atomic_path
 
 CACHE_VERSION = 2  # 2: keyed on content, not mtime
 _CHUNK = 1 << 20
