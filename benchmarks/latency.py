@@ -21,6 +21,14 @@ same as wall latency on an idle machine, and not inflated by other processes sha
 
     .venv/bin/python benchmarks/latency.py             # full run (~10 min on 2 shared cores; tables cached)
     .venv/bin/python benchmarks/latency.py --quick     # batch 1 only, fewer rounds
+    .venv/bin/python benchmarks/latency.py --speedup   # only the 50% network: every runtime / ORT setting
+
+``--speedup`` times the dense and the 50% ResNet-56 under every runtime setting that could buy speed, side by
+side in one interleaved loop: PyTorch eager and deployed, ONNX Runtime at each graph optimisation level
+(``all`` has the NCHWc layout transformer, ``extended`` and ``basic`` do not), with a static batch instead of
+a dynamic one, with BN folded before export and at opset 13; the best setting of *each* network (picked by
+measurement) gives the best-runtime speed-up. Then ONNX Runtime's own profile of the 50% network at batch 1,
+time by operator, shows what limits it.
 
 Results also go to ``benchmarks/out/latency.json``; tables to ``--cache`` (default ~/.cache/prunekit).
 """
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import sys
 import tempfile
@@ -166,6 +175,162 @@ def ort_graph_ops(args: argparse.Namespace) -> dict[str, dict[str, int]]:
     return out
 
 
+def _ort_variant(model: torch.nn.Module, x: torch.Tensor, level: str, *, static: bool = False, fold: bool = False,
+                 opset: int | None = None, profile: str | None = None) -> Any:
+    """An ONNX Runtime session (one thread) of ``model`` exported with the given choices."""
+    import io
+    import warnings
+
+    import onnxruntime as ort
+
+    from prunekit.surgery.fold import fold_batchnorm
+
+    m = copy.deepcopy(model).eval()
+    if fold:
+        fold_batchnorm(m)
+    buf = io.BytesIO()
+    kw: dict[str, Any] = {} if static else {"dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}}
+    if opset is not None:
+        kw["opset_version"] = opset
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x,), buf, dynamo=False, input_names=["input"], output_names=["output"], **kw)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 1, 1, 3
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
+    if profile:
+        so.enable_profiling, so.profile_file_prefix = True, profile
+    return ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+
+
+ORT_VARIANTS: dict[str, dict[str, Any]] = {
+    "ort all (default)": {"level": "all"},
+    "ort extended (no NCHWc)": {"level": "extended"},
+    "ort basic": {"level": "basic"},
+    "ort all, static batch": {"level": "all", "static": True},
+    "ort all, BN folded before export": {"level": "all", "fold": True},
+    "ort all, opset 13": {"level": "all", "opset": 13},
+}
+
+
+def speedup_settings(args: argparse.Namespace, batch: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Dense and 50% ResNet-56 under every setting, interleaved (thread CPU time, medians); and the best
+    setting of each network."""
+    import statistics
+
+    from prunekit.surgery import remove_channels
+
+    x1 = torch.randn(1, *SHAPE)
+    dense, half = resnet56(args.seed), resnet56(args.seed)
+    remove_channels(half, half_plan(half, x1), x1)
+    macs = metrics.count(dense, x1).macs / metrics.count(half, x1).macs
+    x = x1.repeat(batch, 1, 1, 1)
+    timers: dict[tuple[str, str], Any] = {}
+    for name, m in (("dense", dense), ("half", half)):
+        for rt in ("eager", "deployed"):
+            timers[(f"PyTorch {rt}", name)] = runtime.prepare(m, rt, x, threads=1).time_ms
+        for label, opts in ORT_VARIANTS.items():
+            sess, feed = _ort_variant(m, x, **opts), {"input": x.numpy()}
+
+            def ort_time(n: int, sess: Any = sess, feed: dict[str, Any] = feed) -> list[float]:
+                out = []
+                for _ in range(n):
+                    t0 = time.thread_time()
+                    sess.run(None, feed)
+                    out.append((time.thread_time() - t0) * 1000.0)
+                return out
+
+            timers[(label, name)] = ort_time
+    torch.set_num_threads(1)
+    for t in timers.values():
+        t(3)
+    samples: dict[tuple[str, str], list[float]] = {k: [] for k in timers}
+    for _ in range(args.rounds * (4 if batch == 1 else 1)):
+        for k, t in timers.items():
+            samples[k].extend(t(3))
+    ms = {k: statistics.median(v) for k, v in samples.items()}
+    settings = list(dict.fromkeys(k[0] for k in timers))
+    rows = [{"batch": batch, "setting": st, "dense ms": round(ms[(st, "dense")], 3),
+             "50% ms": round(ms[(st, "half")], 3), "speed-up": round(ms[(st, "dense")] / ms[(st, "half")], 2),
+             "speed-up / MACs reduction": round(ms[(st, "dense")] / ms[(st, "half")] / macs, 2)} for st in settings]
+    bd = min(settings, key=lambda st: ms[(st, "dense")])
+    bh = min(settings, key=lambda st: ms[(st, "half")])
+    best = {"batch": batch, "macs_reduction": macs, "dense_setting": bd, "dense_ms": ms[(bd, "dense")],
+            "half_setting": bh, "half_ms": ms[(bh, "half")], "speedup": ms[(bd, "dense")] / ms[(bh, "half")],
+            "speedup_per_macs": ms[(bd, "dense")] / ms[(bh, "half")] / macs}
+    return rows, best
+
+
+def ort_profile(args: argparse.Namespace, runs: int = 200) -> list[dict[str, Any]]:
+    """ONNX Runtime's profile of the 50% ResNet-56 at batch 1 (all optimisations): kernel time by operator,
+    with the convolutions that compute 8 real output channels (stage 1) apart."""
+    import onnx
+
+    from prunekit.surgery import remove_channels
+
+    x = torch.randn(1, *SHAPE)
+    half = resnet56(args.seed)
+    remove_channels(half, half_plan(half, x), x)
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = _ort_variant(half, x, "all", profile=str(Path(tmp) / "prof"))
+        feed = {"input": x.numpy()}
+        for _ in range(runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+        so_path = str(Path(tmp) / "opt.onnx")
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.log_severity_level, so.optimized_model_filepath = 1, 3, so_path
+        ort.InferenceSession(runtime.onnx_bytes(half, x), so, providers=["CPUExecutionProvider"])
+        graph = onnx.load(so_path).graph
+    init = {i.name: list(i.dims) for i in graph.initializer}
+    # a stage-1 conv: its blocked weight has 16 output rows for 8 real channels (its output is reordered back)
+    reordered = {n.input[0] for n in graph.node if n.op_type == "ReorderOutput"}
+    narrow = {n.name for n in graph.node if n.op_type == "Conv" and n.output[0] in reordered
+              and n.input[1] in init and init[n.input[1]][0] == 16}
+    total: collections.Counter[str] = collections.Counter()
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        node = e["name"].removesuffix("_kernel_time")
+        op = e.get("args", {}).get("op_name", "?")
+        key = f"{op} (8-channel stage, computed as 16)" if node in narrow else op
+        total[key] += float(e["dur"])
+    all_us = sum(total.values())
+    return [{"operator": k, "share of kernel time": f"{100 * v / all_us:.1f}%",
+             "us per run": round(v / runs, 1)} for k, v in total.most_common()]
+
+
+def speedup_main(args: argparse.Namespace, batches: list[int]) -> int:
+    print("\n## 50% ResNet-56 (L1-filter plan, every group halved): dense and 50% under every setting\n")
+    results: dict[str, Any] = {"settings": [], "best": []}
+    for b in batches:
+        rows, best = speedup_settings(args, b)
+        results["settings"] += rows
+        results["best"].append(best)
+        print(metrics.format_table(rows))
+        print(f"\nbatch {b}: best runtime, each network at its fastest setting: dense {best['dense_ms']:.3f} ms "
+              f"({best['dense_setting']}), 50% {best['half_ms']:.3f} ms ({best['half_setting']}): speed-up "
+              f"{best['speedup']:.2f}, MACs reduction {best['macs_reduction']:.2f}x, speed-up / MACs reduction "
+              f"{best['speedup_per_macs']:.2f}\n", flush=True)
+    stages = stage_times(1, args)
+    results["stages_b1"] = stages
+    print("## What limits it: each stage alone in ONNX Runtime (all optimisations), batch 1\n")
+    print(metrics.format_table(stages))
+    prof = ort_profile(args)
+    results["profile_b1"] = prof
+    print("\nONNX Runtime's own profile of the 50% network, batch 1, all optimisations (wall-clock shares):\n")
+    print(metrics.format_table(prof))
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "latency-speedup.json").write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {OUT / 'latency-speedup.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="batch 1 only, 7 rounds")
@@ -174,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="latency-table folder (default ~/.cache/prunekit/latency)")
+    p.add_argument("--speedup", action="store_true", help="only the 50%% network under every runtime setting")
     args = p.parse_args(argv)
     try:
         runtime.require_onnxruntime()
@@ -188,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# ResNet-56 (CIFAR shapes), ONNX Runtime {runtime.require_onnxruntime().__version__}, torch "
           f"{torch.__version__}, 1 thread, thread CPU time, medians of interleaved rounds (>= {args.rounds}; "
           f"~0.3 s of dense forwards per check), seed {args.seed}")
+    if args.speedup:
+        return speedup_main(args, batches)
     results: dict[str, Any] = {"targets": [], "half": {}}
     print("\n## Latency-targeted SGHT (ONNX Runtime, 1 thread)\n")
     print("| batch | target | measured (solver check) | measured (independent) | error | dense ms | pruned ms "

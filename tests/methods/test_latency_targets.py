@@ -114,11 +114,16 @@ def test_compare_refuses_a_latency_target_for_a_method_without_the_knob(tmp_path
         compare.load(_compare_cfg(tmp_path, methods={"iht": {"kinds": ["latency"]}}))
 
 
-def test_smoke_grid_with_a_latency_target_runs_and_reports(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")  # LeNet-5's eager tables, measured once for this file's grids
+
+
+def test_smoke_grid_with_a_latency_target_runs_and_reports(tmp_path, monkeypatch, tables):
     """The whole path: latency target -> method knob -> measured solve -> row timed in the runtime -> table,
     results columns and the accuracy-vs-latency plot."""
     torch.set_num_threads(1)
-    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tables))
     out = tmp_path / "out"
     assert main(["compare", str(_compare_cfg(tmp_path)), "--out", str(out), "--smoke"]) == 0
     rows = compare.read_results(out)
@@ -135,7 +140,7 @@ def test_smoke_grid_with_a_latency_target_runs_and_reports(tmp_path, monkeypatch
     timing = json.loads((out / "latency.json").read_text())
     assert timing["runtime"] == "eager" and "__dense__@b1" in timing["median_ms"]
     # the latency solve left its tables in the cache (measured once, reused by the next row)
-    assert list((tmp_path / "cache" / "latency").glob("eager-b1-t1-*.json"))
+    assert list((tables / "latency").glob("eager-b1-t1-*.json"))
 
 
 def test_latency_rows_are_compared_with_macs_rows_at_equal_measured_latency():
@@ -152,3 +157,18 @@ def test_latency_rows_are_compared_with_macs_rows_at_equal_measured_latency():
     assert "| 85.00 | +1.00 |" in lines["sght@latency=0.5"] and lines["sght@latency=0.5"].endswith("| yes |")
     assert "outside the MACs rows' measured range" in lines["sght@latency=0.1"]  # no claim outside the range
     assert latency_vs_macs([row("sght@macs=0.5", "macs", 0.04, 90.0)]) == ""
+
+
+def test_a_latency_row_out_of_reach_is_reported_and_the_grid_goes_on(tmp_path, monkeypatch, capsys, tables):
+    """One unreachable latency target must not stop a long grid: its row is named as not run (printed and in
+    summary.md), every other row runs and is reported."""
+    torch.set_num_threads(1)
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tables))
+    cfg = _compare_cfg(tmp_path, methods={"dense": {}, "l1-filter": {}}, budget_epochs=1, latency_rounds=1,
+                       targets=[{"latency": 0.01, "runtime": "eager", "batch": 1, "tol": 0.05}])
+    out = tmp_path / "out"
+    assert main(["compare", str(cfg), "--out", str(out)]) == 0
+    assert [r["method"] for r in compare.read_results(out)] == ["dense"]
+    summary = (out / "summary.md").read_text()
+    assert "Not run (latency target not reached" in summary and "l1-filter@latency=0.01" in summary
+    assert "latency target 0.01 (eager, batch 1" in capsys.readouterr().out

@@ -118,3 +118,31 @@ def test_a_second_bind_reuses_the_solved_widths(cache: Path) -> None:
     assert model.training  # the model handed in is not changed
     _, _, plain = groups_and_keep(model, X, config, "SGHT")  # outside the block: the method's own ratio
     assert plain == [int(0.6 * g.size) for g in filter_groups(model, X)]
+
+
+def test_the_budget_goes_where_channels_are_cheap() -> None:
+    """With conv1's channels dear and conv2's / fc1's nearly free in the (hand-written) tables, the latency
+    budget is spent on conv2 and fc1: more MACs kept than the uniform start at no more predicted latency."""
+    from prunekit.methods.budget import CostModel
+
+    model = models.create("lenet5").eval()
+    groups = filter_groups(model, X)
+    cost = CostModel.build(model, X, groups)
+    per_channel = {"conv1": 1.0, "conv2": 0.001, "fc1": 0.0001}  # ms per output channel
+    layers = []
+    for i, t in enumerate(cost.terms):
+        if t.name in per_channel:
+            m = model.get_submodule(t.name)
+            cin, cout = (m.in_features, m.out_features) if isinstance(m, torch.nn.Linear) else (m.in_channels,
+                                                                                                 m.out_channels)
+            ins = sorted({1, cin})
+            table = L.LayerTable({}, ins, [1, cout], [[per_channel[t.name] * c for c in (1, cout)]] * len(ins))
+            layers.append((i, table, cin, cout))
+    lm = L.LatencyModel(cost, layers, dense_ms=25.0)
+    start = [16, 24, 248]
+    limit = lm.cost(start) + 0.5  # room for the cheap channels, not for 4 more of conv1's
+    keep = L.more_macs(lm, start, snap=8, floor=[8, 8, 8], limit=limit)
+    assert lm.cost(keep) <= limit + 1e-9
+    assert cost.macs(keep) > cost.macs(start)
+    assert keep[0] == 16 and keep[1] == 50 and keep[2] == 500  # conv1 stays; the cheap groups fill up
+    assert L.more_macs(lm, [19, 24, 248], snap=8, floor=[8, 8, 8], limit=limit) == [19, 24, 248]  # off the ladder

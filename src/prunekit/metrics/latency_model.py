@@ -7,7 +7,10 @@ table of its latency against its (input, output) width, measured once on this ma
 version), threads and batch. The network's predicted latency for given kept channels per group is the
 dense network's measured latency minus the tables' dense sum plus the tables at the thinned widths (the rest:
 additions, pooling, the runtime's per-call overhead, held constant). :class:`LatencyModel` offers this as a
-cost for :func:`prunekit.methods.budget.solve_keep`, the solver every filter method uses.
+cost for :func:`prunekit.methods.budget.solve_keep`, the solver every filter method uses. The solver's
+widths (near one uniform ratio) are then moved, one allowed width step at a time, to where channels are cheap
+in the runtime: :func:`more_macs` keeps the most MACs for the predicted latency (a layer whose channels cost
+little there, e.g. a wide late-stage conv in NCHWc blocks, stays wider than its MACs share says).
 
 A prediction is only a prediction: :func:`solve_latency` builds the thinned network (real channel removal),
 measures it against the dense one (interleaved, medians) and, when the measured ratio misses the target by
@@ -349,7 +352,8 @@ def solve_latency(model: nn.Module, example: torch.Tensor, groups: Sequence[Any]
                               tol=min(0.01, t.tol / 2), min_keep=t.min_keep, round_to=t.snap)
         except PrunekitError:  # the aim is below the prediction at the narrowest widths: measure those
             keep = list(floor)
-        keep = [int(k) for k in keep]
+        keep = more_macs(lm, [int(k) for k in keep], snap=t.snap, floor=floor,
+                         limit=max(lm.cost(keep), min(1.0, aim) * lm.dense_ms))
         if tuple(keep) in seen:  # the solver's steps are coarse: nothing new to measure
             break
         seen.add(tuple(keep))
@@ -375,6 +379,55 @@ def solve_latency(model: nn.Module, example: torch.Tensor, groups: Sequence[Any]
                        "thin_ms": best[2]["thin_ms"], "dense_ms": best[2]["dense_ms"], "keep": best[1],
                        "within_tol": best[0] <= t.tol, "history": history})
     return best[1]
+
+
+def _widths(size: int, snap: int, floor: int) -> list[int]:
+    """A group's allowed widths: multiples of ``snap`` from ``floor`` up, and the full width."""
+    return sorted({size, *(w for w in range(snap, size, snap) if w >= floor)} | ({floor} if floor <= size else set()))
+
+
+def more_macs(lm: LatencyModel, keep: Sequence[int], *, snap: int, floor: Sequence[int], limit: float,
+              max_moves: int = 1000) -> list[int]:
+    """``keep`` moved, one allowed width step at a time, to the widths that keep the most MACs while the
+    predicted latency stays within ``limit`` (ms): a latency budget is spent where channels are cheap in the
+    runtime (NetAdapt / HALP keep the most useful channels for the latency; with no trained importance at
+    bind time, MACs kept is the proxy). Each round tries one step up on every group and every (up one
+    group, down another) swap, and takes the feasible move that adds the most MACs; it stops when none adds
+    any."""
+    sizes = [int(s) for s in lm.sizes]
+    ladders = [_widths(s, max(1, snap), int(f)) for s, f in zip(sizes, floor, strict=True)]
+    cur = np.asarray(keep, dtype=np.int64)
+    if any(int(k) not in lad for k, lad in zip(cur, ladders, strict=True)):
+        return [int(k) for k in cur]  # widths off the ladder (a custom round_to): leave them as solved
+    macs = float(lm.cost_model.batch_cost(cur[None, :], "macs")[0])
+    n = len(cur)
+    for _ in range(max_moves):
+        pos = [lad.index(int(k)) for k, lad in zip(cur, ladders, strict=True)]
+        up = [ladders[i][pos[i] + 1] if pos[i] + 1 < len(ladders[i]) else None for i in range(n)]
+        down = [ladders[i][pos[i] - 1] if pos[i] > 0 else None for i in range(n)]
+        cands = []
+        for i in range(n):
+            if up[i] is None:
+                continue
+            c = cur.copy()
+            c[i] = up[i]
+            cands.append(c)
+            for j in range(n):
+                if j != i and down[j] is not None:
+                    c2 = c.copy()
+                    c2[j] = down[j]
+                    cands.append(c2)
+        if not cands:
+            break
+        arr = np.stack(cands)
+        ok = lm.predict_many(arr) <= limit
+        gain = lm.cost_model.batch_cost(arr, "macs") - macs
+        gain = np.where(ok, gain, -np.inf)
+        j = int(np.argmax(gain))
+        if not gain[j] > 1e-9 * max(macs, 1.0):
+            break
+        cur, macs = arr[j], macs + float(gain[j])
+    return [int(k) for k in cur]
 
 
 def _next_aim(history: list[dict[str, Any]], target: float) -> float:
@@ -426,6 +479,7 @@ __all__ = [
     "latency_target",
     "layer_table",
     "measured_ratio",
+    "more_macs",
     "solve_latency",
     "thinned",
 ]
