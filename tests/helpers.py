@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,16 @@ def gloo_group(rank: int, world: int, init_file: str) -> Iterator[None]:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/<script> ARGS`` as a real process from the checkout (its sources, one thread)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                          text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
 def synthetic(n: int = 96, n_test: int = 32, *, shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 4,
