@@ -49,6 +49,17 @@ def run_benchmark(script: str, *args: str, timeout: float = 600) -> subprocess.C
                           text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
+#: each paper method's options for a run of a few epochs (IHT one cycle, Trimming one iteration, SSS channel
+#: factors that reach 0 within them, SGHT at half the filters); a test changes what it needs with ``{**..., }``
+PAPER_METHODS: dict[str, dict[str, object]] = {
+    "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
+            "final_epochs": 1},
+    "trimming": {"iterations": 1, "initial_epochs": 1, "retrain_epochs": 3, "rule": "fraction", "fraction": 0.25},
+    "sss": {"gamma_channel": 2.0, "blocks": False},
+    "sght": {"keep_ratio": 0.5},
+}
+
+
 def synthetic(n: int = 96, n_test: int = 32, *, shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 4,
               seed: int = 0) -> tuple[data.Dataset, data.Dataset]:
     """The tiny synthetic train / test pair most training tests run on (test images from the same classes)."""

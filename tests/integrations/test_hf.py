@@ -13,19 +13,12 @@ from prunekit import methods
 from prunekit.engine import seed_everything as seed
 from prunekit.errors import PrunekitError
 from prunekit.methods.optim import AHSGHT, APG
-from tests.helpers import check_delivered
+from tests.helpers import PAPER_METHODS, check_delivered
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 from prunekit.integrations.hf import PrunekitTrainerCallback  # noqa: E402
 
-PAPER_METHODS = {
-    "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
-            "final_epochs": 1},
-    "trimming": {"iterations": 1, "initial_epochs": 1, "retrain_epochs": 3, "rule": "fraction", "fraction": 0.25},
-    "sss": {"gamma_channel": 2.0, "blocks": False},
-    "sght": {"keep_ratio": 0.5},
-}
 EPOCHS = 4
 X0 = torch.zeros(1, 3, 16, 16)
 

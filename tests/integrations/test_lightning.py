@@ -15,18 +15,14 @@ from prunekit.engine import seed_everything as seed
 from prunekit.errors import PrunekitError
 from prunekit.integrations import require
 from prunekit.methods.optim import AHSGHT, APG
+from tests import helpers
 from tests.helpers import check_delivered
 
 pl = pytest.importorskip("lightning.pytorch")
 from prunekit.integrations.lightning import PrunekitCallback  # noqa: E402
 
-PAPER_METHODS = {
-    "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
-            "final_epochs": 1},
-    "trimming": {"iterations": 1, "initial_epochs": 1, "retrain_epochs": 3, "rule": "fraction", "fraction": 0.25},
-    "sss": {"gamma_channel": 2.0, "blocks": False},
-    "sght": {"keep_ratio": 0.5, "finetune_epochs": 1},  # the fine-tune stage: the network shrinks mid-run
-}
+PAPER_METHODS = {**helpers.PAPER_METHODS,  # SGHT with its fine-tune stage: the network shrinks mid-run
+                 "sght": {**helpers.PAPER_METHODS["sght"], "finetune_epochs": 1}}
 EPOCHS = 4
 X0 = torch.zeros(1, 1, 8, 8)
 

@@ -18,6 +18,7 @@ from prunekit.methods.iht import IHT, IHTConfig
 from prunekit.methods.sght import SGHT, SGHTConfig
 from prunekit.methods.sss import SparseStructureSelection, SSSConfig
 from prunekit.methods.trimming import NetworkTrimming, TrimmingConfig
+from tests import helpers
 from tests.helpers import one_line, synthetic, tiny_lenet
 
 
@@ -150,13 +151,8 @@ def test_checkpoint_state_is_named_per_callback_and_old_lists_still_resume(tmp_p
 README = Path(__file__).resolve().parents[2] / "README.md"
 CONSTRUCTOR = 'method = methods.get("sght")(keep_ratio=0.5)'
 EPOCHS = "method.stages(epochs=10)"
-PAPER_METHODS = {
-    "iht": {"target": "2x", "cycles": 1, "warmup_epochs": 1, "sparse_epochs": 1, "dense_epochs": 1,
-            "final_epochs": 1},
-    "trimming": {"iterations": 1, "initial_epochs": 1, "retrain_epochs": 1, "rule": "fraction", "fraction": 0.25},
-    "sss": {"gamma_channel": 2.0, "blocks": False},
-    "sght": {"keep_ratio": 0.5},
-}
+PAPER_METHODS = {**helpers.PAPER_METHODS,  # the own loop runs stages(4): one retraining epoch
+                 "trimming": {**helpers.PAPER_METHODS["trimming"], "retrain_epochs": 1}}
 
 
 def own_loop_snippet() -> str:

@@ -78,18 +78,6 @@ def test_remove_torchvision_style_block_and_train_after() -> None:
 # residual blocks found in the graph
 
 
-def _kill_branch(model: nn.Module, ends: list[str]) -> None:
-    """Make a block's branch output 0: zero the parameters of the modules ending it (or their output)."""
-    with torch.no_grad():
-        for n in ends:
-            m = model.get_submodule(n)
-            ps = list(m.parameters())
-            for p in ps:
-                p.zero_()
-            if not ps:
-                m.register_forward_hook(lambda mod, a, out: torch.zeros_like(out))
-
-
 @pytest.mark.parametrize(("name", "blocks", "replacement"), [
     ("my-res-unit", ["1", "2", "5"], nn.ReLU),
     ("preact", ["1", "2", "5"], nn.Identity),
@@ -104,7 +92,7 @@ def test_blocks_are_found_whatever_their_names(name: str, blocks: list[str], rep
     net = corpus.build(name)
     assert residual_blocks(net.model, net.inputs) == blocks
     info = block_analysis(net.model, net.inputs)
-    _kill_branch(net.model, info[blocks[-1]].branch_ends)
+    corpus.kill_branches(net.model, info[blocks[-1]].branch_ends)
     with torch.no_grad():
         y0 = corpus.logits(net.model(net.inputs))
     report = remove_blocks(net.model, blocks[-1:], net.inputs)

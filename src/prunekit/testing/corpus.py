@@ -16,7 +16,7 @@ concatenation, squeeze-excitation, depthwise-separable convolutions, an MLP, and
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -455,6 +455,19 @@ def remove_live_channels(net: Network, frac: float = 0.5) -> Outcome:
     return out
 
 
+def kill_branches(model: nn.Module, ends: Sequence[str]) -> None:
+    """Make residual branches output 0 for good: zero the parameters of the modules ending them (or, for a
+    module without parameters, its output)."""
+    with torch.no_grad():
+        for end in ends:
+            m = model.get_submodule(end)
+            ps = list(m.parameters())
+            for p in ps:
+                p.zero_()
+            if not ps:
+                m.register_forward_hook(lambda mod, a, y: torch.zeros_like(y))
+
+
 def remove_dead_blocks(net: Network) -> Outcome:
     """Zero the branch of every residual block found in the graph, remove them all, compare the output."""
     from prunekit.errors import PrunekitError
@@ -465,15 +478,8 @@ def remove_dead_blocks(net: Network) -> Outcome:
     out = Outcome(total=len(infos))
     if not infos:
         return out
+    kill_branches(model, [end for info in infos.values() for end in info.branch_ends])
     with torch.no_grad():
-        for info in infos.values():
-            for end in info.branch_ends:
-                m = model.get_submodule(end)
-                ps = list(m.parameters())
-                for p in ps:
-                    p.zero_()
-                if not ps:
-                    m.register_forward_hook(lambda mod, a, y: torch.zeros_like(y))
         y0 = logits(model(net.inputs))
     try:
         remove_blocks(model, list(infos), net.inputs)
