@@ -146,3 +146,14 @@ def test_the_budget_goes_where_channels_are_cheap() -> None:
     assert cost.macs(keep) > cost.macs(start)
     assert keep[0] == 16 and keep[1] == 50 and keep[2] == 500  # conv1 stays; the cheap groups fill up
     assert L.more_macs(lm, [19, 24, 248], snap=8, floor=[8, 8, 8], limit=limit) == [19, 24, 248]  # off the ladder
+
+
+def test_an_unreachable_target_is_searched_again_at_half_the_multiple(cache: Path) -> None:
+    """Below the floor of 8-channel widths the search runs again at multiples of 4 (no round_to given), and
+    says so; a round_to the user gave is kept."""
+    model = models.create("lenet5").eval()
+    groups = filter_groups(model, X)
+    with pytest.raises(PrunekitError, match=r"latency target 0.02 .*multiples of 8, 4\)"):
+        L.solve_latency(model, X, groups, _target(cache, latency=0.02, corrections=1))
+    with pytest.raises(PrunekitError, match=r"multiples of 8\)"):
+        L.solve_latency(model, X, groups, _target(cache, latency=0.02, corrections=1, round_to=8))

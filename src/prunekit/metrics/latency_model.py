@@ -16,7 +16,8 @@ A prediction is only a prediction: :func:`solve_latency` builds the thinned netw
 measures it against the dense one (interleaved, medians) and, when the measured ratio misses the target by
 more than the tolerance, rescales the solver's aim by target / measured and solves again (a few rounds; the
 closest is kept). Widths snap to the runtime's preferred multiple (8 for ONNX Runtime's CPU NCHWc kernels)
-unless ``round_to`` says otherwise.
+unless ``round_to`` says otherwise; a target below what that multiple can reach (every group at 8 channels
+still too slow) is searched again at half the multiple, and the report says so.
 
 Use it with any filter method (SGHT, L1-filter, SFP, Torch-Pruning magnitude, random-filter)::
 
@@ -32,6 +33,7 @@ import hashlib
 import json
 import os
 import platform
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -330,9 +332,12 @@ def measured_ratio(dense: nn.Module, thin: nn.Module, example: torch.Tensor, tar
 def solve_latency(model: nn.Module, example: torch.Tensor, groups: Sequence[Any],
                   target: LatencyTarget | Mapping[str, Any], *, report: dict[str, Any] | None = None) -> list[int]:
     """Keep counts per group whose measured latency is ``target.latency`` of the dense network's, checked by
-    measuring the real thinned network and corrected when off (see the module docstring)."""
-    from prunekit.methods.budget import solve_keep
+    measuring the real thinned network and corrected when off (see the module docstring).
 
+    When no network at the runtime's preferred multiple lands within the tolerance (a target near the floor
+    of every group at that multiple) and the user set no ``round_to``, the search runs once more at half the
+    multiple (ONNX Runtime: 4) and the closer result is kept; the report says which multiple was used
+    (``round_to``) and that it fell back (``fallback_from``)."""
     t = LatencyTarget.parse(target)
     _rt.check_runtimes([t.runtime])
     device = "cuda" if t.runtime == "cuda" else "cpu"  # a training model may sit on another device
@@ -341,26 +346,68 @@ def solve_latency(model: nn.Module, example: torch.Tensor, groups: Sequence[Any]
     dense_ms = _rt.measure({"dense": dense}, x1, runtimes=[t.runtime], batches=[t.batch], threads=t.threads,
                            rounds=t.rounds, repeats=3, warmup=3, clock=t.clock)[0]["median_ms"]
     lm = LatencyModel.build(dense, x1, groups, t, dense_ms=dense_ms)
+    snaps = [t.snap] + ([t.snap // 2] if t.round_to is None and t.snap >= 2 else [])
+    best: tuple[float, list[int], dict[str, Any]] | None = None
+    history: list[dict[str, Any]] = []
+    tried_snaps = 0
+    for snap in snaps:
+        tried_snaps += 1
+        found, tried = _search(dense, x1, groups, t, lm, snap, dense_ms)
+        history += tried
+        if best is None or found[0] < best[0]:
+            best = found
+        if best[0] <= t.tol:
+            break
+    assert best is not None
+    used = int(best[2]["round_to"])
+    if best[0] > 2 * t.tol:
+        raise PrunekitError(f"latency target {t.latency} ({t.runtime}, batch {t.batch}, {t.threads} thread(s)): "
+                            f"the closest measured network runs at {best[2]['measured']:.3f} of dense; "
+                            f"raise the target or lower round_to (widths tried at multiples of "
+                            f"{', '.join(str(n) for n in snaps[:tried_snaps])})")
+    where = f"latency target {t.latency} ({t.runtime}, batch {t.batch})"
+    if best[0] > t.tol:
+        warnings.warn(f"prunekit: {where}: the closest measured network runs at {best[2]['measured']:.3f} of "
+                      f"dense ({100 * best[0]:.0f}% off, beyond the {100 * t.tol:.0f}% tolerance)", stacklevel=2)
+    if used != t.snap:
+        warnings.warn(f"prunekit: {where}: reached with widths at multiples of {used}, not the runtime's {t.snap} "
+                      f"(every group at {t.snap} channels is still too slow)", stacklevel=2)
+    if report is not None:
+        report.update({"target": t.latency, "runtime": t.runtime, "batch": t.batch, "threads": t.threads,
+                       "round_to": used, "measured": best[2]["measured"], "predicted": best[2]["predicted"],
+                       "thin_ms": best[2]["thin_ms"], "dense_ms": best[2]["dense_ms"], "keep": best[1],
+                       "within_tol": best[0] <= t.tol, "history": history})
+        if used != t.snap:
+            report["fallback_from"] = t.snap
+    return best[1]
+
+
+def _search(dense: nn.Module, x1: torch.Tensor, groups: Sequence[Any], t: LatencyTarget, lm: LatencyModel,
+            snap: int, dense_ms: float) -> tuple[tuple[float, list[int], dict[str, Any]], list[dict[str, Any]]]:
+    """Solve, thin, measure and re-aim with widths at multiples of ``snap``: ``((error, keep, entry), tried)``
+    for the measured network closest to the target."""
+    from prunekit.methods.budget import solve_keep
+
     aim = float(t.latency)
     best: tuple[float, list[int], dict[str, Any]] | None = None
     history: list[dict[str, Any]] = []
     seen: set[tuple[int, ...]] = set()
-    floor = [g.size if g.size <= t.snap else min(g.size, max(t.snap, t.min_keep)) for g in groups]
+    floor = [g.size if g.size <= snap else min(g.size, max(snap, t.min_keep)) for g in groups]
     for step in range(t.corrections + 1):
         try:
             keep = solve_keep(lm, min(1.0, aim), "latency",  # type: ignore[arg-type]  # same interface
-                              tol=min(0.01, t.tol / 2), min_keep=t.min_keep, round_to=t.snap)
+                              tol=min(0.01, t.tol / 2), min_keep=t.min_keep, round_to=snap)
         except PrunekitError:  # the aim is below the prediction at the narrowest widths: measure those
             keep = list(floor)
-        keep = more_macs(lm, [int(k) for k in keep], snap=t.snap, floor=floor,
+        keep = more_macs(lm, [int(k) for k in keep], snap=snap, floor=floor,
                          limit=max(lm.cost(keep), min(1.0, aim) * lm.dense_ms))
         if tuple(keep) in seen:  # the solver's steps are coarse: nothing new to measure
             break
         seen.add(tuple(keep))
         thin = thinned(dense, x1, groups, keep)
         thin_ms, ref_ms, ratio = measured_ratio(dense, thin, x1, t, check_rounds(t, dense_ms))
-        entry = {"step": step, "aim": aim, "predicted": lm.cost(keep) / lm.dense_ms, "measured": ratio,
-                 "thin_ms": thin_ms, "dense_ms": ref_ms, "keep": keep}
+        entry = {"step": step, "aim": aim, "round_to": snap, "predicted": lm.cost(keep) / lm.dense_ms,
+                 "measured": ratio, "thin_ms": thin_ms, "dense_ms": ref_ms, "keep": keep}
         history.append(entry)
         err = abs(ratio - t.latency) / t.latency
         if best is None or err < best[0]:
@@ -369,16 +416,7 @@ def solve_latency(model: nn.Module, example: torch.Tensor, groups: Sequence[Any]
             break
         aim = _next_aim(history, t.latency)
     assert best is not None
-    if best[0] > 2 * t.tol:
-        raise PrunekitError(f"latency target {t.latency} ({t.runtime}, batch {t.batch}, {t.threads} thread(s)): "
-                            f"the closest measured network runs at {best[2]['measured']:.3f} of dense; "
-                            f"raise the target or lower round_to (now {t.snap})")
-    if report is not None:
-        report.update({"target": t.latency, "runtime": t.runtime, "batch": t.batch, "threads": t.threads,
-                       "round_to": t.snap, "measured": best[2]["measured"], "predicted": best[2]["predicted"],
-                       "thin_ms": best[2]["thin_ms"], "dense_ms": best[2]["dense_ms"], "keep": best[1],
-                       "within_tol": best[0] <= t.tol, "history": history})
-    return best[1]
+    return best, history
 
 
 def _widths(size: int, snap: int, floor: int) -> list[int]:
