@@ -159,6 +159,26 @@ def test_latency_rows_are_compared_with_macs_rows_at_equal_measured_latency():
     assert latency_vs_macs([row("sght@macs=0.5", "macs", 0.04, 90.0)]) == ""
 
 
+def test_latency_rows_are_compared_seed_by_seed_as_well():
+    """With the per-seed results each seed's latency row meets that seed's MACs rows (paired differences),
+    so a seed-mean difference can be told from the seed spread."""
+    from prunekit.compare.results import summarize
+    from prunekit.reports.compare import latency_vs_macs
+
+    def res(label: str, kind: str, seed: int, ms: float, top1: float) -> dict:
+        return {"label": label, "method": "sght", "seed": seed, "target_kind": kind, "target": 0.5,
+                "latency_ms_b1": ms, "top1": top1, "macs": 1, "matched": True}
+
+    results = [res("sght@macs=0.5", "macs", 0, 0.04, 90.0), res("sght@macs=0.33", "macs", 0, 0.02, 80.0),
+               res("sght@latency=0.5", "latency", 0, 0.03, 87.0),  # seed 0: +2 over its MACs rows (85)
+               res("sght@macs=0.5", "macs", 1, 0.04, 94.0), res("sght@macs=0.33", "macs", 1, 0.02, 84.0),
+               res("sght@latency=0.5", "latency", 1, 0.035, 90.0)]  # seed 1: 91.5 there, so -1.5
+    text = latency_vs_macs(summarize(results), "latency_ms_b1", results)
+    assert "per seed (paired)" in text.splitlines()[0]
+    line = next(ln for ln in text.splitlines() if ln.startswith("| sght@latency=0.5 "))
+    assert "+2.00 / -1.50 (mean +0.25 ± 2.47)" in line and line.endswith("| 1 of 2 |")
+
+
 def test_a_latency_row_out_of_reach_is_reported_and_the_grid_goes_on(tmp_path, monkeypatch, capsys, tables):
     """One unreachable latency target must not stop a long grid: its row is named as not run (printed and in
     summary.md), every other row runs and is reported."""

@@ -111,16 +111,17 @@ def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def equal_latency(summary: Sequence[dict[str, Any]]) -> str:
+def equal_latency(summary: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]] | None = None) -> str:
     """The latency-vs-MACs comparison at equal measured latency, at batch 1 and at the large batch ("" when
-    the grid has no latency rows beside MACs rows)."""
+    the grid has no latency rows beside MACs rows); with ``results``, seed by seed as well."""
     lb = next((s.get("latency_batch") for s in summary if s.get("latency_batch")), None)
     out = ""
     for key, batch in (("latency_ms_b1", 1), ("latency_ms_batch", lb)):
-        pairs = latency_vs_macs(summary, key)
+        pairs = latency_vs_macs(summary, key, results)
         if pairs and batch:
             out += (f"\n\nLatency-targeted rows against the same method's MACs-targeted rows at equal measured "
-                    f"latency at batch {batch} (seed means; MACs rows' top-1 interpolated):\n\n" + pairs)
+                    f"latency at batch {batch} (seed means; MACs rows' top-1 interpolated; per seed: each seed's "
+                    f"latency row against that seed's MACs rows):\n\n" + pairs)
     return out
 
 
@@ -132,7 +133,7 @@ def report(out_dir: str | os.PathLike, results: Sequence[dict[str, Any]] | None 
         raise PrunekitError(f"{d}: no results to report")
     summary = summarize(results)
     text = markdown(summary)
-    text += equal_latency(summary)
+    text += equal_latency(summary, results)
     write_text(d / "summary.md", f"# {d.name}\n\n{text}\n\nMean over seeds (± standard deviation). Rebuild with: "
                                  f"prunekit report {d}\n")
     written = [d / "summary.md"]
@@ -145,6 +146,6 @@ def print_summary(results: Sequence[dict[str, Any]], out_dir: Path) -> None:
     print()
     summary = summarize(results)
     print(markdown(summary))
-    print(equal_latency(summary))
+    print(equal_latency(summary, results))
     print(f"\nresults: {out_dir / 'results.csv'}; summary and plots: {out_dir}/summary.md, *.png, *.svg",
           file=sys.stdout)

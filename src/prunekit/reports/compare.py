@@ -49,37 +49,70 @@ def markdown(summary: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def latency_vs_macs(summary: Sequence[dict[str, Any]], key: str = "latency_ms_b1") -> str:
+def _interpolate(points: Sequence[tuple[float, float, str]], x: float) -> tuple[float, str] | None:
+    """The accuracy of ``(latency, top1, label)`` points interpolated linearly at latency ``x``, and the rows
+    it came from; None outside their range."""
+    pts = sorted(points)
+    below = [p for p in pts if p[0] <= x]
+    above = [p for p in pts if p[0] >= x]
+    if not (below and above):
+        return None
+    lo, hi = below[-1], above[0]
+    w = 0.0 if hi[0] == lo[0] else (x - lo[0]) / (hi[0] - lo[0])
+    return lo[1] + w * (hi[1] - lo[1]), (lo[2] if lo is hi else f"{lo[2]} .. {hi[2]}")
+
+
+def latency_vs_macs(summary: Sequence[dict[str, Any]], key: str = "latency_ms_b1",
+                    results: Sequence[dict[str, Any]] | None = None) -> str:
     """Each latency-targeted row against the same method's MACs-targeted rows at equal measured latency
     (``key``: ``latency_ms_b1`` or ``latency_ms_batch``; seed means): the MACs rows' accuracy interpolated
     linearly at the latency row's measured latency (only inside the MACs rows' measured range; outside it, no
-    comparison is claimed). Empty when the grid has no latency rows beside MACs rows."""
+    comparison is claimed). With the per-seed ``results``, the same comparison seed by seed as well (each
+    seed's latency row against that seed's MACs rows: the paired differences, their mean ± standard deviation
+    and how many seeds were at least as accurate), which tells a difference from the seed spread. Empty when
+    the grid has no latency rows beside MACs rows."""
+    import statistics
+
+    paired = results is not None and any(r.get("seed") is not None for r in results)
     lines = []
     for s in sorted(summary, key=lambda s: (s["method"], -(s.get("target") or 0))):
         if s.get("target_kind") != "latency" or not s.get(key):
             continue
-        macs = sorted((m[key], m["top1"], m["label"]) for m in summary
-                       if m["method"] == s["method"] and m.get("target_kind") == "macs" and m.get(key))
+        macs = [(m[key], m["top1"], m["label"]) for m in summary
+                if m["method"] == s["method"] and m.get("target_kind") == "macs" and m.get(key)]
         if not macs:
             continue
         x = s[key]
-        below = [p for p in macs if p[0] <= x]
-        above = [p for p in macs if p[0] >= x]
-        if below and above:
-            lo, hi = below[-1], above[0]
-            w = 0.0 if hi[0] == lo[0] else (x - lo[0]) / (hi[0] - lo[0])
-            acc = lo[1] + w * (hi[1] - lo[1])
-            ref = lo[2] if lo is hi else f"{lo[2]} .. {hi[2]}"
-            verdict = "yes" if s["top1"] >= acc else "no"
-            cells = [s["label"], f"{x:.4f}", f"{s['top1']:.2f}", f"{acc:.2f}", f"{s['top1'] - acc:+.2f}", ref, verdict]
+        at = _interpolate(macs, x)
+        if at is not None:
+            acc, ref = at
+            cells = [s["label"], f"{x:.4f}", f"{s['top1']:.2f}", f"{acc:.2f}", f"{s['top1'] - acc:+.2f}", ref,
+                     "yes" if s["top1"] >= acc else "no"]
         else:
             cells = [s["label"], f"{x:.4f}", f"{s['top1']:.2f}", "-", "-", "outside the MACs rows' measured range",
                      "-"]
+        if paired:
+            diffs = []
+            for r in (r for r in results or () if r["label"] == s["label"] and r.get(key)):
+                mine = [(m[key], float(m["top1"]), m["label"]) for m in results or ()
+                        if m["method"] == r["method"] and m.get("seed") == r.get("seed")
+                        and m.get("target_kind") == "macs" and m.get(key)]
+                got = _interpolate(mine, float(r[key]))
+                if got is not None:
+                    diffs.append(float(r["top1"]) - got[0])
+            if diffs:
+                spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+                cells += [" / ".join(f"{d:+.2f}" for d in diffs) + f" (mean {statistics.fmean(diffs):+.2f}{spread})",
+                          f"{sum(d >= 0 for d in diffs)} of {len(diffs)}"]
+            else:
+                cells += ["-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     if not lines:
         return ""
     heads = ["latency row", "measured ms", "top-1 %", "MACs rows at that latency, top-1 %", "difference",
              "interpolated between", "at least as accurate"]
+    if paired:
+        heads += ["per seed (paired)", "seeds at least as accurate"]
     return "\n".join(["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|", *lines])
 
 
