@@ -17,8 +17,10 @@ from prunekit.errors import PrunekitError, escape
 
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  file: Any = None, line: str | None = None) -> None:
-    """``warnings.showwarning`` for the command: one escaped ``prunekit: warning:`` line per warning."""
-    print(f"prunekit: warning: {escape(str(message))}", file=sys.stderr)
+    """``warnings.showwarning`` for the command: one escaped ``prunekit: warning:`` line per warning (a
+    library warning's own ``prunekit:`` prefix, there for library users, is not repeated)."""
+    text = str(message)
+    print(f"prunekit: warning: {escape(text.removeprefix('prunekit: '))}", file=sys.stderr)
 
 
 def fail(message: object) -> int:

@@ -587,5 +587,7 @@ def test_tables_and_warnings_escape_text_from_files(capsys: pytest.CaptureFixtur
     cli.show_warning(UserWarning("bad\nline\x1b[0m"), UserWarning, "f.py", 1)
     err = capsys.readouterr().err
     assert err == "prunekit: warning: bad\\nline\\x1b[0m\n"
+    cli.show_warning(UserWarning("prunekit: a library warning"), UserWarning, "f.py", 1)
+    assert capsys.readouterr().err == "prunekit: warning: a library warning\n"  # its prefix said once
     assert cli.main(["info", "lenet5"]) == 0  # the command installs it for every warning
     assert warnings.showwarning is cli.show_warning

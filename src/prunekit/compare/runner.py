@@ -146,6 +146,7 @@ def run(cfg: dict[str, Any], *, out: str | os.PathLike | None = None, only: Sequ
             "run": str(r.dir.relative_to(out_dir)), "label": r.label, "method": r.method, "seed": r.seed,
             "start": r.start, "target_kind": r.target_kind or "", "target": r.target,
             "target_batch": (exp["method"].get("latency") or {}).get("batch") if r.target_kind == "latency" else None,
+            "target_tol": (exp["method"].get("latency") or {}).get("tol") if r.target_kind == "latency" else None,
             "train_epochs": r.epochs, **{k: figs.get(k) for k in ("params", "nonzero_params", "macs", "top1",
                                                                       "top5", "test_loss", "file_bytes",
                                                                       "train_seconds")},
@@ -180,11 +181,13 @@ def run(cfg: dict[str, Any], *, out: str | os.PathLike | None = None, only: Sequ
 
 
 def matched(row: dict[str, Any], tol: float) -> bool:
-    """Whether the row reached its target within ``tol`` (relative); rows without a target are not matched."""
+    """Whether the row reached its target within ``tol`` (relative; a latency target's own ``tol`` when it
+    gives one); rows without a target are not matched."""
     kind, target = row.get("target_kind"), row.get("target")
     if not kind or target in (None, ""):
         return False
     if kind == "latency":  # the measured fraction of the dense latency at the target's batch (grid's timing)
+        tol = float(row.get("target_tol") or tol)
         batch = row.get("target_batch") or 1
         reached = row.get("latency_frac_b1") if batch == 1 else (
             row.get("latency_frac_batch") if batch == row.get("latency_batch") else None)
