@@ -244,6 +244,9 @@ def speedup_settings(args: argparse.Namespace, batch: int) -> tuple[list[dict[st
                 return out
 
             timers[(label, name)] = ort_time
+        compiled = _compiled_timer(m, x)
+        if compiled is not None:
+            timers[("PyTorch compiled (torch.compile, inductor, frozen weights)", name)] = compiled
     torch.set_num_threads(1)
     for t in timers.values():
         t(3)
@@ -262,6 +265,33 @@ def speedup_settings(args: argparse.Namespace, batch: int) -> tuple[list[dict[st
             "half_setting": bh, "half_ms": ms[(bh, "half")], "speedup": ms[(bd, "dense")] / ms[(bh, "half")],
             "speedup_per_macs": ms[(bd, "dense")] / ms[(bh, "half")] / macs}
     return rows, best
+
+
+def _compiled_timer(model: torch.nn.Module, x: torch.Tensor) -> Any:
+    """A timer of ``model`` compiled by ``torch.compile`` (inductor, weights frozen as constants: the fastest
+    PyTorch CPU form short of another runtime), or None where it cannot compile here (no C++ compiler)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    torch.set_num_threads(1)
+    try:
+        fn = torch.compile(copy.deepcopy(model).eval())
+        with torch.no_grad():
+            fn(x)
+    except Exception as exc:  # a missing compiler: the row is left out, and said so
+        print(f"(torch.compile unavailable here, its row left out: {type(exc).__name__})", flush=True)
+        return None
+
+    def time_compiled(n: int) -> list[float]:
+        out = []
+        with torch.no_grad():
+            for _ in range(n):
+                t0 = time.thread_time()
+                fn(x)
+                out.append((time.thread_time() - t0) * 1000.0)
+        return out
+
+    return time_compiled
 
 
 def ort_profile(args: argparse.Namespace, runs: int = 200) -> list[dict[str, Any]]:
