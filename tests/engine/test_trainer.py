@@ -1,4 +1,5 @@
-"""The training engine: schedules, hooks, learning, NaN guard, and exact resume."""
+"""The Trainer (prunekit.engine.trainer): learning and hooks in order, stage learning rates, NaN guard (per step
+and batched), replacing the model mid-run, keyword inputs and dict / tuple outputs, Hugging Face classifiers."""
 
 from __future__ import annotations
 
@@ -6,33 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit import data, io
+from prunekit import data
 from prunekit.engine import (
     Callback,
-    LoopState,
     OptimConfig,
     Stage,
     Trainer,
     TrainerConfig,
     evaluate,
-    lr_factor,
     seed_everything,
 )
 from prunekit.errors import PrunekitError
-from tests.helpers import Kill, synthetic, tiny_lenet
-
-
-def test_lr_schedules():
-    assert lr_factor("constant", 3.5, 3, 10, None, 0.1) == 1.0
-    assert lr_factor("step", 0.0, 0, 10, [3, 6], 0.1) == 1.0
-    assert lr_factor("step", 3.0, 3, 10, [3, 6], 0.1) == pytest.approx(0.1)
-    assert lr_factor("step", 9.9, 9, 10, [3, 6], 0.2) == pytest.approx(0.04)
-    assert lr_factor("cosine", 0.0, 0, 10, None, 0.1) == pytest.approx(1.0)
-    assert lr_factor("cosine", 5.0, 5, 10, None, 0.1) == pytest.approx(0.5)
-    assert lr_factor("onecycle", 3.0, 3, 10, None, 0.1) == pytest.approx(1.0)
-    assert lr_factor("step", 0.5, 0, 10, [5], 0.1, warmup=1.0) == pytest.approx(0.501)
-    with pytest.raises(ValueError):
-        lr_factor("nope", 0, 0, 1, None, 0.1)
+from tests.helpers import synthetic, tiny_lenet
 
 
 class Recorder(Callback):
@@ -82,59 +68,6 @@ def test_trainer_learns_and_calls_hooks_in_order():
     assert hist[-1]["val_top1"] > max(before, 60.0)
 
 
-class Counter(Callback):
-    """A callback with state, to check it is restored on resume."""
-
-    def __init__(self):
-        self.n = 0
-        self.buf = torch.zeros(3)
-
-    def on_after_optimizer_step(self, t):
-        self.n += 1
-        self.buf += 1
-
-    def state_dict(self):
-        return {"n": self.n, "buf": self.buf.clone()}
-
-    def load_state_dict(self, s):
-        self.n, self.buf = s["n"], s["buf"].clone()
-
-
-@pytest.mark.parametrize("kill_at", [4, 6, 13])  # mid-epoch, at an epoch boundary, in the second stage
-def test_resume_is_exact(tmp_path, kill_at):
-    train, test = synthetic(192, 64)
-    stages = [Stage("a", 2), Stage("b", 1, lr=0.02)]
-    cfg = TrainerConfig(batch_size=32, device="cpu", quiet=True, checkpoint_every_steps=1)
-    optim = OptimConfig(lr=0.05, schedule="cosine")
-    ref_cb = Counter()
-    ref = Trainer(tiny_lenet(), train, test, optim=optim, config=cfg, callbacks=[ref_cb], out_dir=tmp_path / "ref")
-    ref.fit(stages)
-
-    run = tmp_path / "run"
-    killed = Trainer(tiny_lenet(), train, test, optim=optim, config=cfg, callbacks=[Counter(), Kill.after(kill_at)],
-                     out_dir=run)
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit(stages)
-    torch.manual_seed(1234)  # the resumed run must not depend on the global RNG state it starts with
-    cb = Counter()
-    resumed = Trainer(tiny_lenet(seed=99), train, test, optim=optim, config=cfg, callbacks=[cb, Kill(None)],
-                      out_dir=run)
-    resumed.fit(stages, resume=True)
-    for (k, a), b in zip(ref.raw_model.state_dict().items(), resumed.raw_model.state_dict().values(), strict=True):
-        assert torch.equal(a, b), k
-    assert cb.n == ref_cb.n == 3 * (len(train) // 32)
-    assert torch.equal(cb.buf, ref_cb.buf)
-    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
-
-
-def test_resume_with_other_schedule_is_refused(tmp_path):
-    train, test = synthetic(192, 64)
-    cfg = TrainerConfig(batch_size=32, device="cpu", quiet=True)
-    Trainer(tiny_lenet(), train, test, config=cfg, out_dir=tmp_path).fit(1)
-    with pytest.raises(PrunekitError, match="different schedule"):
-        Trainer(tiny_lenet(), train, test, config=cfg, out_dir=tmp_path).fit(2, resume=True)
-
-
 def test_nan_loss_stops_with_clear_error():
     train, test = synthetic(192, 64)
     tr = Trainer(tiny_lenet(), train, test, optim=OptimConfig(lr=1e6, momentum=0.0),
@@ -162,21 +95,6 @@ def test_replace_model_rebuilds_optimizer():
     assert isinstance(tr.raw_model, nn.Sequential)
 
 
-def test_callback_works_in_a_users_own_loop():
-    train, _ = synthetic(192, 64)
-    model = tiny_lenet()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    state = LoopState(model, [opt])
-    cb = Counter()
-    for x, y in data.iterate(train, 32, shuffle=True, seed=0, epoch=0):
-        nn.functional.cross_entropy(state.model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
-        cb.on_after_optimizer_step(state)
-        state.step += 1
-    assert cb.n == state.step == len(train) // 32
-
-
 def test_stage_lr_applies_without_rebuilding_the_optimizer():
     train, test = synthetic(192, 64)
     rec = Recorder()
@@ -186,12 +104,6 @@ def test_stage_lr_applies_without_rebuilding_the_optimizer():
     steps = len(train) // 32
     assert rec.lrs[0] == pytest.approx(0.05) and rec.lrs[steps] == pytest.approx(0.01)
     assert len(tr.optimizers[0].state) > 0  # momentum carried over
-
-
-def test_default_step_milestones_never_hit_epoch_zero():
-    assert lr_factor("step", 0.5, 0, 1, None, 0.1) == 1.0
-    assert lr_factor("step", 1.0, 1, 2, None, 0.1) == pytest.approx(0.1)  # milestones [1, 2]
-    assert lr_factor("step", 5.0, 5, 10, None, 0.1) == pytest.approx(0.1)
 
 
 def test_batched_nan_check_stops_before_any_nan_checkpoint(tmp_path):
@@ -207,63 +119,6 @@ def test_batched_nan_check_stops_before_any_nan_checkpoint(tmp_path):
         tr.fit(50)
     state = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-
-
-class _UserNet(nn.Module):
-    """A user's own network (not in the zoo): a structured method thins it in the middle of the run."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.conv2(x))
-        return self.head(x.mean((2, 3)))
-
-
-class _ThinAtStage2(Callback):
-    def on_stage_start(self, t, stage):
-        if stage.name == "thin":
-            from prunekit.surgery import remove_channels
-
-            remove_channels(t.raw_model, {"conv1": [0, 2, 5]}, t.example_inputs)
-            t.replace_model(t.raw_model)
-
-
-def test_user_network_resumes_across_structural_pruning(tmp_path):
-    """No zoo factory: the checkpoint records the thinned layers relative to the user's network."""
-    train = data.load("synthetic", "train", n=64, shape=(1, 8, 8), num_classes=4, seed=0)
-    cfg = TrainerConfig(batch_size=16, device="cpu", quiet=True, checkpoint_every_steps=3)
-    stages = [Stage("dense", 1), Stage("thin", 2)]
-
-    def fresh():
-        seed_everything(0)
-        return _UserNet()
-
-    full = Trainer(fresh(), train, config=cfg, callbacks=[_ThinAtStage2()], out_dir=tmp_path / "full")
-    full.fit(stages)
-    assert full.raw_model.conv1.out_channels == 5
-    # killed in the thinned stage (step 7 of 12: the last checkpoint holds the thinned network)
-    killed = Trainer(fresh(), train, config=cfg, callbacks=[_ThinAtStage2(), Kill.after(7)], out_dir=tmp_path / "k")
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit(stages)
-    # a new process: a fresh instance of the user's network, resumed from the mid-run checkpoint
-    again = Trainer(fresh(), train, config=cfg, callbacks=[_ThinAtStage2(), Kill(None)], out_dir=tmp_path / "k")
-    again.fit(stages, resume=True)
-    assert again.raw_model.conv1.out_channels == 5
-    for (n, a), (_, b) in zip(full.raw_model.state_dict().items(), again.raw_model.state_dict().items(),
-                              strict=True):
-        assert torch.equal(a, b), n
-    # the deliverable saves with the user's network as base and loads onto a fresh instance
-    io.save(again.raw_model, tmp_path / "user.safetensors", base=_UserNet())
-    back = io.load(tmp_path / "user.safetensors", model=_UserNet())
-    assert back.conv1.out_channels == 5 and back.bn1.num_features == 5 and back.conv2.in_channels == 5
-    with pytest.raises(PrunekitError, match="fresh instance"):
-        io.load(tmp_path / "user.safetensors")
 
 
 class DictNet(nn.Module):
