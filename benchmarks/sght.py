@@ -10,8 +10,9 @@ One run, same seed for every row (same initial weights and batch order), same to
 * ``sfp`` (He et al.): all epochs with soft zeroing after every epoch, removed at the end.
 
 Figures per row: test top-1 of the compact network, parameters, MACs (and the fraction of dense), CPU
-latency at batch 1 and 256 (median, 1 thread), training seconds. Then the cost of ``H_k`` against one
-training step (forward + backward + AHSG-HT step), timed interleaved in this process (target <= 5%).
+latency at batch 1 and 256 (median, 1 thread) in PyTorch and in ONNX Runtime when installed, training
+seconds. Then the cost of ``H_k`` against one training step (forward + backward + AHSG-HT step), timed
+interleaved in this process (target <= 5%).
 
     .venv/bin/python benchmarks/sght.py --quick                  # MNIST subsets, 2 epochs: a smoke run
     .venv/bin/python benchmarks/sght.py                          # LeNet-5 on full MNIST, recipe's 10 epochs
@@ -38,8 +39,10 @@ from prunekit import data as pdata
 from prunekit import experiment, metrics, models
 from prunekit.config import load_config
 from prunekit.engine import seed_everything
+from prunekit.errors import PrunekitError
 from prunekit.methods.optim import AHSGHT
 from prunekit.methods.sght import SGHT
+from prunekit.metrics import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
@@ -70,6 +73,18 @@ def _latency(model: torch.nn.Module, shape: tuple[int, ...], batch: int, repeats
     return metrics.latency(model, torch.zeros(batch, *shape), repeats=repeats, warmup=2, threads=1)["median_ms"]
 
 
+def _ort_latency(model: torch.nn.Module, shape: tuple[int, ...], repeats: int) -> dict[str, float | None]:
+    """The same network in ONNX Runtime (one thread) at batch 1 and 256, where it is installed (else None):
+    the deployed latency beside PyTorch's."""
+    try:
+        runtime.require_onnxruntime()
+    except PrunekitError:
+        return {"ort_ms_b1": None, "ort_ms_b256": None}
+    rows = runtime.measure({"m": model}, torch.zeros(1, *shape), runtimes=["onnxruntime"], batches=[1, 256],
+                           threads=1, rounds=max(3, repeats // 3), repeats=3, warmup=2)
+    return {f"ort_ms_b{r['batch']}": r["median_ms"] for r in rows}
+
+
 def run_block(title: str, recipe: Path, data: tuple[pdata.Dataset, pdata.Dataset], budget: float, epochs: int,
               seed: int, overrides: list[str], only_rows: set[str], lat_repeats: int) -> list[dict[str, Any]]:
     train, test = data
@@ -94,6 +109,7 @@ def run_block(title: str, recipe: Path, data: tuple[pdata.Dataset, pdata.Dataset
                "params": counts.params, "macs": counts.macs, "macs_fraction": counts.macs / dense_macs,
                "latency_ms_b1": _latency(model, shape, 1, lat_repeats),
                "latency_ms_b256": _latency(model, shape, 256, max(3, lat_repeats // 4)),
+               **_ort_latency(model, shape, lat_repeats),
                "seconds": round(seconds, 1), "val_top1_by_epoch": [h.get("val_top1") for h in res.history],
                "stages": sorted({h["stage"] for h in res.history}, key=[h["stage"] for h in res.history].index)}
         if label == "sght":
@@ -153,10 +169,12 @@ def threshold_cost(model_name: str, shape: tuple[int, int, int], batch: int, rou
 
 def _print(rows_: list[dict[str, Any]]) -> None:
     print(f"{'block':<9} {'row':<13} {'top1 %':>7} {'params':>9} {'MACs':>12} {'of dense':>8} "
-          f"{'lat b1 ms':>9} {'lat b256 ms':>11} {'sec':>6}  stages")
+          f"{'lat b1 ms':>9} {'lat b256 ms':>11} {'ORT b1 ms':>9} {'ORT b256 ms':>11} {'sec':>6}  stages")
     for r in rows_:
+        ort = [f"{r[k]:{w}.{d}f}" if r.get(k) is not None else f"{'-':>{w}}"
+               for k, w, d in (("ort_ms_b1", 9, 3), ("ort_ms_b256", 11, 2))]
         print(f"{r['block']:<9} {r['row']:<13} {r['top1']:7.2f} {r['params']:9,} {r['macs']:12,} "
-              f"{r['macs_fraction']:8.3f} {r['latency_ms_b1']:9.3f} {r['latency_ms_b256']:11.2f} "
+              f"{r['macs_fraction']:8.3f} {r['latency_ms_b1']:9.3f} {r['latency_ms_b256']:11.2f} {ort[0]} {ort[1]} "
               f"{r['seconds']:6.0f}  {'+'.join(r['stages'])}")
 
 

@@ -4,11 +4,12 @@ One run, one process, fixed seed:
 
 * ResNet-56 and VGG-16 (CIFAR shapes, zoo models): remove 50% of the channels of every prunable group
   (the filters with the smallest L1 norm of the group's root layer). Reported: MACs and params ratios
-  (``prunekit.metrics.count``), CPU latency of dense and pruned models at batch 64 with 2 threads (median
-  of ``--runs`` runs, dense and pruned timed alternately in the same process), measured speed-up vs the
-  MACs reduction (target: speed-up >= 0.8 x MACs reduction) both as built and in the deployed form (BN folded
-  into the convs by prunekit.surgery.fold_batchnorm, channels_last memory), and the time of the surgery itself
-  (``remove_channels``, including its dependency-graph trace).
+  (``prunekit.metrics.count``), CPU latency of dense and pruned models at batch 64 with 2 threads in every
+  runtime side by side (``prunekit.metrics.runtime.measure``: PyTorch eager, the deployed PyTorch form with BN
+  folded and its memory format picked by measurement, and ONNX Runtime when installed; dense and pruned
+  interleaved round-robin, medians of ``--runs`` rounds), measured speed-up vs the MACs reduction (target:
+  speed-up >= 0.8 x MACs reduction) in each, and the time of the surgery itself (``remove_channels``,
+  including its dependency-graph trace).
 * ResNet-50 (ImageNet shape): time of ``channel_groups`` (graph build) and of the 50% surgery
   (target < 5 s).
 * Unstructured export: ResNet-56 with 50% and 90% of its conv/linear weights masked (global magnitude):
@@ -24,10 +25,8 @@ Results also go to ``benchmarks/out/surgery.json``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -37,9 +36,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit import io, metrics, models, surgery
+from prunekit import io, metrics, models
+from prunekit.errors import PrunekitError
+from prunekit.metrics import runtime
 from prunekit.surgery import MaskSet, channel_groups, remove_channels, save_sparse
 from prunekit.surgery.sparse import ideal_bytes
+
+RUNTIMES = ("eager", "deployed", "onnxruntime")
 
 
 def half_plan(model: nn.Module, x: torch.Tensor) -> dict[str, list[int]]:
@@ -53,29 +56,20 @@ def half_plan(model: nn.Module, x: torch.Tensor) -> dict[str, list[int]]:
     return plan
 
 
-def deployed(model: nn.Module) -> nn.Module:
-    """The inference form a deployment uses (:func:`prunekit.surgery.deployed`: BN folded into the convs,
-    channels_last memory format). Applied to dense and pruned alike, so the ratio stays fair."""
-    return surgery.deployed(copy.deepcopy(model))
-
-
-def latency(dense: nn.Module, pruned: nn.Module, batch: int, runs: int, shape: tuple[int, ...],
-            channels_last: bool = False) -> tuple[float, float]:
-    """Median seconds per forward (no grad, eval) of both models, timed alternately."""
-    x = torch.randn(batch, *shape)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    times: dict[str, list[float]] = {"dense": [], "pruned": []}
-    with torch.inference_mode():
-        for m in (dense, pruned):
-            for _ in range(3):
-                m(x)
-        for _ in range(runs):
-            for key, m in (("dense", dense), ("pruned", pruned)):
-                t = time.perf_counter()
-                m(x)
-                times[key].append(time.perf_counter() - t)
-    return statistics.median(times["dense"]), statistics.median(times["pruned"])
+def latencies(dense: nn.Module, pruned: nn.Module, args: argparse.Namespace, shape: tuple[int, ...]
+              ) -> dict[str, dict[str, float]]:
+    """Median ms per forward of both models in every runtime available here, interleaved round-robin."""
+    try:
+        runtime.require_onnxruntime()
+        rts = RUNTIMES
+    except PrunekitError:
+        rts = RUNTIMES[:2]
+    rows = runtime.measure({"dense": dense, "pruned": pruned}, torch.randn(1, *shape), runtimes=rts,
+                           batches=[args.batch], threads=args.threads, rounds=args.runs, repeats=3, warmup=3)
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        out.setdefault(r["runtime"], {})[r["model"]] = r["median_ms"]
+    return out
 
 
 def structured(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -92,17 +86,13 @@ def structured(name: str, args: argparse.Namespace) -> dict[str, Any]:
     report = remove_channels(pruned, plan, x)
     t_surgery = time.perf_counter() - t
     cd, cp = metrics.count(dense, x), metrics.count(pruned, x)
-    ld, lp = latency(dense, pruned, args.batch, args.runs, shape)
-    fd, fp = latency(deployed(dense), deployed(pruned), args.batch, args.runs, shape, channels_last=True)
     mac_red = cd.macs / cp.macs
-    speedup = ld / lp
+    lat = {rt: {"dense_ms": ms["dense"], "pruned_ms": ms["pruned"], "speedup": ms["dense"] / ms["pruned"],
+                "speedup_over_macs_reduction": ms["dense"] / ms["pruned"] / mac_red}
+           for rt, ms in latencies(dense, pruned, args, shape).items()}
     return {"model": name, "groups": len(plan), "params_dense": cd.params, "params_pruned": cp.params,
-            "macs_dense": cd.macs, "macs_pruned": cp.macs, "macs_reduction": mac_red,
-            "latency_dense_ms": ld * 1e3, "latency_pruned_ms": lp * 1e3, "speedup": speedup,
-            "speedup_over_macs_reduction": speedup / mac_red, "plan_s": t_groups, "surgery_s": t_surgery,
-            "deployed_latency_dense_ms": fd * 1e3, "deployed_latency_pruned_ms": fp * 1e3,
-            "deployed_speedup": fd / fp, "deployed_speedup_over_macs_reduction": fd / fp / mac_red,
-            "params_check": report.params_after == cp.params}
+            "macs_dense": cd.macs, "macs_pruned": cp.macs, "macs_reduction": mac_red, "latency": lat,
+            "plan_s": t_groups, "surgery_s": t_surgery, "params_check": report.params_after == cp.params}
 
 
 def resnet50(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,19 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     if "structured" in sections:
         rows = [structured(n, args) for n in ("resnet56", "vgg16")]
         print("\n## 50% of the channels of every prunable group removed (CIFAR 32x32)")
-        print(f"{'model':10} {'params':>19} {'MACs (M)':>15} {'MAC red.':>8} {'lat. dense/pruned ms':>21} "
-              f"{'speed-up':>8} {'sp/MACred':>9} {'surgery s':>9}")
+        print(f"{'model':10} {'params':>19} {'MACs (M)':>15} {'MAC red.':>8} {'surgery s':>9}")
         for r in rows:
             print(f"{r['model']:10} {r['params_dense']:>9,}->{r['params_pruned']:<9,} "
                   f"{r['macs_dense'] / 1e6:>7.1f}->{r['macs_pruned'] / 1e6:<7.1f} {r['macs_reduction']:>7.2f}x "
-                  f"{r['latency_dense_ms']:>10.1f}/{r['latency_pruned_ms']:<10.1f} {r['speedup']:>7.2f}x "
-                  f"{r['speedup_over_macs_reduction']:>9.2f} {r['surgery_s']:>9.2f}")
-        print("\nDeployed form (BN folded into convs by prunekit.surgery.fold_batchnorm, channels_last), "
-              "dense and pruned alike:")
-        print(f"{'model':10} {'lat. dense/pruned ms':>21} {'speed-up':>8} {'sp/MACred':>9}")
+                  f"{r['surgery_s']:>9.2f}")
+        print(f"\nLatency at batch {args.batch}, {args.threads} threads, dense and pruned side by side in each runtime "
+              f"(eager; deployed = BN folded, memory format by measurement; ONNX Runtime):")
+        print(f"{'model':10} {'runtime':12} {'dense/pruned ms':>19} {'speed-up':>8} {'sp/MACred':>9}")
         for r in rows:
-            print(f"{r['model']:10} {r['deployed_latency_dense_ms']:>10.1f}/{r['deployed_latency_pruned_ms']:<10.1f} "
-                  f"{r['deployed_speedup']:>7.2f}x {r['deployed_speedup_over_macs_reduction']:>9.2f}")
+            for rt, v in r["latency"].items():
+                print(f"{r['model']:10} {rt:12} {v['dense_ms']:>9.1f}/{v['pruned_ms']:<9.1f} {v['speedup']:>7.2f}x "
+                      f"{v['speedup_over_macs_reduction']:>9.2f}")
     if "resnet50" in sections:
         r50 = resnet50(args)
         print("\n## ResNet-50 (1x3x224x224)")
