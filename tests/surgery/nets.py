@@ -1,5 +1,6 @@
 """Small test networks and helpers of the surgery tests: residual, VGG-like, concat, depthwise and grouped
-nets, and the zero-then-remove check every structural change must pass."""
+nets, the small net of the unstructured-sparsity tests, and the zero-then-remove check every structural change
+must pass."""
 
 from __future__ import annotations
 
@@ -116,6 +117,17 @@ class GroupedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.expand(self.grouped(self.reduce(x))))
+
+
+def net(seed: int = 0) -> nn.Module:
+    """conv-bn-relu and two linear layers on 8x8 inputs: the unstructured-sparsity net (masks, sparse files)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+X = torch.randn(4, 3, 8, 8)
+"""An input batch for :func:`net`."""
 
 
 TEST_MODELS = {"tiny_resnet": TinyResNet, "tiny_vgg": TinyVGG, "catnet": CatNet, "depthwise": DepthwiseNet,
