@@ -79,6 +79,10 @@ _TORCH_TYPES: dict[str, tuple[type[nn.Module], Callable[[Any], dict[str, Any]]]]
     "AvgPool2d": (nn.AvgPool2d, _pool_cfg),
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, _pool_cfg),
     "Sequential": (nn.Sequential, lambda m: {}),
+    "MultiheadAttention": (nn.MultiheadAttention, lambda m: {
+        "embed_dim": m.embed_dim, "num_heads": m.num_heads, "dropout": m.dropout, "bias": m.in_proj_bias is not None,
+        "add_bias_kv": m.bias_k is not None, "add_zero_attn": m.add_zero_attn, "kdim": m.kdim, "vdim": m.vdim,
+        "batch_first": m.batch_first}),
 }
 
 

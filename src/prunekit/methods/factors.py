@@ -4,8 +4,8 @@ factor is zero. Shared by :mod:`prunekit.methods.sss` and the Network Slimming p
 
 Factors are real modules (a layer becomes ``Sequential(layer, scale)``; a block factor is a ``branch`` child
 named ``block_scale``; after a BatchNorm, the container is a :class:`ScaledSequential`, which computes the
-pair as one batch norm), registered with :func:`prunekit.io.register_module` so that checkpoints describe them
-and resume is exact.
+pair as one batch norm; around an ``nn.MultiheadAttention``, a :class:`ScaledAttention`), registered with
+:func:`prunekit.io.register_module` so that checkpoints describe them and resume is exact.
 """
 
 from __future__ import annotations
@@ -209,6 +209,27 @@ class ScaledSequential(nn.Sequential):
         return cls()
 
 
+@register_module
+class ScaledAttention(nn.Sequential):
+    """``Sequential(attention, block_scale)``: an ``nn.MultiheadAttention`` whose attention output (the first
+    element of the tuple it returns) the factor scales; the attention weights pass unchanged. Why a wrapper:
+    ``nn.MultiheadAttention`` reads ``out_proj``'s weight and bias without calling it, so a factor after
+    ``out_proj`` would never run. Folding multiplies ``out_proj``'s weight and bias (``factor * (W a + b)``)."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self[0](*args, **kwargs)
+        return (self[1](out[0]), *out[1:])
+
+    def to_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> ScaledAttention:
+        if cfg:
+            raise PrunekitError(f"ScaledAttention: takes no configuration, got {sorted(cfg)}")
+        return cls()
+
+
 def _fusable(bn: nn.Module, scale: Scale, x: Any) -> bool:
     """Whether ``scale(bn(x))`` can run as one batch norm without anyone seeing a difference."""
     return (isinstance(bn, NORM_LAYERS)
@@ -244,7 +265,10 @@ def _hooked(m: nn.Module) -> bool:
 
 
 def wrap(target: nn.Module, scale: Scale) -> nn.Sequential:
-    """``Sequential(target, scale)``: a :class:`ScaledSequential` after a BatchNorm (fused), else plain."""
+    """``Sequential(target, scale)``: a :class:`ScaledSequential` after a BatchNorm (fused), a
+    :class:`ScaledAttention` around an ``nn.MultiheadAttention`` (its tuple), else plain."""
+    if isinstance(target, nn.MultiheadAttention):
+        return ScaledAttention(target, scale)
     return ScaledSequential(target, scale) if isinstance(target, NORM_LAYERS) else nn.Sequential(target, scale)
 
 
@@ -461,6 +485,18 @@ def _foldable(m: nn.Module) -> bool:
         isinstance(m, nn.modules.conv._ConvNd) and not m.transposed)
 
 
+def _fused_layer(model: nn.Module, name: str) -> str:
+    """The ``nn.TransformerEncoderLayer`` / ``DecoderLayer`` holding module ``name`` ("" if none): in eval its
+    forward may run torch's fused kernel on its children's weights without calling them (a factor module
+    there would be skipped, a removed branch would break it)."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        owner = ".".join(parts[:i])
+        if isinstance(model.get_submodule(owner), nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
+            return owner
+    return ""
+
+
 _VALUE_NAMES = ("value", "v_proj", "v", "to_v", "wv", "v_lin")
 
 
@@ -548,7 +584,9 @@ def _branch_sites(model: nn.Module, name: str, info: Any) -> tuple[list[Site], d
     sites, skipped = [], {}
     for br in info.branches:
         m = model.get_submodule(br.layer) if br.layer else None
-        if m is None or not br.producer or not _foldable(m):
+        if isinstance(m, nn.MultiheadAttention) and br.producer:  # the factor scales its output, folds in out_proj
+            sites.append(Site("block", br.layer, br.layer, 0, block=name, fold=br.layer))
+        elif m is None or not br.producer or not _foldable(m):
             skipped[br.layer or name] = (f"a branch of {name!r} not produced by a conv / linear / norm layer "
                                          f"({br.layer or 'none'}) to fold a factor into")
         else:
@@ -565,7 +603,7 @@ def _block_site(model: nn.Module, name: str, info: Any) -> tuple[Site | None, st
     end = info.branch_ends[0]
     mods = dict(model.named_modules())
     m = mods[end]
-    if isinstance(m, nn.MultiheadAttention):
+    if isinstance(m, nn.MultiheadAttention):  # remove_blocks zeroes a branch end's tensor output, not a tuple
         return None, f"its branch ends in {end!r} (nn.MultiheadAttention returns a tuple)"
     if _foldable(m):
         return Site("block", end, "", 0, block=name, fold=end), ""
@@ -639,6 +677,13 @@ def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True,
             else:
                 sites.append(site)
     unique: dict[str, Site] = {}
+    for site in list(sites):
+        fused = _fused_layer(model, site.target)
+        if fused:
+            sites.remove(site)
+            skipped[_key(site) or site.target] = (
+                f"inside {type(model.get_submodule(fused)).__name__} {fused!r}, whose eval forward may run torch's "
+                "fused kernel on its layers' weights without calling them (a factor there would be skipped)")
     for site in sites:  # one factor per module output (a BN both after its conv and reading a concatenation)
         unique.setdefault(site.target, site)
     sites = _checked(model, example_inputs, list(unique.values()), skipped)
@@ -839,6 +884,8 @@ def _fold_into(layer: nn.Module, lam: torch.Tensor, where: str) -> None:
             raise PrunekitError(f"{where}: cannot fold a factor into a BatchNorm without affine parameters")
         layer.weight.mul_(lam)
         layer.bias.mul_(lam)
+    elif isinstance(layer, nn.MultiheadAttention):  # its output is out_proj(a): factor * (W a + b)
+        _fold_into(layer.out_proj, lam, where)
     elif isinstance(layer, nn.Linear | nn.modules.conv._ConvNd) and not getattr(layer, "transposed", False):
         layer.weight.mul_(lam.view(-1, *([1] * (layer.weight.dim() - 1))))
         if layer.bias is not None:
@@ -883,6 +930,8 @@ def fold_factors(model: nn.Module) -> int:
 
 
 def _width(layer: nn.Module) -> int:
+    if isinstance(layer, nn.MultiheadAttention):
+        return int(layer.embed_dim)
     attr = ("num_features" if isinstance(layer, NORM_LAYERS) else
             "out_features" if isinstance(layer, nn.Linear) else "out_channels")
     return int(getattr(layer, attr))
@@ -1071,7 +1120,7 @@ def _jsonable(x: Any) -> Any:
 
 
 __all__ = ["BLOCK_CHILD", "FACTOR_TYPES", "NORM_LAYERS", "BlockScale", "ChannelScale", "GroupScale", "HeadScale",
-           "Scale", "ScaledSequential", "Site",
+           "Scale", "ScaledAttention", "ScaledSequential", "Site",
            "analysis_sites", "channel_plan", "factor_modules", "factor_parameters", "find_sites", "fold_factors",
            "insert_factors", "insert_sites", "is_block", "is_zoo", "layer_sites", "remove_blocks", "remove_zero_blocks",
            "structure_report", "width_of", "wrap", "zero_structures"]

@@ -27,7 +27,9 @@ Where we chose (the paper does not say, or covers only ResNet / ResNeXt / VGG):
   removal exact) before training; structures left without a factor are in the report's ``skipped``.
 * *A layer with two residual sums* (a transformer layer: ``x + attn(ln(x))``, then ``+ mlp(ln(.))``): one
   block factor per branch, after the layer producing it; a zero removes that branch
-  (:func:`prunekit.surgery.remove_branches`), all of them the whole layer.
+  (:func:`prunekit.surgery.remove_branches`), all of them the whole layer. An ``nn.MultiheadAttention`` branch's
+  factor scales its output tuple's first element (:class:`~prunekit.methods.factors.ScaledAttention`) and folds
+  into ``out_proj``; none goes inside ``nn.TransformerEncoderLayer`` (its eval fast path skips child modules).
 * *Concatenated branches* (DenseNet): a factor after every BN reading the concatenation (before its
   activation); a channel goes when its factor is 0 at every reader, through the concat mapping (a factor
   at the producer would not do: each reader BN adds its shift to a 0).

@@ -160,7 +160,8 @@ class _Tracer:
             if t.grad_fn is not None:
                 self.made_by[id(t.grad_fn)] = name
                 self.first_by.setdefault(id(t.grad_fn), name)
-                self.outs_of.setdefault(name, []).append(id(t.grad_fn))
+                if not (isinstance(mod, nn.MultiheadAttention) and t is not outs[0]):  # its attention weights
+                    self.outs_of.setdefault(name, []).append(id(t.grad_fn))  # (need_weights) may go unread
                 self.keep.append(t.grad_fn)
 
     def _look(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> BlockInfo | None:
