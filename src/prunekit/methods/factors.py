@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -171,8 +171,24 @@ class HeadScale(Scale):
         return cls(*_split_config(cls.__name__, cfg, "heads"))
 
 
+_U = TypeVar("_U", bound="_Unconfigured")
+
+
+class _Unconfigured(nn.Sequential):
+    """A factor container whose children are its whole description: a checkpoint records it by name only."""
+
+    def to_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls: type[_U], cfg: dict[str, Any]) -> _U:
+        if cfg:
+            raise PrunekitError(f"{cls.__name__}: takes no configuration, got {sorted(cfg)}")
+        return cls()
+
+
 @register_module
-class ScaledSequential(nn.Sequential):
+class ScaledSequential(_Unconfigured):
     """An ``nn.Sequential`` that runs each BatchNorm directly followed by a scaling factor (``Sequential(bn,
     factor)``, or a residual branch ending ``[..., bn3, block_scale]``) as one batch norm whose affine holds
     the factor: ``factor(bn(x)) == batch_norm(x, gamma * lambda, beta * lambda)`` (without affine: ``gamma =
@@ -199,18 +215,10 @@ class ScaledSequential(nn.Sequential):
                 i += 1
         return x
 
-    def to_config(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> ScaledSequential:
-        if cfg:
-            raise PrunekitError(f"ScaledSequential: takes no configuration, got {sorted(cfg)}")
-        return cls()
 
 
 @register_module
-class ScaledAttention(nn.Sequential):
+class ScaledAttention(_Unconfigured):
     """``Sequential(attention, block_scale)``: an ``nn.MultiheadAttention`` whose attention output (the first
     element of the tuple it returns) the factor scales; the attention weights pass unchanged. Why a wrapper:
     ``nn.MultiheadAttention`` reads ``out_proj``'s weight and bias without calling it, so a factor after
@@ -219,15 +227,6 @@ class ScaledAttention(nn.Sequential):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         out = self[0](*args, **kwargs)
         return (self[1](out[0]), *out[1:])
-
-    def to_config(self) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> ScaledAttention:
-        if cfg:
-            raise PrunekitError(f"ScaledAttention: takes no configuration, got {sorted(cfg)}")
-        return cls()
 
 
 def _fusable(bn: nn.Module, scale: Scale, x: Any) -> bool:
