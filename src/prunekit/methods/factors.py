@@ -676,15 +676,14 @@ def analysis_sites(model: nn.Module, example_inputs: Any, channels: bool = True,
             else:
                 sites.append(site)
     unique: dict[str, Site] = {}
-    for site in list(sites):
+    for site in sites:  # one factor per module output (a BN both after its conv and reading a concatenation)
         fused = _fused_layer(model, site.target)
         if fused:
-            sites.remove(site)
             skipped[_key(site) or site.target] = (
                 f"inside {type(model.get_submodule(fused)).__name__} {fused!r}, whose eval forward may run torch's "
                 "fused kernel on its layers' weights without calling them (a factor there would be skipped)")
-    for site in sites:  # one factor per module output (a BN both after its conv and reading a concatenation)
-        unique.setdefault(site.target, site)
+        else:
+            unique.setdefault(site.target, site)
     sites = _checked(model, example_inputs, list(unique.values()), skipped)
     order = {n: i for i, n in enumerate(dict(model.named_modules()))}
     return sorted(sites, key=lambda s: order[s.target]), skipped

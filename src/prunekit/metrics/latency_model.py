@@ -349,9 +349,7 @@ def solve_latency(model: nn.Module, example: torch.Tensor, groups: Sequence[Any]
     snaps = [t.snap] + ([t.snap // 2] if t.round_to is None and t.snap >= 2 else [])
     best: tuple[float, list[int], dict[str, Any]] | None = None
     history: list[dict[str, Any]] = []
-    tried_snaps = 0
     for snap in snaps:
-        tried_snaps += 1
         found, tried = _search(dense, x1, groups, t, lm, snap, dense_ms)
         history += tried
         if best is None or found[0] < best[0]:
@@ -364,7 +362,7 @@ def solve_latency(model: nn.Module, example: torch.Tensor, groups: Sequence[Any]
         raise PrunekitError(f"latency target {t.latency} ({t.runtime}, batch {t.batch}, {t.threads} thread(s)): "
                             f"the closest measured network runs at {best[2]['measured']:.3f} of dense; "
                             f"raise the target or lower round_to (widths tried at multiples of "
-                            f"{', '.join(str(n) for n in snaps[:tried_snaps])})")
+                            f"{', '.join(str(n) for n in dict.fromkeys(h['round_to'] for h in history))})")
     where = f"latency target {t.latency} ({t.runtime}, batch {t.batch})"
     if best[0] > t.tol:
         warnings.warn(f"prunekit: {where}: the closest measured network runs at {best[2]['measured']:.3f} of "
