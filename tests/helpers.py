@@ -25,15 +25,19 @@ from prunekit.methods.iht import keep_count
 
 @contextlib.contextmanager
 def gloo_group(rank: int, world: int, init_file: str) -> Iterator[None]:
-    """A spawned test worker's gloo process group (one thread per rank). On success every rank meets at a last
-    barrier before the group is destroyed: a rank that left early would tear the connections down under a peer
-    still finishing (the peer then aborts with SIGABRT on a loaded machine). After an error: destroyed at once."""
+    """A spawned test worker's gloo process group (one thread per rank). On success every rank frees what the
+    run left (a DDP wrapper's reducer must go before its group) and meets at a last barrier before the group is
+    destroyed: a rank that left early would tear the connections down under a peer still finishing (the peer
+    then aborts with SIGABRT on a loaded machine). After an error: destroyed at once."""
+    import gc
+
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
         yield
+        gc.collect()
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -29,18 +29,24 @@ class ShrinkOnce(Callback):
 
 def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     with gloo_group(rank, world, init_file):
-        train = data.load("synthetic", "train", n=128, shape=(1, 8, 8), num_classes=4, seed=0)
-        test = data.load("synthetic", "test", n=64, shape=(1, 8, 8), num_classes=4, seed=0)
-        seed_everything(0)
-        model = models.create("lenet-300-100", input_size=8, num_classes=4)
-        tr = Trainer(model, train, test, config=TrainerConfig(batch_size=16, device="cpu", quiet=True),
-                     callbacks=[ShrinkOnce()])
-        tr.fit([Stage("before", 1), Stage("after", 1)])
-        assert isinstance(tr.model, torch.nn.parallel.DistributedDataParallel)
-        flat = torch.cat([p.detach().flatten() for p in tr.raw_model.parameters()])
-        torch.save({"flat": flat, "steps": tr.step, "val": tr.history[-1]["val_top1"]},
-                    os.path.join(out, f"rank{rank}.pt"))
+        _ddp_run(rank, out)
         _nan_run(rank, out)
+
+
+def _ddp_run(rank: int, out: str) -> None:
+    """Two stages under DDP, the model replaced between them; the rank's weights saved. A function of its own,
+    so the DDP wrapper is gone before the process group is destroyed."""
+    train = data.load("synthetic", "train", n=128, shape=(1, 8, 8), num_classes=4, seed=0)
+    test = data.load("synthetic", "test", n=64, shape=(1, 8, 8), num_classes=4, seed=0)
+    seed_everything(0)
+    model = models.create("lenet-300-100", input_size=8, num_classes=4)
+    tr = Trainer(model, train, test, config=TrainerConfig(batch_size=16, device="cpu", quiet=True),
+                 callbacks=[ShrinkOnce()])
+    tr.fit([Stage("before", 1), Stage("after", 1)])
+    assert isinstance(tr.model, torch.nn.parallel.DistributedDataParallel)
+    flat = torch.cat([p.detach().flatten() for p in tr.raw_model.parameters()])
+    torch.save({"flat": flat, "steps": tr.step, "val": tr.history[-1]["val_top1"]},
+               os.path.join(out, f"rank{rank}.pt"))
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
